@@ -1,0 +1,28 @@
+# The two set-up commands of the README, plus the linter CI runs.
+#   make up    — a local fleet (neuron + cortex) serving a demo model
+#   make test  — the whole test suite
+# Both create .venv on first use. TORCH picks the torch build: the default is
+# the CPU wheel CI uses; GPU hosts override it (e.g. TORCH='torch>=2.6').
+
+VENV  ?= .venv
+TORCH ?= torch==2.13.0
+PY    := $(VENV)/bin/python
+STAMP := $(VENV)/.helexa-installed
+
+.PHONY: up test lint bench
+
+$(STAMP): pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q '$(TORCH)'
+	$(PY) -m pip install -q -e '.[neuron,test,dev]'
+	touch $@
+
+up: $(STAMP)
+	$(VENV)/bin/cortex up
+
+test: $(STAMP)
+	HF_HUB_OFFLINE=1 $(PY) -m pytest
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .

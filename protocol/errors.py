@@ -1,0 +1,214 @@
+"""Wire-visible errors and the two envelopes they render to.
+
+Every failure a client or a peer can see is an `ApiError` carrying its HTTP
+status, OpenAI `type`, machine `code`, optional `param`, optional
+`retry_after` and extra diagnostic fields. The HTTP edge of each daemon maps
+an `ApiError` to a response exactly once, with `to_openai()` or
+`to_anthropic()`. This module does not know about HTTP frameworks.
+
+    ProtocolError                      anything this package raises
+    ├── ApiError                       renders to an envelope; has a status
+    │   ├── InvalidRequest             400 invalid_request_error
+    │   │   ├── MalformedJson          400 malformed_json
+    │   │   └── ValidationFailed       400 invalid_request_body, param = path
+    │   ├── AuthenticationFailed       401 invalid_api_key
+    │   ├── NotFound                   404 (model_not_found, route_not_found…)
+    │   ├── PayloadTooLarge            413 request_too_large
+    │   ├── RateLimited                429 rate_limit_exceeded (+ Retry-After)
+    │   ├── InternalError              500 api_error
+    │   ├── UpstreamError              502 upstream_* (gateway → node)
+    │   └── ServiceUnavailable         503 service_unavailable (+ Retry-After)
+    └── FrameError                     a device-worker frame is corrupt/unknown
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+__all__ = [
+    "ApiError",
+    "AuthenticationFailed",
+    "FrameError",
+    "InternalError",
+    "InvalidRequest",
+    "MalformedJson",
+    "NotFound",
+    "PayloadTooLarge",
+    "ProtocolError",
+    "RateLimited",
+    "ServiceUnavailable",
+    "UpstreamError",
+    "ValidationFailed",
+    "api_error_from_envelope",
+]
+
+# Anthropic's error `type` for each HTTP status (docs.anthropic.com "Errors").
+_ANTHROPIC_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    422: "invalid_request_error",
+    429: "rate_limit_error",
+    500: "api_error",
+    502: "api_error",
+    503: "overloaded_error",
+    504: "api_error",
+    529: "overloaded_error",
+}
+
+
+class ProtocolError(Exception):
+    """Base of everything this package raises."""
+
+
+class FrameError(ProtocolError):
+    """A device-worker frame could not be decoded (corrupt, unknown, too big)."""
+
+
+class ApiError(ProtocolError):
+    """An error with a wire representation.
+
+    Subclasses fix the defaults; every field can be overridden per instance,
+    so a node's error can be re-raised on the gateway with its own status and
+    code intact.
+    """
+
+    status: ClassVar[int] = 500
+    type: ClassVar[str] = "api_error"
+    code: ClassVar[str | None] = None
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        type: str | None = None,
+        code: str | None = None,
+        param: str | None = None,
+        retry_after: float | None = None,
+        extra: Mapping[str, Any] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        if status is not None:
+            self.status = status
+        if type is not None:
+            self.type = type
+        if code is not None:
+            self.code = code
+        self.param = param
+        self.retry_after = retry_after
+        self.extra = dict(extra or {})
+
+    def __repr__(self) -> str:
+        return f"{self.__class__.__name__}({self.status}, {self.code!r}, {self.message!r})"
+
+    @property
+    def retryable(self) -> bool:
+        return self.retry_after is not None or self.status in (502, 503)
+
+    def headers(self) -> dict[str, str]:
+        """HTTP headers that belong with this error (`Retry-After`)."""
+        if self.retry_after is None:
+            return {}
+        return {"Retry-After": str(max(1, math.ceil(self.retry_after)))}
+
+    def to_openai(self) -> dict[str, Any]:
+        """`{"error": {"message", "type", "code", "param", **extra}}`."""
+        body = {"message": self.message, "type": self.type, "code": self.code, "param": self.param}
+        body.update(self.extra)
+        return {"error": body}
+
+    def to_anthropic(self) -> dict[str, Any]:
+        """`{"type": "error", "error": {"type", "message"}}`."""
+        kind = _ANTHROPIC_TYPES.get(
+            self.status, "api_error" if self.status >= 500 else "invalid_request_error"
+        )
+        return {"type": "error", "error": {"type": kind, "message": self.message}}
+
+
+class InvalidRequest(ApiError):
+    status = 400
+    type = "invalid_request_error"
+    code = "invalid_request"
+
+
+class MalformedJson(InvalidRequest):
+    code = "malformed_json"
+
+
+class ValidationFailed(InvalidRequest):
+    """A body that is JSON but not of the expected shape; `param` is the path."""
+
+    code = "invalid_request_body"
+
+
+class AuthenticationFailed(ApiError):
+    status = 401
+    type = "invalid_request_error"
+    code = "invalid_api_key"
+
+
+class NotFound(ApiError):
+    status = 404
+    type = "invalid_request_error"
+    code = "not_found"
+
+
+class PayloadTooLarge(ApiError):
+    status = 413
+    type = "invalid_request_error"
+    code = "request_too_large"
+
+
+class RateLimited(ApiError):
+    status = 429
+    type = "rate_limit_error"
+    code = "rate_limit_exceeded"
+
+
+class InternalError(ApiError):
+    status = 500
+    type = "api_error"
+    code = "internal_error"
+
+
+class UpstreamError(ApiError):
+    status = 502
+    type = "api_error"
+    code = "upstream_error"
+
+
+class ServiceUnavailable(ApiError):
+    status = 503
+    type = "api_error"
+    code = "service_unavailable"
+
+
+def api_error_from_envelope(
+    status: int, body: Any, *, retry_after: float | None = None
+) -> ApiError:
+    """Rebuild an `ApiError` from a peer's error response (either envelope).
+
+    Used by the gateway to re-raise a node's refusal with its status, code
+    and extras intact. Bodies that are not an envelope become a generic error
+    carrying the status.
+    """
+    error = body.get("error") if isinstance(body, dict) else None
+    if isinstance(error, dict):
+        extra = {k: v for k, v in error.items() if k not in ("message", "type", "code", "param")}
+        return ApiError(
+            str(error.get("message", f"upstream returned {status}")),
+            status=status,
+            type=error.get("type") if isinstance(error.get("type"), str) else None,
+            code=error.get("code") if isinstance(error.get("code"), str) else None,
+            param=error.get("param") if isinstance(error.get("param"), str) else None,
+            retry_after=retry_after,
+            extra=extra if body.get("type") != "error" else None,
+        )
+    message = error if isinstance(error, str) else f"upstream returned {status}"
+    return ApiError(message, status=status, retry_after=retry_after)
