@@ -1,0 +1,144 @@
+"""The HTTP edge both daemons share: serving, body parsing, error responses.
+
+Both cortex and neuron are quart-trio apps under hypercorn's trio worker.
+This module holds what is the same for both at the edge of the wire:
+
+* `serve` runs an app with the two fixes from the stack notes — hypercorn
+  never closes a connection after `Connection: close` under quart-trio (its
+  close runs inside a cancelled scope), and Quart cuts every response after
+  `RESPONSE_TIMEOUT` (60 s), which would truncate long streams;
+* `read_body` / `parse_body` read a request body under a size limit and turn
+  it into a protocol type, raising the protocol's `ApiError`s;
+* `error_response` renders an `ApiError` in the OpenAI or Anthropic envelope,
+  the one place where errors become HTTP.
+
+Routes and serving logic live in the daemons; nothing here knows a route.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Awaitable, Callable
+from typing import Any, Literal, TypeVar
+
+import trio
+from hypercorn.config import Config
+from hypercorn.trio import serve as hypercorn_serve
+from hypercorn.trio.tcp_server import TCPServer
+from quart import Quart, Request, Response
+from werkzeug.exceptions import RequestEntityTooLarge
+
+from protocol._converter import encode_json, parse
+from protocol.errors import ApiError, InvalidRequest, PayloadTooLarge
+
+__all__ = [
+    "DEFAULT_MAX_BODY_BYTES",
+    "error_response",
+    "json_response",
+    "make_config",
+    "parse_body",
+    "patch_hypercorn",
+    "prepare_app",
+    "read_body",
+    "serve",
+]
+
+T = TypeVar("T")
+Dialect = Literal["openai", "anthropic"]
+
+# Large enough for a few base64 images in one chat request.
+DEFAULT_MAX_BODY_BYTES = 32 * 1024 * 1024
+
+
+def patch_hypercorn() -> None:
+    """Shield `TCPServer._close` so a `Connection: close` really closes.
+
+    quart-trio cancels its nursery while hypercorn's close runs inside the
+    app's `send()`, so the EOF never went out (stack notes §2). Idempotent.
+    """
+    original = TCPServer._close
+    if getattr(original, "_helexa_shielded", False):
+        return
+
+    @functools.wraps(original)
+    async def _close(self: TCPServer) -> None:
+        with trio.CancelScope(shield=True), trio.move_on_after(5):
+            await original(self)
+
+    _close._helexa_shielded = True  # type: ignore[attr-defined]
+    TCPServer._close = _close  # type: ignore[method-assign]
+
+
+def prepare_app(
+    app: Quart, *, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, body_timeout: float = 60.0
+) -> Quart:
+    """Remove Quart's total response timeout; bound bodies by size and time."""
+    app.config["RESPONSE_TIMEOUT"] = None  # streams get idle timeouts, never a total one
+    app.config["BODY_TIMEOUT"] = body_timeout  # a slow-loris body upload is cut off
+    app.config["MAX_CONTENT_LENGTH"] = max_body_bytes
+    return app
+
+
+def make_config(
+    host: str,
+    port: int,
+    *,
+    graceful_timeout: float = 30.0,
+    keep_alive_timeout: float = 75.0,
+    max_header_bytes: int = 64 * 1024,
+) -> Config:
+    config = Config()
+    config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
+    config.graceful_timeout = graceful_timeout
+    config.keep_alive_timeout = keep_alive_timeout
+    config.h11_max_incomplete_size = max_header_bytes
+    config.accesslog = None
+    config.errorlog = None
+    return config
+
+
+async def serve(
+    app: Quart,
+    config: Config,
+    *,
+    shutdown_trigger: Callable[[], Awaitable[Any]] | None = None,
+    task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve `app` until `shutdown_trigger` returns; report bound URLs on start."""
+    patch_hypercorn()
+    await hypercorn_serve(app, config, shutdown_trigger=shutdown_trigger, task_status=task_status)
+
+
+async def read_body(request: Request) -> bytes:
+    """The raw body, or `PayloadTooLarge` past the app's `MAX_CONTENT_LENGTH`."""
+    try:
+        return await request.get_data(cache=False, as_text=False, parse_form_data=False)
+    except RequestEntityTooLarge as exc:
+        limit = request.max_content_length
+        raise PayloadTooLarge(
+            f"request body exceeds the limit of {limit} bytes", extra={"max_bytes": limit}
+        ) from exc
+
+
+async def parse_body(request: Request, cls: type[T]) -> T:
+    """Read, decode and validate a JSON body into `cls` (tolerating extras)."""
+    content_type = request.mimetype or ""
+    if content_type and content_type != "application/json" and not content_type.endswith("+json"):
+        raise InvalidRequest(
+            f"expected Content-Type application/json, got {content_type}",
+            status=415,
+            code="unsupported_media_type",
+        )
+    return parse(await read_body(request), cls)
+
+
+def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(
+        encode_json(data), status=status, headers=headers, content_type="application/json"
+    )
+
+
+def error_response(error: ApiError, dialect: Dialect = "openai") -> Response:
+    """The HTTP response for `error`, in the envelope of the route's dialect."""
+    body = error.to_anthropic() if dialect == "anthropic" else error.to_openai()
+    return json_response(body, error.status, error.headers())

@@ -1,0 +1,109 @@
+"""The shared HTTP edge: the two hypercorn/Quart fixes and body parsing."""
+
+from __future__ import annotations
+
+import attrs
+import httpx
+import pytest
+import trio
+from quart import request
+from quart_trio import QuartTrio
+
+from protocol.errors import ApiError, RateLimited
+from protocol.http import error_response, json_response, make_config, parse_body, prepare_app, serve
+
+
+@attrs.frozen
+class Echo:
+    text: str
+    loud: bool = False
+
+
+def make_app() -> QuartTrio:
+    app = QuartTrio(__name__)
+    app.config["RESPONSE_TIMEOUT"] = 0.5  # prepare_app must lift this
+
+    @app.post("/echo")
+    async def echo():
+        try:
+            body = await parse_body(request, Echo)
+        except ApiError as exc:
+            return error_response(exc)
+        return json_response({"text": body.text.upper() if body.loud else body.text})
+
+    @app.get("/busy")
+    async def busy():
+        return error_response(RateLimited("model is busy", retry_after=2.2), "anthropic")
+
+    @app.get("/slow-stream")
+    async def slow_stream():
+        async def body():
+            for i in range(4):
+                await trio.sleep(0.3)
+                yield f"data: {i}\n\n".encode()
+
+        return body(), 200, {"Content-Type": "text/event-stream"}
+
+    return prepare_app(app, max_body_bytes=1024)
+
+
+@pytest.fixture
+async def base_url(nursery):
+    return (await nursery.start(serve, make_app(), make_config("127.0.0.1", 0)))[0]
+
+
+async def test_connection_close_gets_eof(base_url):
+    port = int(base_url.rsplit(":", 1)[1])
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    await stream.send_all(b"GET /busy HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    received = b""
+    with trio.fail_after(3):  # without the shielded close, no EOF ever arrives
+        while chunk := await stream.receive_some(65536):
+            received += chunk
+    assert received.startswith(b"HTTP/1.1 429")
+    await stream.aclose()
+
+
+async def test_stream_outlives_quart_response_timeout(base_url):
+    async with httpx.AsyncClient() as client, client.stream("GET", f"{base_url}/slow-stream") as r:
+        chunks = [line async for line in r.aiter_lines() if line]
+    assert chunks == ["data: 0", "data: 1", "data: 2", "data: 3"]
+
+
+async def test_parse_body_and_errors(base_url):
+    async with httpx.AsyncClient(base_url=base_url) as client:
+        ok = await client.post("/echo", json={"text": "hi", "loud": True, "vendor_extra": 1})
+        assert ok.json() == {"text": "HI"}
+
+        wrong = await client.post("/echo", json={"text": "hi", "loud": "false"})
+        assert wrong.status_code == 400
+        assert wrong.json()["error"] == {
+            "message": "expected bool, got string @ $.loud",
+            "type": "invalid_request_error",
+            "code": "invalid_request_body",
+            "param": "loud",
+            "errors": ["expected bool, got string @ $.loud"],
+        }
+
+        bad = await client.post(
+            "/echo", content=b'{"text": ', headers={"content-type": "application/json"}
+        )
+        assert (bad.status_code, bad.json()["error"]["code"]) == (400, "malformed_json")
+
+        form = await client.post("/echo", data={"text": "hi"})
+        assert (form.status_code, form.json()["error"]["code"]) == (415, "unsupported_media_type")
+
+        big = await client.post("/echo", json={"text": "x" * 2000})
+        assert big.status_code == 413
+        assert big.json()["error"]["code"] == "request_too_large"
+        assert big.json()["error"]["max_bytes"] == 1024
+
+        busy = await client.get("/busy")
+        assert busy.status_code == 429
+        assert busy.headers["retry-after"] == "3"
+        assert busy.json() == {
+            "type": "error",
+            "error": {"type": "rate_limit_error", "message": "model is busy"},
+        }
+        # the server kept serving through all of it
+        assert (await client.post("/echo", json={"text": "still"})).json() == {"text": "still"}
