@@ -15,8 +15,20 @@ The shared rules:
   accepted for floats). Lists must be JSON arrays, objects JSON objects.
 * Unions are resolved by JSON shape (string vs array vs object …); several
   object-shaped members are told apart by a `Literal` discriminator field
-  such as `type`.
+  such as `type`, several array-shaped ones by the shape of the first
+  element (`[1, 2]` vs `["a"]` vs `[[1, 2]]`).
 * Errors carry a precise path: `expected bool @ $.stream`.
+* Mappings with `int` keys (token id → bias) take their keys as decimal
+  strings, since JSON object keys are always strings.
+* A class with a `rest_keys()` field keeps every key it does not declare
+  there and writes them back on output. In a union such a class is the
+  catch-all: it takes objects whose tag (`type`) no other member claims, so
+  unknown item kinds survive without hiding errors in known ones.
+* A `Literal[...] | None` field is a tag that may be absent (an OpenAI
+  Responses message has an optional `type`); a member whose tags all agree
+  with an object is chosen, else the one member that claims it by the tag
+  naming the kind (`type`, else the tags all members share, e.g. `role`),
+  so that member's own precise error is reported.
 * Output omits fields that are `None`, unless the field is declared with
   `keep_null()` (e.g. `finish_reason` in a streaming chunk). Fields may have
   a different wire name (`wire_name=`), e.g. for Python keywords.
@@ -27,6 +39,7 @@ serialization rule. This module does not know about HTTP.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import types
@@ -51,6 +64,7 @@ __all__ = [
     "field",
     "keep_null",
     "parse",
+    "rest_keys",
     "structure",
     "unstructure",
 ]
@@ -58,17 +72,22 @@ __all__ = [
 T = TypeVar("T")
 
 _KEEP_NULL = "helexa.keep_null"
+_REST = "helexa.rest"
 _WIRE_NAME = "helexa.wire_name"
 _NoneType = type(None)
 
 
-def field(*, wire_name: str | None = None, keep_null: bool = False, **kwargs: Any) -> Any:
-    """An `attrs.field` with wire metadata (`wire_name`, `keep_null`)."""
+def field(
+    *, wire_name: str | None = None, keep_null: bool = False, rest: bool = False, **kwargs: Any
+) -> Any:
+    """An `attrs.field` with wire metadata (`wire_name`, `keep_null`, `rest`)."""
     metadata = dict(kwargs.pop("metadata", {}))
     if wire_name is not None:
         metadata[_WIRE_NAME] = wire_name
     if keep_null:
         metadata[_KEEP_NULL] = True
+    if rest:
+        metadata[_REST] = True
     return attrs.field(metadata=metadata, **kwargs)
 
 
@@ -76,6 +95,12 @@ def keep_null(**kwargs: Any) -> Any:
     """A field that is rendered as `null` rather than omitted when `None`."""
     kwargs.setdefault("default", None)
     return field(keep_null=True, **kwargs)
+
+
+def rest_keys(**kwargs: Any) -> Any:
+    """A `dict[str, Any]` field holding every key its class does not declare."""
+    kwargs.setdefault("factory", dict)
+    return field(rest=True, **kwargs)
 
 
 # ---------------------------------------------------------------- JSON shapes
@@ -200,30 +225,77 @@ def _literal_hook(tp: Any) -> Callable[[Any, Any], Any]:
     return structure
 
 
+def _literal_values(tp: Any) -> tuple[Any, ...] | None:
+    """What a `Literal` field allows; `None` among them for `Literal | None`."""
+    if get_origin(tp) is Literal:
+        return get_args(tp)
+    args = get_args(tp) if _is_union(tp) else ()
+    if len(args) == 2 and _NoneType in args:
+        (inner,) = (a for a in args if a is not _NoneType)
+        if get_origin(inner) is Literal:
+            return (*get_args(inner), None)
+    return None
+
+
+@functools.cache
 def _discriminators(cls: type) -> dict[str, tuple[Any, ...]]:
     """`Literal`-typed fields of an attrs class, by wire name."""
     found = {}
-    for a in attrs.fields(cls):
-        if get_origin(a.type) is Literal:
-            found[a.metadata.get(_WIRE_NAME, a.name)] = get_args(a.type)
+    # Resolve string annotations (`from __future__ import annotations`) first.
+    for a in attrs.fields(attrs.resolve_types(cls)):
+        values = _literal_values(a.type)
+        if values is not None:
+            found[a.metadata.get(_WIRE_NAME, a.name)] = values
     return found
+
+
+@functools.cache
+def _is_catch_all(tp: Any) -> bool:
+    return attrs.has(tp) and any(_REST in a.metadata for a in attrs.fields(tp))
+
+
+def _tagged(members: list[Any]) -> dict[Any, dict[str, tuple[Any, ...]]]:
+    return {m: tags for m in members if attrs.has(m) and (tags := _discriminators(m))}
+
+
+def _tags_match(tags: dict[str, tuple[Any, ...]], value: dict) -> bool:
+    if any(k in value and value[k] not in allowed for k, allowed in tags.items()):
+        return False
+    return any(k in value for k in tags) or all(None in allowed for allowed in tags.values())
+
+
+def _kind_tags(tagged: dict[Any, dict[str, tuple[Any, ...]]]) -> set[str]:
+    """What names a kind: `type` if every member has it, else the shared tags."""
+    common = set.intersection(*(set(t) for t in tagged.values())) if tagged else set()
+    return {"type"} if "type" in common else common
+
+
+def _claimants(tagged: dict[Any, dict[str, tuple[Any, ...]]], value: dict) -> list[Any]:
+    present = [k for k in _kind_tags(tagged) if k in value]
+    if not present:
+        return []
+    return [m for m, tags in tagged.items() if all(value[k] in tags[k] for k in present)]
 
 
 def _pick_object_member(members: list[Any], value: dict) -> Any | None:
     """Choose among object-shaped union members by their Literal fields."""
     if len(members) == 1:
         return members[0]
-    matching = []
-    for m in members:
-        if attrs.has(m):
-            tags = _discriminators(m)
-            if (
-                tags
-                and all(value.get(k) in v for k, v in tags.items() if k in value)
-                and any(k in value for k in tags)
-            ):
-                matching.append(m)
+    tagged = _tagged(members)
+    matching = [m for m, tags in tagged.items() if _tags_match(tags, value)]
+    if not matching:
+        matching = _claimants(tagged, value)
     return matching[0] if len(matching) == 1 else None
+
+
+def _pick_array_member(members: list[Any], value: list) -> Any:
+    """Choose among array-shaped union members by their first element."""
+    if len(members) > 1 and value:
+        for m in members:
+            args = get_args(_unwrap_newtype(m))
+            if args and _accepts(args[0], value[0]):
+                return m
+    return members[0]
 
 
 def _union_hook_factory(conv: cattrs.Converter) -> Callable[[Any], Callable[[Any, Any], Any]]:
@@ -236,7 +308,12 @@ def _union_hook_factory(conv: cattrs.Converter) -> Callable[[Any], Callable[[Any
                 raise WrongType(_describe(tp), value)
             if value is None:
                 return None
-            member = fits[0] if type(value) is not dict else _pick_object_member(fits, value)
+            if type(value) is dict:
+                member = _pick_object_member(fits, value)
+            elif type(value) is list:
+                member = _pick_array_member(fits, value)
+            else:
+                member = fits[0]
             if member is None:
                 return _first_that_structures(conv, fits, value, tp)
             return conv.structure(value, member)
@@ -246,16 +323,33 @@ def _union_hook_factory(conv: cattrs.Converter) -> Callable[[Any], Callable[[Any
     return factory
 
 
-def _first_that_structures(conv: cattrs.Converter, fits: list[Any], value: Any, tp: Any) -> Any:
-    for member in fits:
+def _first_that_structures(conv: cattrs.Converter, fits: list[Any], value: dict, tp: Any) -> Any:
+    """Try, in order, the members `value` may be; the catch-all last.
+
+    A tagged member whose tags are all missing from `value` is not tried: a
+    default `type` is for building values, not for guessing a kind.
+    """
+    tagged = _tagged(fits)
+    candidates = [m for m, tags in tagged.items() if _tags_match(tags, value)]
+    claimed = _claimants(tagged, value)
+    candidates = candidates or claimed
+    ordered = [m for m in fits if m in candidates or not (m in tagged or _is_catch_all(m))]
+    if not claimed:
+        ordered += [m for m in fits if _is_catch_all(m)]
+    for member in ordered:
         try:
             return conv.structure(value, member)
         except Exception:  # trying members in order is the point
             continue
-    tags = sorted({t for m in fits if attrs.has(m) for v in _discriminators(m).values() for t in v})
-    if tags:
-        raise WrongType("object with type " + " or ".join(repr(t) for t in tags), value)
-    raise WrongType(_describe(tp), value)
+    raise WrongType(_expected_kinds(tagged) or _describe(tp), value)
+
+
+def _expected_kinds(tagged: dict[Any, dict[str, tuple[Any, ...]]]) -> str | None:
+    key = min(_kind_tags(tagged), default=None)
+    if key is None:
+        return None
+    kinds = sorted({repr(v) for tags in tagged.values() for v in tags[key] if v is not None})
+    return f"object with {key} " + " or ".join(kinds)
 
 
 def _checked(kind: type, expected: str, inner: Callable[[Any, Any], Any]):
@@ -280,14 +374,27 @@ def _is_mapping(tp: Any) -> bool:
     return get_origin(tp) in (dict, Mapping) or tp in (dict, Mapping)
 
 
+def _int_key(key: Any) -> int:
+    """JSON object keys are strings: an `int` key travels as its decimal text."""
+    if type(key) is int:
+        return key
+    digits = key.removeprefix("-") if type(key) is str else ""
+    if digits.isascii() and digits.isdecimal():
+        return int(key)
+    raise WrongType("integer key", key, show_value=True)
+
+
 def _mapping_hook(conv: cattrs.Converter):
     def factory(tp: Any) -> Callable[[Any, Any], Any]:
         args = get_args(tp)
         value_type = args[1] if len(args) == 2 else Any
+        int_keys = len(args) == 2 and _unwrap_newtype(args[0]) is int
 
         def structure(value: Any, _: Any) -> dict:
             if type(value) is not dict:
                 raise WrongType("object", value)
+            if int_keys:
+                return {_int_key(k): conv.structure(v, value_type) for k, v in value.items()}
             if value_type is Any:
                 return value
             return {k: conv.structure(v, value_type) for k, v in value.items()}
@@ -308,11 +415,29 @@ def _renames(cls: type) -> dict[str, Any]:
     }
 
 
+def _rest_name(cls: type) -> str | None:
+    return next((a.name for a in attrs.fields(cls) if _REST in a.metadata), None)
+
+
+def _gathering_rest(cls: type, rest: str, inner: Callable[[Any, Any], Any]):
+    declared = frozenset(a.metadata.get(_WIRE_NAME, a.name) for a in attrs.fields(cls)) - {rest}
+
+    def structure(value: dict, tp: Any) -> Any:
+        own = {k: v for k, v in value.items() if k in declared}
+        own[rest] = {k: v for k, v in value.items() if k not in declared}
+        return inner(own, tp)
+
+    return structure
+
+
 def _attrs_structure_factory(conv: cattrs.Converter, forbid_extra_keys: bool):
     def factory(cls: type) -> Callable[[Any, Any], Any]:
+        rest = _rest_name(cls)
         inner = make_dict_structure_fn(
-            cls, conv, _cattrs_forbid_extra_keys=forbid_extra_keys, **_renames(cls)
+            cls, conv, _cattrs_forbid_extra_keys=forbid_extra_keys and not rest, **_renames(cls)
         )
+        if rest:
+            inner = _gathering_rest(cls, rest, inner)
         return _checked(dict, "object", inner)
 
     return factory
@@ -327,8 +452,14 @@ def _attrs_unstructure_factory(conv: cattrs.Converter):
             if _KEEP_NULL in a.metadata
         )
 
+        rest = _rest_name(cls)
+
         def unstructure(obj: Any) -> dict:
-            return {k: v for k, v in inner(obj).items() if v is not None or k in keep}
+            out = {k: v for k, v in inner(obj).items() if v is not None or k in keep}
+            if rest:
+                for k, v in (out.pop(rest, None) or {}).items():
+                    out.setdefault(k, v)  # a declared field wins over a kept key
+            return out
 
         return unstructure
 
@@ -355,7 +486,8 @@ def _make(forbid_extra_keys: bool) -> cattrs.Converter:
         attrs.has, _attrs_structure_factory(conv, forbid_extra_keys)
     )
     conv.register_unstructure_hook_factory(attrs.has, _attrs_unstructure_factory(conv))
-    conv.register_unstructure_hook(tuple, list)
+    # Deep: a tuple reached through a union is dispatched on its runtime type.
+    conv.register_unstructure_hook(tuple, lambda t: [conv.unstructure(x) for x in t])
     return conv
 
 

@@ -18,7 +18,8 @@ an `ApiError` to a response exactly once, with `to_openai()` or
     │   ├── InternalError              500 api_error
     │   ├── UpstreamError              502 upstream_* (gateway → node)
     │   └── ServiceUnavailable         503 service_unavailable (+ Retry-After)
-    └── FrameError                     a device-worker frame is corrupt/unknown
+    ├── FrameError                     a device-worker frame is corrupt/unknown
+    └── EventStreamError               an SSE stream is malformed or over a limit
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from typing import Any, ClassVar
 __all__ = [
     "ApiError",
     "AuthenticationFailed",
+    "EventStreamError",
     "FrameError",
     "InternalError",
     "InvalidRequest",
@@ -66,7 +68,12 @@ class ProtocolError(Exception):
 
 
 class FrameError(ProtocolError):
-    """A device-worker frame could not be decoded (corrupt, unknown, too big)."""
+    """A device-worker frame cannot be decoded or built (corrupt, unknown, too
+    big, or a tensor that is not on the CPU)."""
+
+
+class EventStreamError(ProtocolError):
+    """A server-sent event stream broke a limit or was used after `close()`."""
 
 
 class ApiError(ProtocolError):

@@ -10,7 +10,7 @@ import pytest
 GATEWAY_SIDE = ["protocol", "actors", "cortex"]
 
 
-@pytest.mark.parametrize("package", GATEWAY_SIDE + ["neuron"])
+@pytest.mark.parametrize("package", [*GATEWAY_SIDE, "neuron"])
 def test_imports_without_torch(package):
     code = (
         f"import sys, {package}; "
