@@ -1,0 +1,78 @@
+"""Shared fixtures for the device-worker compute core: one demo model per session.
+
+The demo models are built once into pytest's cache directory (kept across runs; the
+builder's marker makes reuse safe) or, with the cache provider disabled, into a
+session temp dir. Tests that are about building itself build into `tmp_path`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import pytest
+
+from neuron.demo_model import DemoModels, ensure_demo_models
+
+
+@pytest.fixture(scope="session")
+def demo_cache_dir(request: pytest.FixtureRequest, tmp_path_factory) -> Path:
+    cache = getattr(request.config, "cache", None)
+    if cache is not None:
+        return Path(cache.mkdir("helexa-demo-models"))
+    return tmp_path_factory.mktemp("helexa-demo-models")
+
+
+@pytest.fixture(scope="session")
+def demo_models(demo_cache_dir: Path) -> DemoModels:
+    """The tiny demo model, in both the plain and the HF cache layout."""
+    return ensure_demo_models(demo_cache_dir)
+
+
+@pytest.fixture(scope="session")
+def tiny_model(demo_models: DemoModels):
+    """The tiny demo model loaded once in fp32 on CPU; tests must not unload it."""
+    torch = pytest.importorskip("torch")
+    from neuron.worker.loader import load_model
+    from neuron.worker.snapshot import resolve_snapshot
+
+    torch.set_num_threads(1)
+    snapshot = resolve_snapshot(demo_models.model_id, [demo_models.plain_root])
+    return load_model(snapshot, dtype="fp32")
+
+
+@pytest.fixture
+def run_engine(tiny_model) -> Callable[..., dict]:
+    """Drive an engine to completion: `{seq_id: (tokens, finish_reason, first_step)}`.
+
+    `requests` is an iterable of `(seq_id, prompt, params)` added before the first
+    step; `joins` maps a step number to more requests added just before that step.
+    """
+    from neuron.worker.engine import Engine, EngineConfig
+
+    def run(
+        requests: Iterable[tuple],
+        config: EngineConfig | None = None,
+        joins: dict[int, list[tuple]] | None = None,
+    ) -> dict:
+        engine = Engine(tiny_model, config or EngineConfig(max_batch_size=8, max_seq_len=512))
+        results: dict = {}
+        for seq_id, prompt, params in requests:
+            engine.add(seq_id, prompt, params)
+        step = 0
+        while engine.has_work or (joins and any(s >= step for s in joins)):
+            for seq_id, prompt, params in (joins or {}).get(step, []):
+                engine.add(seq_id, prompt, params)
+            for output in engine.step().outputs:
+                tokens, _, first = results.get(output.seq_id, ([], None, step))
+                results[output.seq_id] = (
+                    tokens + list(output.token_ids),
+                    output.finish_reason,
+                    first,
+                )
+            step += 1
+        assert engine.statistics().kv_bytes_allocated == 0
+        engine.close()
+        return results
+
+    return run
