@@ -1,14 +1,16 @@
 """Decode throughput of the engine: N sequences batched vs the same N run one by one.
 
-Builds (once, cached) a demo model, loads it through the worker's loader and runs the
-same ragged greedy workload two ways in the same process, reporting decode tok/s
-(decode steps only: forward + sampling) and end-to-end tok/s (wall time, prefill
-included) with the ratio against the sequential baseline. A third line runs the
-peer, transformers' own left-padded `generate`, on the same prompts.
+Builds (once, cached) a synthetic model with `neuron.synth`, loads it through the
+worker's loader and runs the same ragged greedy workload two ways in the same
+process, reporting decode tok/s (decode steps only: forward + sampling) and
+end-to-end tok/s (wall time, prefill included) with the ratio against the sequential
+baseline. A third line runs the peer, transformers' own left-padded `generate`, on
+the same prompts.
 
 Not a test: figures depend on the machine; compare lines from one run only.
 
     python bench/bench_engine.py --size small --sequences 8 --new-tokens 64
+    python bench/bench_engine.py --arch llama --size 0.5b --dtype bf16 --new-tokens 16
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch
 
-from neuron.demo_model import build_demo_model, default_cache_dir
+from neuron.synth import ARCHS, SIZES, default_cache_dir, synthesize
 from neuron.worker.engine import Engine, EngineConfig, SeqId
 from neuron.worker.loader import LoadedModel, load_model
 from neuron.worker.sampler import SamplingParams
@@ -45,7 +47,8 @@ def main() -> None:
 
 def _parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--size", default="small", choices=["tiny", "small", "medium"])
+    parser.add_argument("--arch", default="qwen3", choices=list(ARCHS))
+    parser.add_argument("--size", default="small", choices=list(SIZES))
     parser.add_argument("--sequences", type=int, default=8)
     parser.add_argument("--prompt-tokens", type=int, default=32, help="longest prompt")
     parser.add_argument("--new-tokens", type=int, default=64)
@@ -59,9 +62,9 @@ def _parse_args() -> argparse.Namespace:
 
 
 def _load(args: argparse.Namespace) -> LoadedModel:
-    name = f"helexa/bench-{args.size}"
+    name = f"helexa/bench-{args.arch}-{args.size}"
     root = args.cache_dir / "bench"
-    build_demo_model(root, name=name, size=args.size)
+    synthesize(root, arch=args.arch, size=args.size, name=name)
     return load_model(resolve_snapshot(name, [root]), dtype=args.dtype)
 
 
@@ -116,9 +119,9 @@ def _peer_generate(loaded: LoadedModel, prompts, new_tokens: int) -> dict[str, f
 
 def _report(args, loaded, sequential, batched, peer) -> None:
     print(
-        f"model={loaded.report.model_id} size={args.size} dtype={loaded.report.dtype} "
-        f"params={loaded.report.num_parameters / 1e6:.1f}M threads={args.threads} "
-        f"sequences={args.sequences} new_tokens={args.new_tokens}"
+        f"model={loaded.report.model_id} arch={args.arch} size={args.size} "
+        f"dtype={loaded.report.dtype} params={loaded.report.num_parameters / 1e6:.1f}M "
+        f"threads={args.threads} sequences={args.sequences} new_tokens={args.new_tokens}"
     )
     print(f"{'mode':<22}{'decode tok/s':>14}{'e2e tok/s':>12}{'wall s':>9}{'vs seq':>9}")
     base = sequential["decode_tokens"] / sequential["decode_seconds"]

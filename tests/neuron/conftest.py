@@ -1,8 +1,9 @@
 """Shared fixtures for the device-worker compute core: one demo model per session.
 
-The demo models are built once into pytest's cache directory (kept across runs; the
-builder's marker makes reuse safe) or, with the cache provider disabled, into a
-session temp dir. Tests that are about building itself build into `tmp_path`.
+The demo model is `neuron.synth`'s tiny Qwen3 (`helexa/tiny-chat`, seed 0), built
+once into pytest's cache directory (kept across runs; the builder's marker makes
+reuse safe) or, with the cache provider disabled, into a session temp dir. Tests that
+are about building itself build into `tmp_path`.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from neuron.demo_model import DemoModels, ensure_demo_models
+from neuron.synth import DemoModels, ensure_demo_models
 
 
 @pytest.fixture(scope="session")

@@ -9,7 +9,7 @@ import weakref
 
 import pytest
 
-from neuron.demo_model import build_demo_model
+from neuron.synth import synthesize
 from neuron.worker.errors import LoadFailed, ModelNotLoaded
 from neuron.worker.snapshot import resolve_snapshot
 
@@ -67,7 +67,7 @@ def test_weights_do_not_stay_mapped_from_the_snapshot_file(demo_models):
 def test_unload_gives_the_memory_back(demo_cache_dir):
     # The 4.2M-parameter model (17 MB in fp32) stands well clear of allocator noise.
     root = demo_cache_dir / "loader"
-    build_demo_model(root, name="helexa/small-chat", size="small")
+    synthesize(root, name="helexa/small-chat", size="small")
     snapshot = resolve_snapshot("helexa/small-chat", [root])
     loader.load_model(snapshot, dtype="fp32").unload()  # warm imports and allocator
     loaded = loader.load_model(snapshot, dtype="fp32")

@@ -1,0 +1,594 @@
+"""Synthesise small, real Hugging Face model snapshots offline, for tests, benchmarks and demos.
+
+`python -m neuron.synth OUT_DIR --arch qwen3|llama --size tiny|small|0.5b` writes a
+genuine causal LM snapshot: random weights (seeded) in safetensors, a byte-level BPE
+tokenizer really trained with `tokenizers` on a bounded corpus that ships with Python
+(stdlib sources picked by the seed, plus a little chat text embedded here), a
+Qwen3-style ChatML chat template with tools, tool calls and thinking, and a
+generation_config. It is written exactly as `save_pretrained` writes a hub snapshot,
+in either the plain `org/name` layout or the Hugging Face cache layout
+(`models--org--name/snapshots/<rev>` with blobs and `refs/main`), so everything
+downstream loads it through the normal code path. The same seed gives bit-identical
+files; a complete build with a matching marker is reused.
+
+Every arch and size shares one 4096-token tokenizer and template. `0.5b` matches
+Qwen2.5-0.5B's transformer body (896 hidden, 24 layers, 14/2 heads, 4864 MLP), not its
+151,936-token vocabulary, so it has ~0.36 B parameters rather than 0.49 B.
+
+This module is not a model zoo and never downloads anything; the weights are noise,
+so the text a synthetic model produces is gibberish. Heavy imports (torch,
+transformers, tokenizers) happen inside the functions that need them. The module runs
+past 500 lines because ~140 of them are the chat template and chat corpus: data kept
+next to the one builder that writes it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import random
+import shutil
+import sysconfig
+import tempfile
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Literal
+
+from attrs import frozen
+
+Arch = Literal["qwen3", "llama"]
+Size = Literal["tiny", "small", "0.5b"]
+DType = Literal["fp32", "bf16"]
+Layout = Literal["plain", "hf-cache"]
+
+ARCHS: dict[str, tuple[str, str]] = {  # arch -> (config class, architecture)
+    "qwen3": ("Qwen3Config", "Qwen3ForCausalLM"),
+    "llama": ("LlamaConfig", "LlamaForCausalLM"),
+}
+DTYPES: dict[str, str] = {"fp32": "float32", "bf16": "bfloat16"}
+LAYOUTS = ("plain", "hf-cache")
+
+DEMO_MODEL_NAME = "helexa/tiny-chat"
+MARKER_FILE = "helexa-synth.json"
+# Bump when the output of a build changes, so cached snapshots are rebuilt.
+_BUILDER_VERSION = 3
+_CORPUS_CHARS = 1_500_000
+VOCAB_SIZE = 4096
+_MAX_POSITIONS = 4096
+
+CHATML_SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
+# Like Qwen3, the markup tags are single tokens but not "special": they survive
+# `skip_special_tokens` so the parent's reasoning and tool-call parsers can see them.
+TAG_TOKENS = (
+    "<think>",
+    "</think>",
+    "<tool_call>",
+    "</tool_call>",
+    "<tool_response>",
+    "</tool_response>",
+)
+# Like Qwen, the learned vocabulary comes first and the added tokens sit at the end, so
+# their ids are fixed and a model config needs no tokenizer.
+_LEARNED_VOCAB = VOCAB_SIZE - len(CHATML_SPECIAL_TOKENS) - len(TAG_TOKENS)
+TOKEN_IDS = {t: _LEARNED_VOCAB + i for i, t in enumerate(CHATML_SPECIAL_TOKENS + TAG_TOKENS)}
+REQUIRED_FILES = (
+    "config.json",
+    "generation_config.json",
+    "model.safetensors",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "chat_template.jinja",
+    MARKER_FILE,
+)
+
+
+@frozen
+class ModelShape:
+    hidden_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    num_key_value_heads: int
+    head_dim: int
+    intermediate_size: int
+    dtype: DType = "fp32"  # what a build writes unless asked otherwise
+
+
+SIZES: dict[str, ModelShape] = {
+    # ~0.9M parameters: the test model; decode is dominated by Python overhead.
+    "tiny": ModelShape(128, 2, 4, 2, 32, 384),
+    # ~4.2M parameters: the stack-notes "tiny" model.
+    "small": ModelShape(256, 4, 4, 2, 64, 768),
+    # ~362M parameters, Qwen2.5-0.5B's body: ~0.72 GB in bf16 (1.45 GB in fp32).
+    "0.5b": ModelShape(896, 24, 14, 2, 64, 4864, dtype="bf16"),
+}
+
+
+@frozen
+class DemoModels:
+    """Where `ensure_demo_models` put one synthetic model, in both layouts."""
+
+    model_id: str
+    plain_root: Path
+    hf_cache_root: Path
+    plain_path: Path
+    hf_cache_path: Path
+
+
+def synthesize(
+    dest: Path,
+    *,
+    arch: Arch = "qwen3",
+    size: Size = "tiny",
+    seed: int = 0,
+    name: str | None = None,
+    layout: Layout = "plain",
+    dtype: DType | None = None,
+) -> Path:
+    """Build a synthetic model snapshot under `dest` (once) and return its directory.
+
+    `name` defaults to `helexa/<arch>-<size>` and `dtype` to the size's own (bf16 for
+    `0.5b`, else fp32). `layout="plain"` writes `dest/org/name/`; `layout="hf-cache"`
+    writes `dest/models--org--name/snapshots/<rev>/` with blobs and `refs/main`. A
+    complete snapshot with a matching marker is reused, so repeated calls are cheap;
+    concurrent builders serialise on a lock file in `dest`.
+    """
+    name = name or default_name(arch, size)
+    org, repo = _split_name(name)
+    dtype = _checked_dtype(arch, size, dtype)
+    _check_choice("layout", layout, LAYOUTS)
+    marker = _marker(name, arch, size, seed, dtype)
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    target = _target_dir(dest, layout, org, repo, _revision(marker))
+    with _locked(dest):
+        if _is_complete(target, marker):
+            return target
+        with tempfile.TemporaryDirectory(dir=dest, prefix=".build-") as tmp:
+            staging = Path(tmp) / "snapshot"
+            _write_snapshot(staging, marker, model_config(arch, size, dtype=dtype), seed)
+            if layout == "plain":
+                _install_plain(staging, target)
+            else:
+                _install_hf_cache(staging, target)
+    return target
+
+
+def model_config(arch: Arch, size: Size, *, dtype: DType | None = None):
+    """The transformers config a build of `arch` and `size` writes (no weights made)."""
+    import transformers
+
+    dtype = _checked_dtype(arch, size, dtype)
+    shape = SIZES[size]
+    config_class, architecture = ARCHS[arch]
+    return getattr(transformers, config_class)(
+        vocab_size=VOCAB_SIZE,
+        hidden_size=shape.hidden_size,
+        intermediate_size=shape.intermediate_size,
+        num_hidden_layers=shape.num_hidden_layers,
+        num_attention_heads=shape.num_attention_heads,
+        num_key_value_heads=shape.num_key_value_heads,
+        head_dim=shape.head_dim,
+        max_position_embeddings=_MAX_POSITIONS,
+        tie_word_embeddings=True,
+        # With tied embeddings and the usual 0.02, the residual stream is mostly the
+        # input token's own embedding and greedy decoding repeats it forever; 0.2 gives
+        # varied output and wide top-1 margins, which batching-equality tests rely on.
+        initializer_range=0.2,
+        rope_parameters={"rope_type": "default", "rope_theta": 1_000_000.0},
+        bos_token_id=TOKEN_IDS["<|endoftext|>"],
+        eos_token_id=TOKEN_IDS["<|im_end|>"],
+        pad_token_id=TOKEN_IDS["<|endoftext|>"],
+        dtype=DTYPES[dtype],
+        architectures=[architecture],
+    )
+
+
+def default_name(arch: str, size: str) -> str:
+    return f"helexa/{arch}-{size}"
+
+
+def ensure_demo_models(
+    cache_dir: Path,
+    *,
+    name: str = DEMO_MODEL_NAME,
+    arch: Arch = "qwen3",
+    size: Size = "tiny",
+    seed: int = 0,
+) -> DemoModels:
+    """Build (once) one synthetic model in both layouts under `cache_dir`.
+
+    Meant for a session-scoped pytest fixture (pass a persistent cache such as
+    `request.config.cache.mkdir(...)`) and for `cortex up`'s demo.
+    """
+    plain_root = Path(cache_dir) / "plain"
+    hf_root = Path(cache_dir) / "hf-cache"
+    common = {"name": name, "arch": arch, "size": size, "seed": seed}
+    plain = synthesize(plain_root, layout="plain", **common)
+    cached = synthesize(hf_root, layout="hf-cache", **common)
+    return DemoModels(name, plain_root, hf_root, plain, cached)
+
+
+def default_cache_dir() -> Path:
+    """`$HELEXA_DEMO_CACHE`, else `$XDG_CACHE_HOME/helexa/demo-models` (or `~/.cache/...`)."""
+    if explicit := os.environ.get("HELEXA_DEMO_CACHE"):
+        return Path(explicit)
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "helexa" / "demo-models"
+
+
+# -- command line ---------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m neuron.synth",
+        description="Write a synthetic Hugging Face model snapshot (random weights, "
+        "trained BPE tokenizer, Qwen3 chat template) and print its path.",
+    )
+    parser.add_argument("out_dir", type=Path, metavar="OUT_DIR")
+    parser.add_argument("--arch", choices=list(ARCHS), default="qwen3")
+    parser.add_argument("--size", choices=list(SIZES), default="tiny")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--name", type=_model_name, help="org/name (default: helexa/<arch>-<size>)")
+    parser.add_argument("--layout", choices=LAYOUTS, default="plain")
+    parser.add_argument(
+        "--dtype", choices=list(DTYPES), help="weight dtype (default: bf16 for 0.5b, else fp32)"
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    path = synthesize(
+        args.out_dir,
+        arch=args.arch,
+        size=args.size,
+        seed=args.seed,
+        name=args.name,
+        layout=args.layout,
+        dtype=args.dtype,
+    )
+    print(path)
+
+
+def _model_name(value: str) -> str:
+    try:
+        _split_name(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+    return value
+
+
+# -- naming and markers ---------------------------------------------------------------
+
+
+def _split_name(name: str) -> tuple[str, str]:
+    parts = name.split("/")
+    ok = len(parts) == 2 and all(p and p not in (".", "..") and "--" not in p for p in parts)
+    if not ok or any(c in name for c in "\\\0 "):
+        raise ValueError(f"model name must look like 'org/name', got {name!r}")
+    return parts[0], parts[1]
+
+
+def _check_choice(what: str, value: str, choices) -> None:
+    if value not in choices:
+        raise ValueError(f"unknown {what} {value!r}; expected one of {sorted(choices)}")
+
+
+def _checked_dtype(arch: str, size: str, dtype: str | None) -> DType:
+    """Check arch and size, and return `dtype` (or the size's own), checked."""
+    _check_choice("arch", arch, ARCHS)
+    _check_choice("size", size, SIZES)
+    dtype = dtype or SIZES[size].dtype
+    _check_choice("dtype", dtype, DTYPES)
+    return dtype
+
+
+def _marker(name: str, arch: str, size: str, seed: int, dtype: str) -> dict[str, object]:
+    return {
+        "builder": _BUILDER_VERSION,
+        "name": name,
+        "arch": arch,
+        "size": size,
+        "seed": seed,
+        "dtype": dtype,
+    }
+
+
+def _revision(marker: dict[str, object]) -> str:
+    return hashlib.sha1(json.dumps(marker, sort_keys=True).encode()).hexdigest()
+
+
+def _target_dir(dest: Path, layout: Layout, org: str, repo: str, rev: str) -> Path:
+    if layout == "plain":
+        return dest / org / repo
+    return dest / f"models--{org}--{repo}" / "snapshots" / rev
+
+
+def _is_complete(target: Path, marker: dict[str, object]) -> bool:
+    if not all((target / f).is_file() for f in REQUIRED_FILES):
+        return False
+    try:
+        return json.loads((target / MARKER_FILE).read_text()) == marker
+    except (OSError, ValueError):
+        return False
+
+
+@contextlib.contextmanager
+def _locked(dest: Path) -> Iterator[None]:
+    with open(dest / ".helexa-synth.lock", "a+b") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+# -- installing a staged snapshot -----------------------------------------------------
+
+
+def _install_plain(staging: Path, target: Path) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if target.is_symlink() or target.is_file():
+        target.unlink()
+    elif target.exists():
+        shutil.rmtree(target)  # an incomplete or outdated build
+    os.replace(staging, target)
+
+
+def _install_hf_cache(staging: Path, target: Path) -> None:
+    repo_dir = target.parent.parent
+    blobs = repo_dir / "blobs"
+    blobs.mkdir(parents=True, exist_ok=True)
+    if target.exists():
+        shutil.rmtree(target)
+    building = target.with_name(f".{target.name}.partial")
+    shutil.rmtree(building, ignore_errors=True)
+    building.mkdir(parents=True)
+    for path in sorted(staging.iterdir()):
+        digest = _sha256(path)
+        os.replace(path, blobs / digest)
+        (building / path.name).symlink_to(Path("..", "..", "blobs", digest))
+    os.replace(building, target)
+    refs = repo_dir / "refs"
+    refs.mkdir(exist_ok=True)
+    (refs / "main").write_text(target.name)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+# -- building -------------------------------------------------------------------------
+
+
+def _write_snapshot(out: Path, marker: dict[str, object], config, seed: int) -> None:
+    from neuron.worker.loader import quiet_transformers
+
+    tokenizer = _wrap_tokenizer(_train_tokenizer(seed))
+    model = _build_model(config, seed)
+    with quiet_transformers():
+        model.save_pretrained(out)
+        tokenizer.save_pretrained(out)
+    (out / MARKER_FILE).write_text(json.dumps(marker, sort_keys=True))
+    for path in out.iterdir():
+        path.chmod(0o644)  # save_pretrained leaves some files owner-only
+
+
+def _corpus(seed: int) -> list[str]:
+    """The chat sample plus stdlib sources picked by `seed`, bounded to keep training fast."""
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+    files = sorted(stdlib.glob("*.py"))
+    random.Random(seed).shuffle(files)
+    texts, total = [_CHAT_CORPUS] * 20, 0
+    for path in files:
+        if total >= _CORPUS_CHARS:
+            break
+        text = path.read_text(encoding="utf-8", errors="replace")
+        texts.append(text)
+        total += len(text)
+    return texts
+
+
+def _train_tokenizer(seed: int):
+    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.normalizer = normalizers.NFC()
+    tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(_SPLIT_PATTERN), behavior="isolated", invert=False),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=_LEARNED_VOCAB,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator(_corpus(seed), trainer=trainer)
+    return tokenizer
+
+
+def _wrap_tokenizer(tokenizer):
+    from tokenizers import AddedToken
+    from transformers import PreTrainedTokenizerFast
+
+    tokenizer.add_special_tokens(
+        [AddedToken(t, special=True, normalized=False) for t in CHATML_SPECIAL_TOKENS]
+    )
+    tokenizer.add_tokens([AddedToken(t, special=False, normalized=False) for t in TAG_TOKENS])
+    if {t: tokenizer.token_to_id(t) for t in TOKEN_IDS} != TOKEN_IDS:
+        raise RuntimeError("the corpus is too small to train the full vocabulary")
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        chat_template=CHAT_TEMPLATE,
+        model_max_length=_MAX_POSITIONS,
+        clean_up_tokenization_spaces=False,
+    )
+
+
+def _build_model(config, seed: int):
+    import torch
+    from transformers import AutoModelForCausalLM, GenerationConfig
+
+    # Initialise in fp32 whatever the output dtype, so a bf16 build is the fp32 build
+    # rounded; a private RNG stream keeps building from disturbing the caller's torch RNG.
+    dtype = config.dtype
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.generation_config = GenerationConfig(
+        bos_token_id=TOKEN_IDS["<|endoftext|>"],
+        eos_token_id=[TOKEN_IDS["<|im_end|>"], TOKEN_IDS["<|endoftext|>"]],
+        pad_token_id=TOKEN_IDS["<|endoftext|>"],
+        do_sample=True,
+        temperature=0.6,
+        top_p=0.95,
+        top_k=20,
+    )
+    return model.to(dtype)
+
+
+# -- data ---------------------------------------------------------------------------
+
+# Qwen3's chat template (ChatML), kept faithful so prompts look like production ones.
+CHAT_TEMPLATE = r"""{%- if tools %}
+    {{- '<|im_start|>system\n' }}
+    {%- if messages[0].role == 'system' %}
+        {{- messages[0].content + '\n\n' }}
+    {%- endif %}
+    {{- "# Tools\n\nYou may call one or more functions to assist with the user query.\n\nYou are provided with function signatures within <tools></tools> XML tags:\n<tools>" }}
+    {%- for tool in tools %}
+        {{- "\n" }}
+        {{- tool | tojson }}
+    {%- endfor %}
+    {{- "\n</tools>\n\nFor each function call, return a json object with function name and arguments within <tool_call></tool_call> XML tags:\n<tool_call>\n{\"name\": <function-name>, \"arguments\": <args-json-object>}\n</tool_call><|im_end|>\n" }}
+{%- else %}
+    {%- if messages[0].role == 'system' %}
+        {{- '<|im_start|>system\n' + messages[0].content + '<|im_end|>\n' }}
+    {%- endif %}
+{%- endif %}
+{%- set ns = namespace(multi_step_tool=true, last_query_index=messages|length - 1) %}
+{%- for message in messages[::-1] %}
+    {%- set index = (messages|length - 1) - loop.index0 %}
+    {%- if ns.multi_step_tool and message.role == "user" and message.content is string and not(message.content.startswith('<tool_response>') and message.content.endswith('</tool_response>')) %}
+        {%- set ns.multi_step_tool = false %}
+        {%- set ns.last_query_index = index %}
+    {%- endif %}
+{%- endfor %}
+{%- for message in messages %}
+    {%- if message.content is string %}
+        {%- set content = message.content %}
+    {%- else %}
+        {%- set content = '' %}
+    {%- endif %}
+    {%- if (message.role == "user") or (message.role == "system" and not loop.first) %}
+        {{- '<|im_start|>' + message.role + '\n' + content + '<|im_end|>' + '\n' }}
+    {%- elif message.role == "assistant" %}
+        {%- set reasoning_content = '' %}
+        {%- if message.reasoning_content is string %}
+            {%- set reasoning_content = message.reasoning_content %}
+        {%- else %}
+            {%- if '</think>' in content %}
+                {%- set reasoning_content = content.split('</think>')[0].rstrip('\n').split('<think>')[-1].lstrip('\n') %}
+                {%- set content = content.split('</think>')[-1].lstrip('\n') %}
+            {%- endif %}
+        {%- endif %}
+        {%- if loop.index0 > ns.last_query_index %}
+            {%- if loop.last or (not loop.last and reasoning_content) %}
+                {{- '<|im_start|>' + message.role + '\n<think>\n' + reasoning_content.strip('\n') + '\n</think>\n\n' + content.lstrip('\n') }}
+            {%- else %}
+                {{- '<|im_start|>' + message.role + '\n' + content }}
+            {%- endif %}
+        {%- else %}
+            {{- '<|im_start|>' + message.role + '\n' + content }}
+        {%- endif %}
+        {%- if message.tool_calls %}
+            {%- for tool_call in message.tool_calls %}
+                {%- if (loop.first and content) or (not loop.first) %}
+                    {{- '\n' }}
+                {%- endif %}
+                {%- if tool_call.function %}
+                    {%- set tool_call = tool_call.function %}
+                {%- endif %}
+                {{- '<tool_call>\n{"name": "' }}
+                {{- tool_call.name }}
+                {{- '", "arguments": ' }}
+                {%- if tool_call.arguments is string %}
+                    {{- tool_call.arguments }}
+                {%- else %}
+                    {{- tool_call.arguments | tojson }}
+                {%- endif %}
+                {{- '}\n</tool_call>' }}
+            {%- endfor %}
+        {%- endif %}
+        {{- '<|im_end|>\n' }}
+    {%- elif message.role == "tool" %}
+        {%- if loop.first or (messages[loop.index0 - 1].role != "tool") %}
+            {{- '<|im_start|>user' }}
+        {%- endif %}
+        {{- '\n<tool_response>\n' }}
+        {{- content }}
+        {{- '\n</tool_response>' }}
+        {%- if loop.last or (messages[loop.index0 + 1].role != "tool") %}
+            {{- '<|im_end|>\n' }}
+        {%- endif %}
+    {%- endif %}
+{%- endfor %}
+{%- if add_generation_prompt %}
+    {{- '<|im_start|>assistant\n' }}
+    {%- if enable_thinking is defined and enable_thinking is false %}
+        {{- '<think>\n\n</think>\n\n' }}
+    {%- endif %}
+{%- endif %}
+"""  # noqa: E501
+
+# Qwen2/Qwen3's pre-tokenizer split pattern.
+_SPLIT_PATTERN = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+    r"|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+
+# A little conversational text, so common English and chat markup get merges too.
+_CHAT_CORPUS = """\
+<|im_start|>system
+You are a helpful assistant.<|im_end|>
+<|im_start|>user
+What is the capital of France?<|im_end|>
+<|im_start|>assistant
+<think>
+The user asks a simple geography question.
+</think>
+
+The capital of France is Paris.<|im_end|>
+<|im_start|>user
+What's the weather like in Berlin today?<|im_end|>
+<|im_start|>assistant
+<tool_call>
+{"name": "get_weather", "arguments": {"city": "Berlin", "unit": "celsius"}}
+</tool_call><|im_end|>
+<|im_start|>user
+<tool_response>
+{"temperature": 18, "conditions": "partly cloudy"}
+</tool_response><|im_end|>
+<|im_start|>assistant
+It is 18 degrees and partly cloudy in Berlin.<|im_end|>
+The quick brown fox jumps over the lazy dog. Hello, world! How are you today?
+Please summarise the following document in three sentences. Thank you very much.
+"""
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,3 @@
+from neuron.worker.main import main
+
+raise SystemExit(main())

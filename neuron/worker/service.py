@@ -1,0 +1,281 @@
+"""The job loop of a device worker: models, engines, and the frames between.
+
+`WorkerService.run` is the whole life of a worker after its device is
+pinned (see `neuron.worker.main`): say `WorkerReady`, then alternate between
+draining jobs and stepping busy engines until `Shutdown` or EOF. Every job
+with a `job_id` gets exactly one answer; every admitted sequence ends
+exactly once, in a `StepTokens` finish or a `SequenceFailed`.
+
+Not for: anything the parent decides (placement, queueing, retries). Errors
+raised by the compute core are boxed here into `JobFailed` /
+`SequenceFailed` with a `FailureKind`; only a device fault ends the process.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from pathlib import Path
+
+import torch
+
+from neuron.worker import errors
+from neuron.worker.engine import Engine, EngineConfig, kv_bytes_per_token
+from neuron.worker.loader import LoadedModel, load_model, quiet_transformers, read_memory
+from neuron.worker.main import EXIT_DEVICE_FAULT, FrameChannel, run_heartbeats, versions
+from neuron.worker.sampler import SamplingParams
+from neuron.worker.snapshot import snapshot_at
+from protocol import worker as wire
+from protocol.ids import ModelId
+
+log = logging.getLogger(__name__)
+
+
+class _DeviceFaulted(Exception):
+    """Leave the loop: the device is unusable, the parent must replace us."""
+
+
+def failure_kind(exc: BaseException) -> wire.FailureKind:
+    """Box a compute-core error for the wire."""
+    match exc:
+        case errors.DeviceOutOfMemory():
+            return "out_of_memory"
+        case errors.DeviceFault():
+            return "device_fault"
+        case errors.ModelNotFound() | errors.ModelNotLoaded():
+            return "not_found"
+        case errors.CapacityExceeded():
+            return "capacity"
+        case errors.UnsafeModelId() | errors.InvalidRequest():
+            return "bad_request"
+        case errors.ModelError():
+            return "load_failed"
+    return "internal"
+
+
+def _retriable(exc: BaseException) -> bool:
+    return bool(getattr(exc, "retryable", False))
+
+
+class _Resident:
+    """One loaded model and its engine."""
+
+    def __init__(self, loaded: LoadedModel, config: EngineConfig) -> None:
+        self.loaded = loaded
+        self.config = config
+        self.engine = Engine(loaded, config)
+        self.sequences: set[wire.SeqId] = set()
+
+
+class WorkerService:
+    def __init__(
+        self,
+        sock,
+        device: str,
+        torch_device: str,
+        threads: int,
+        max_batch_size: int,
+    ) -> None:
+        if torch_device == "cpu":
+            torch.set_num_threads(threads)
+        self.channel = FrameChannel(sock)
+        self.device = device
+        self.torch_device = torch_device
+        self.max_batch_size = max_batch_size
+        self.models: dict[ModelId, _Resident] = {}
+        self.owner: dict[wire.SeqId, ModelId] = {}
+        self.steps = 0
+        self._stats: tuple[wire.EngineStatistics, ...] = ()
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    def run(self, heartbeat_interval: float) -> int:
+        self.channel.send(wire.WorkerReady(os.getpid(), self.device, wire.PROTOCOL_VERSION,
+                                           **versions()))  # fmt: skip
+        stop = threading.Event()
+        beat = threading.Thread(
+            target=run_heartbeats,
+            args=(self.channel, self._heartbeat, heartbeat_interval, stop),
+            name="heartbeat",
+            daemon=True,
+        )
+        beat.start()
+        try:
+            return self._loop()
+        except _DeviceFaulted:
+            return EXIT_DEVICE_FAULT
+        finally:
+            stop.set()
+            self._unload_all()
+
+    def _loop(self) -> int:
+        while True:
+            busy = any(r.engine.has_work for r in self.models.values())
+            while self.channel.readable(0 if busy else None):
+                job = self.channel.receive()
+                if job is None or isinstance(job, wire.Shutdown):
+                    return 0
+                self._handle(job)
+                busy = any(r.engine.has_work for r in self.models.values())
+                if busy and not self.channel.readable(0):
+                    break
+            for model_id, resident in list(self.models.items()):
+                if resident.engine.has_work:
+                    self._step(model_id, resident)
+            self._publish_statistics()
+
+    # -- jobs --------------------------------------------------------------------------
+
+    def _handle(self, job: object) -> None:
+        match job:
+            case wire.Generate():
+                self._generate(job)
+            case wire.CancelSequence(seq_id=seq_id):
+                model_id = self.owner.get(seq_id)
+                if model_id is not None:
+                    self.models[model_id].engine.cancel(seq_id)
+            case wire.LoadModel():
+                self._answer(job.job_id, lambda: self._load(job))
+            case wire.UnloadModel():
+                self._answer(job.job_id, lambda: self._unload(job))
+            case wire.QueryMemory(job_id=job_id):
+                self._answer(job_id, lambda: self._memory(job_id))
+            case wire.Ping(job_id=job_id):
+                self.channel.send(wire.Pong(job_id))
+
+    def _answer(self, job_id: wire.JobId, work) -> None:
+        try:
+            reply = work()
+        except errors.DeviceFault as exc:
+            self.channel.send(wire.JobFailed(job_id, failure_kind(exc), str(exc), True))
+            raise _DeviceFaulted from exc
+        except Exception as exc:  # boxed for the parent; the worker keeps serving
+            log.warning("job failed job=%s error=%r", job_id, exc)
+            kind = failure_kind(exc)
+            self.channel.send(wire.JobFailed(job_id, kind, str(exc), _retriable(exc)))
+            return
+        self.channel.send(reply)
+
+    def _load(self, job: wire.LoadModel) -> wire.ModelLoaded:
+        if job.model_id in self.models:
+            raise errors.InvalidRequest(f"model {job.model_id!r} is already loaded")
+        with quiet_transformers():
+            loaded = load_model(
+                snapshot_at(job.model_id, Path(job.path)),
+                device=self.torch_device,
+                dtype=job.dtype,
+            )
+        resident = _Resident(loaded, self._engine_config(loaded, job))
+        self.models[job.model_id] = resident
+        engine = resident.engine
+        report = loaded.report
+        memory = report.cuda_allocated_delta_bytes or report.tensor_bytes
+        return wire.ModelLoaded(
+            job.job_id, job.model_id, memory, report.load_seconds,
+            max_sequences=engine.max_batch_size, kv_cache_tokens=engine.kv_token_budget,
+        )  # fmt: skip
+
+    def _engine_config(self, loaded: LoadedModel, job: wire.LoadModel) -> EngineConfig:
+        budget = None
+        if job.kv_cache_bytes is not None:
+            budget = max(1, job.kv_cache_bytes // kv_bytes_per_token(loaded))
+        return EngineConfig(
+            max_batch_size=job.max_sequences or self.max_batch_size, kv_token_budget=budget
+        )
+
+    def _unload(self, job: wire.UnloadModel) -> wire.ModelUnloaded:
+        resident = self.models.pop(job.model_id, None)
+        if resident is None:
+            raise errors.ModelNotLoaded(f"model {job.model_id!r} is not loaded on {self.device}")
+        self._fail_sequences(resident, "not_found", "model was unloaded", retriable=True)
+        resident.engine.close()
+        report = resident.loaded.unload()
+        return wire.ModelUnloaded(job.job_id, job.model_id, report.tensor_bytes_released)
+
+    def _memory(self, job_id: wire.JobId) -> wire.MemoryReport:
+        reading = read_memory(torch.device(self.torch_device))
+        per_model = {m: r.loaded.report.tensor_bytes for m, r in self.models.items()}
+        allocated = reading.cuda_allocated_bytes
+        if allocated is None:
+            allocated = sum(per_model.values())
+        return wire.MemoryReport(
+            job_id, self.device, allocated_bytes=allocated,
+            reserved_bytes=reading.cuda_reserved_bytes or reading.rss_bytes,
+            model_bytes=per_model,
+        )  # fmt: skip
+
+    def _generate(self, job: wire.Generate) -> None:
+        resident = self.models.get(job.model_id)
+        try:
+            if resident is None:
+                raise errors.ModelNotLoaded(f"model {job.model_id!r} is not loaded")
+            params = SamplingParams.from_wire(job.sampling)
+            resident.engine.add(job.seq_id, job.prompt_token_ids, params)
+        except (errors.WorkerError, ValueError) as exc:
+            kind = failure_kind(exc)
+            self.channel.send(wire.SequenceFailed(job.seq_id, kind, str(exc), _retriable(exc)))
+            return
+        resident.sequences.add(job.seq_id)
+        self.owner[job.seq_id] = job.model_id
+
+    # -- stepping ----------------------------------------------------------------------
+
+    def _step(self, model_id: ModelId, resident: _Resident) -> None:
+        try:
+            result = resident.engine.step()
+        except errors.DeviceFault as exc:
+            self._fail_sequences(resident, failure_kind(exc), str(exc), retriable=True)
+            raise _DeviceFaulted from exc
+        except Exception as exc:
+            log.exception("engine step failed model=%s", model_id)
+            self._fail_sequences(resident, "internal", f"engine step failed: {exc}", True)
+            resident.engine = Engine(resident.loaded, resident.config)
+            return
+        self.steps += 1
+        for output in result.finished:
+            resident.sequences.discard(output.seq_id)
+            self.owner.pop(output.seq_id, None)
+        if result.outputs:
+            sequences = tuple(
+                wire.SequenceTokens(o.seq_id, o.token_ids, o.finish_reason) for o in result.outputs
+            )
+            self.channel.send(wire.StepTokens(self.steps, sequences))
+
+    def _fail_sequences(
+        self, resident: _Resident, kind: wire.FailureKind, message: str, retriable: bool
+    ) -> None:
+        for seq_id in sorted(resident.sequences):
+            self.owner.pop(seq_id, None)
+            self.channel.send(wire.SequenceFailed(seq_id, kind, message, retriable))
+        resident.sequences.clear()
+
+    # -- statistics --------------------------------------------------------------------
+
+    def _publish_statistics(self) -> None:
+        self._stats = tuple(_wire_statistics(m, r.engine) for m, r in self.models.items())
+
+    def _heartbeat(self) -> wire.Heartbeat:
+        return wire.Heartbeat(models=self._stats)
+
+    def _unload_all(self) -> None:
+        for resident in self.models.values():
+            resident.engine.close()
+            resident.loaded.unload()
+        self.models.clear()
+
+
+def _wire_statistics(model_id: ModelId, engine: Engine) -> wire.EngineStatistics:
+    s = engine.statistics()
+    return wire.EngineStatistics(
+        model_id=model_id,
+        running=s.active,
+        waiting=s.prefilling + s.waiting,
+        steps_total=s.steps,
+        prompt_tokens_total=s.prompt_tokens,
+        generated_tokens_total=s.tokens_generated,
+        tok_s_prefill=s.prefill_tokens_per_second,
+        tok_s_decode=s.decode_tokens_per_second,
+        kv_cache_used_tokens=s.kv_tokens_used,
+        kv_cache_tokens=s.kv_token_budget,
+    )
