@@ -9,7 +9,6 @@ from protocol.errors import InvalidRequest
 from protocol.responses import ResponsesRequest
 from protocol.translate_responses import responses_to_chat
 
-
 IMAGE = "data:image/png;base64,AA"
 
 
