@@ -1,21 +1,72 @@
-"""`neuron` / `python -m neuron`: the node daemon's command line."""
+"""`neuron` / `python -m neuron`: the node daemon's command line.
+
+    neuron serve [--config neuron.toml] [--host H] [--port N] [--log-format plain|json]
+
+`--port`/`--host` override the file and the environment. A bad configuration
+exits with status 2 and one line per problem, naming the key.
+"""
 
 from __future__ import annotations
 
 import argparse
+import logging
+import os
+import sys
 from importlib.metadata import version
+from pathlib import Path
+
+import attrs
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="neuron", description="helexa node daemon: serves the models of one host."
     )
-    parser.add_argument("--version", action="version", version=f"neuron {version('helexa')}")
+    parser.add_argument("--version", action="version", version=_version())
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser("serve", help="run the daemon")
+    serve.add_argument("--config", type=Path, help="neuron.toml (default: $NEURON_CONFIG, "
+                       "else /etc/neuron/neuron.toml if present)")  # fmt: skip
+    serve.add_argument("--host", help="listen address (overrides [listen] host)")
+    serve.add_argument("--port", type=int, help="listen port (overrides [listen] port)")
+    serve.add_argument("--log-format", choices=("plain", "json"))
     return parser
 
 
+def _version() -> str:
+    from neuron.buildinfo import build_info
+
+    info = build_info()
+    return f"neuron {version('helexa')} ({info.git_sha})"
+
+
 def main(argv: list[str] | None = None) -> None:
-    build_parser().parse_args(argv)
+    args = build_parser().parse_args(argv)
+    if args.command == "serve":
+        sys.exit(_serve(args))
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import trio
+
+    from neuron.config import ConfigError, find_config_path, load_config
+    from neuron.daemon import serve_forever
+    from protocol.logs import configure_logging
+
+    try:
+        config = load_config(args.config or find_config_path(os.environ))
+    except ConfigError as exc:
+        print(f"neuron: {exc}", file=sys.stderr)
+        return 2
+    listen = attrs.evolve(config.listen, **{k: v for k, v in
+                          (("host", args.host), ("port", args.port)) if v is not None})  # fmt: skip
+    log = attrs.evolve(config.log, format=args.log_format or config.log.format)
+    config = attrs.evolve(config, listen=listen, log=log)
+    configure_logging(config.log.format, config.log.level)
+    for note in config.notes:
+        logging.getLogger("neuron").warning("%s", note)
+    trio.run(serve_forever, config)
+    return 0
 
 
 if __name__ == "__main__":

@@ -529,24 +529,21 @@ class DeviceActor(actors.Actor):
 
 async def start_devices(
     parent: actors.SupervisorRef,
-    specs: list[DeviceSpec],
-    timeouts: WorkerTimeouts | None = None,
+    devices: list[Device],
     *,
     intensity: actors.RestartIntensity | None = None,
     backoff: actors.Backoff | None = None,
-) -> dict[str, Device]:
-    """Start the `devices` supervisor and one worker per spec; all ready on return."""
-    timeouts = timeouts or WorkerTimeouts()
+) -> actors.SupervisorRef:
+    """Start the `devices` supervisor and one worker per device; all ready on return."""
     supervisor = await parent.start_supervisor(
         "devices",
         intensity=intensity or actors.RestartIntensity(max_restarts=10, window=60),
         backoff=backoff or actors.Backoff(initial=0.2, maximum=10.0),
     )
-    devices = {spec.id: Device(spec, timeouts) for spec in specs}
     async with trio.open_nursery() as nursery:
-        for device in devices.values():
+        for device in devices:
             nursery.start_soon(_start_one, supervisor, device)
-    return devices
+    return supervisor
 
 
 async def _start_one(supervisor: actors.SupervisorRef, device: Device) -> None:

@@ -15,7 +15,7 @@ import pytest
 import trio
 
 import actors
-from neuron.devices import DeviceSpec, ModelPlacement, WorkerTimeouts, start_devices
+from neuron.devices import Device, DeviceSpec, ModelPlacement, WorkerTimeouts, start_devices
 from neuron.errors import WorkerDied, WorkerUnavailable
 from protocol import worker as wire
 
@@ -29,8 +29,8 @@ GREEDY = wire.SamplingParams(max_tokens=12, temperature=0.0)
 async def cpu0(demo_models):
     """A root with one CPU device worker serving the tiny model."""
     async with actors.open_root("neuron") as root:
-        devices = await start_devices(root, [DeviceSpec("cpu:0", max_batch_size=8)], TIMEOUTS)
-        device = devices["cpu:0"]
+        device = Device(DeviceSpec("cpu:0", max_batch_size=8), TIMEOUTS)
+        await start_devices(root, [device])
         await device.load(placement(demo_models))
         yield device
         await root.cancel()
@@ -180,8 +180,8 @@ async def test_two_cpu_devices_serve_different_models(demo_models, tmp_path):
 
     other = synthesize(tmp_path, arch="llama", name="helexa/other-chat", seed=7)
     async with actors.open_root("neuron") as root:
-        specs = [DeviceSpec("cpu:0"), DeviceSpec("cpu:1")]
-        devices = await start_devices(root, specs, TIMEOUTS)
+        devices = {d: Device(DeviceSpec(d), TIMEOUTS) for d in ("cpu:0", "cpu:1")}
+        await start_devices(root, list(devices.values()))
         await devices["cpu:0"].load(placement(demo_models))
         await devices["cpu:1"].load(placement(demo_models, "helexa/other-chat", other))
         assert devices["cpu:0"].worker.pid != devices["cpu:1"].worker.pid

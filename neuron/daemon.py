@@ -1,0 +1,215 @@
+"""The neuron daemon's life: start, serve, drain, stop.
+
+Start-up binds the HTTP listener first, then (in the background) starts one
+device worker per device and loads the configured default models one by one,
+reporting progress on `/health` (`activation`: pending → in progress →
+completed / failed with the reason). A request for a model that is not
+loaded yet gets a 404, or a 503 while it is loading.
+
+Shutdown (SIGTERM / SIGINT, or `stop()`): stop admitting (new inference and
+loads get 503 `shutting_down` with Retry-After), let requests in flight
+finish within `timeouts.drain`, unload the models, stop every worker with the
+stop ladder, and return. Nothing is left running.
+
+    neuron (actor root)
+    ├── devices      supervisor: one DeviceActor per device (neuron.devices)
+    ├── requests     supervisor: one task actor per generation
+    └── activation   task: default models
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import signal
+import time
+from typing import Any
+
+import attrs
+import trio
+
+import actors
+from neuron.buildinfo import build_info
+from neuron.config import NeuronConfig
+from neuron.devices import Device, start_devices
+from neuron.discovery import HealthSampler, build_discovery, probe_host
+from neuron.metrics import NeuronMetrics
+from neuron.registry import LoadRequest, ModelRegistry, RegistryLimits, ServedModel
+from neuron.serving import Serving, ServingSettings
+from protocol import node
+from protocol.errors import ApiError
+from protocol.http import make_config, serve
+from protocol.models import ModelCard, ModelLimit, ModelList
+
+log = logging.getLogger(__name__)
+
+
+class Neuron:
+    """Everything one running daemon holds; the HTTP routes read from it."""
+
+    def __init__(self, config: NeuronConfig) -> None:
+        self.config = config
+        self.started_at = time.monotonic()
+        self.metrics = NeuronMetrics()
+        self.build_info = build_info()
+        self.metrics.set_build_info(self.build_info)
+        self.draining = False
+        self.public_url = ""
+        self.activation = node.Activation(state="pre_warming")
+        self.root: Any = None
+        self.devices: list[Device] = []
+        self.discovery: node.Discovery | None = None
+        self.registry: ModelRegistry | None = None  # type: ignore[assignment]
+        self.serving: Serving | None = None  # type: ignore[assignment]
+        self._health_sampler: HealthSampler | None = None
+        self._stop = trio.Event()
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED) -> None:
+        probe = await probe_host()
+        specs = self.config.device_specs([g.index for g in probe.gpu.gpus], probe.resources)
+        self.discovery = build_discovery(
+            probe, specs, max_prompt_tokens=self.config.limits.max_prompt_tokens
+        )
+        self._health_sampler = HealthSampler(specs)
+        self.devices = [Device(spec, self.config.worker_timeouts()) for spec in specs]
+        async with actors.open_root("neuron") as root, trio.open_nursery() as nursery:
+            self.root = root
+            self.registry = ModelRegistry(self.devices, self._limits(), nursery)
+            requests = await root.start_supervisor("requests")
+            self.serving = Serving(self.registry, requests, self._settings())
+            url = await nursery.start(self._serve_http)
+            self.public_url = url
+            task_status.started(url)
+            await root.start_task(self._activate, name="activation", kind="activation")
+            await self._stop.wait()
+            await self._shutdown(nursery)
+
+    async def _serve_http(self, *, task_status: trio.TaskStatus[str]) -> None:
+        """Serve until `stop()`; hypercorn then drains in-flight requests (bounded)."""
+        from neuron.http import create_app
+
+        listen = self.config.listen
+        config = make_config(listen.host, listen.port, graceful_timeout=self.config.timeouts.drain)
+        app = create_app(self)
+        async with trio.open_nursery() as nursery:
+            urls = await nursery.start(
+                functools.partial(serve, app, config, shutdown_trigger=self._stop.wait)
+            )
+            task_status.started(_public_url(urls[0], listen.host))
+
+    async def _activate(self, task: Any) -> None:
+        await start_devices(self.root, self.devices)
+        wanted = self.config.model_devices([d.spec for d in self.devices])
+        pending = [m.id for m, _ in wanted]
+        self.activation = node.Activation(state="pre_warming", pending=tuple(pending))
+        completed, failed = [], []
+        for model, devices in wanted:
+            pending.remove(model.id)
+            self._activation(pending, model.id, completed, failed)
+            try:
+                await self.registry.load(LoadRequest(model.id, model.dtype, devices or None,
+                                                     model.max_in_flight))  # fmt: skip
+                completed.append(model.id)
+            except ApiError as exc:
+                log.error("default model failed model=%s: %s", model.id, exc.message)
+                failed.append(node.ActivationFailure(model.id, exc.message))
+        self._activation(pending, None, completed, failed, state="ready")
+        log.info("activation done loaded=%d failed=%d", len(completed), len(failed))
+
+    def _activation(self, pending, current, completed, failed, state="pre_warming") -> None:
+        self.activation = node.Activation(
+            state=state, pending=tuple(pending), in_progress=current,
+            completed=tuple(completed), failed=tuple(failed),
+        )  # fmt: skip
+
+    def stop(self) -> None:
+        """Begin the graceful shutdown (idempotent)."""
+        self.draining = True
+        self._stop.set()
+
+    async def _shutdown(self, nursery: trio.Nursery) -> None:
+        log.info("shutting down: draining for up to %.0fs", self.config.timeouts.drain)
+        with trio.move_on_after(self.config.timeouts.drain + 5):
+            await self._wait_http_drained()
+        with trio.move_on_after(self.config.timeouts.unload_drain + 10):
+            await self.registry.unload_all()
+        nursery.cancel_scope.cancel()
+        await self.root.cancel()
+
+    async def _wait_http_drained(self) -> None:
+        for model in list(self.registry.models.values()):
+            await model.admission.wait_idle()
+
+    # -- what the routes read ----------------------------------------------------------------
+
+    async def load(self, spec: node.ModelSpec) -> ServedModel:
+        model = await self.registry.load(LoadRequest.from_spec(spec))
+        self.metrics.model_loaded(model.id, model.device.id, model.load_seconds,
+                                  model.memory_bytes)  # fmt: skip
+        return model
+
+    async def health(self) -> node.Health:
+        pids = {d.id: (d.worker.pid if d.worker else None) for d in self.devices}
+        devices = await self._health_sampler.sample(pids)
+        devices = tuple(
+            attrs.evolve(
+                h,
+                worker_state="ready" if d.worker else "restarting",
+                worker_restarts=max(0, d.incarnations - 1),
+            )
+            for h, d in zip(devices, self.devices, strict=True)
+        )
+        return node.Health(
+            uptime_secs=int(time.monotonic() - self.started_at), devices=devices,
+            activation=self.activation, models=tuple(self.registry.model_loads()),
+        )  # fmt: skip
+
+    def model_list(self) -> ModelList:
+        cards = []
+        for info in self.registry.model_infos():
+            limit = info.limit and ModelLimit(context=info.limit.context, input=info.limit.input,
+                                              output=info.limit.output)  # fmt: skip
+            cards.append(ModelCard.with_limit(
+                limit, id=info.id, created=int(time.time()),
+                loaded=info.status == "loaded", capabilities=info.capabilities or (),
+                tool_call=info.tool_call, reasoning=info.reasoning,
+            ))  # fmt: skip
+        return ModelList(data=tuple(cards))
+
+    def _limits(self) -> RegistryLimits:
+        c = self.config
+        return RegistryLimits(
+            model_roots=c.model_root_paths, allow_absolute_paths=c.allow_absolute_model_paths,
+            max_queue_depth=c.admission.max_queue_depth, queue_timeout=c.admission.queue_timeout,
+            unload_drain_timeout=c.timeouts.unload_drain, default_dtype=c.engine.default_dtype,
+            max_in_flight=c.admission.max_in_flight,
+        )  # fmt: skip
+
+    def _settings(self) -> ServingSettings:
+        return ServingSettings(
+            keepalive_interval=self.config.http.keepalive_interval,
+            default_max_tokens=self.config.limits.default_max_tokens,
+        )
+
+
+def _public_url(bound: str, host: str) -> str:
+    """What `/models/{id}/endpoint` reports: loopback when bound to every address."""
+    if host in ("0.0.0.0", "::", ""):
+        port = bound.rsplit(":", 1)[1]
+        return f"http://localhost:{port}"
+    return bound
+
+
+async def serve_forever(config: NeuronConfig) -> None:
+    """Run until SIGTERM / SIGINT, then shut down gracefully."""
+    neuron = Neuron(config)
+    async with trio.open_nursery() as nursery:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            url = await nursery.start(neuron.run)
+            log.info("neuron listening url=%s", url)
+            async for signum in signals:
+                log.info("received %s: shutting down", signal.Signals(signum).name)
+                neuron.stop()
+                break

@@ -1,0 +1,165 @@
+"""One generation, from token ids to typed events: the neuron's hot path.
+
+`generate` takes a slot from the model's admission, submits the prompt to
+the model's device worker, and turns each engine step's token ids into
+`neuron.events` — through the request's `OutputParser` (reasoning, tool
+calls, incremental detokenisation) and its stop strings — sending them to a
+channel the renderer reads. It owns the sequence: whatever way it ends
+(finished, stop string, client gone, error), the worker's slot is given back.
+
+Every outcome is an event: a `Failed` before `Started` is a refusal (the
+caller answers with an HTTP error), a `Failed` after it is reported in-band
+by a stream that already began. Not for: prompt building or wire formats.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import attrs
+import trio
+
+from neuron.events import (
+    ContentDelta,
+    Failed,
+    Finished,
+    GenerationEvent,
+    Started,
+    ToolCallParsed,
+)
+from neuron.registry import ServedModel
+from neuron.text.output import OutputParser
+from neuron.text.sampling import ResolvedSampling
+from neuron.text.stop import StopMatcher
+from protocol.errors import ApiError, InternalError
+
+log = logging.getLogger(__name__)
+
+
+@attrs.define
+class GenerationJob:
+    """Everything one generation needs; built by the serving code per request."""
+
+    model: ServedModel
+    prompt_ids: tuple[int, ...]
+    sampling: ResolvedSampling
+    parser: OutputParser
+    task: Any = None  # the request's task actor, for status fields (optional)
+
+    def status(self, **fields: Any) -> None:
+        if self.task is not None:
+            self.task.set_status(**fields)
+
+
+class _Progress:
+    """Counts and clocks of one generation."""
+
+    def __init__(self, job: GenerationJob) -> None:
+        self.job = job
+        self.stops = StopMatcher(job.sampling.stop_strings)
+        self.completion_tokens = 0
+        self.tool_calls = 0
+        self.submitted_at = trio.current_time()
+        self.first_token_at: float | None = None
+        self.last_token: int | None = None
+
+    def step(self, token_ids: tuple[int, ...]) -> list[GenerationEvent]:
+        if token_ids and self.first_token_at is None:
+            self.first_token_at = trio.current_time()
+        self.completion_tokens += len(token_ids)
+        if token_ids:
+            self.last_token = token_ids[-1]
+        return self._filter(self.job.parser.feed(token_ids))
+
+    def finish(self) -> list[GenerationEvent]:
+        events = self._filter(self.job.parser.finish())
+        if self.stops.matched is None and (held := self.stops.finish()):
+            events.append(ContentDelta(held))
+        return events
+
+    def _filter(self, events: list) -> list[GenerationEvent]:
+        """Apply stop strings to content; count tool calls."""
+        out: list[GenerationEvent] = []
+        for event in events:
+            if self.stops.matched is not None:
+                break
+            if isinstance(event, ContentDelta):
+                scan = self.stops.push(event.text)
+                if scan.text:
+                    out.append(ContentDelta(scan.text))
+                continue
+            if isinstance(event, ToolCallParsed):
+                self.tool_calls += 1
+            out.append(event)
+        return out
+
+    def finished(self, worker_reason: str | None) -> Finished:
+        now = trio.current_time()
+        first = self.first_token_at or now
+        stop_sequence = self.stops.matched
+        if stop_sequence is None and worker_reason == "stop":
+            stop_sequence = self.job.sampling.stop_token_strings.get(self.last_token)
+        if worker_reason == "length" and stop_sequence is None:
+            reason = "length"
+        elif self.tool_calls and stop_sequence is None:
+            reason = "tool_calls"
+        else:
+            reason = "stop"
+        return Finished(
+            reason=reason,
+            prompt_tokens=len(self.job.prompt_ids),
+            completion_tokens=self.completion_tokens,
+            reasoning_tokens=self.job.parser.reasoning_tokens,
+            stop_sequence=stop_sequence,
+            prefill_ms=(first - self.submitted_at) * 1000,
+            decode_ms=(now - first) * 1000,
+        )
+
+
+async def generate(job: GenerationJob, send: trio.MemorySendChannel[GenerationEvent]) -> None:
+    """Run `job` to its end, sending events to `send`.
+
+    A refusal before the sequence starts (busy, worker restarting, bad
+    request) is sent as a `Failed` before any `Started`.
+    """
+    job.status(phase="queued", model=job.model.id)
+    try:
+        async with job.model.admission.slot():
+            job.status(phase="prefill")
+            stream = await job.model.device.generate(
+                job.model.id, job.prompt_ids, job.sampling.params
+            )
+            try:
+                await send.send(Started(len(job.prompt_ids)))
+                await _relay(job, stream, send)
+            finally:
+                await stream.aclose()
+    except ApiError as exc:
+        await send.send(Failed(exc, len(job.prompt_ids)))
+
+
+async def _relay(job: GenerationJob, stream: Any, send: trio.MemorySendChannel) -> None:
+    progress = _Progress(job)
+    worker_reason: str | None = None
+    try:
+        async for step in stream:
+            for event in progress.step(step.token_ids):
+                await send.send(event)
+            job.status(phase="streaming", tokens=progress.completion_tokens)
+            worker_reason = step.finish_reason
+            if progress.stops.matched is not None:
+                break  # `finally` in `generate` cancels the sequence in the worker
+    except (trio.BrokenResourceError, trio.ClosedResourceError):
+        raise  # the reader is gone (client disconnected): nobody to tell
+    except ApiError as exc:
+        await send.send(Failed(exc, len(job.prompt_ids), progress.completion_tokens))
+        return
+    except Exception as exc:  # the request boundary: report in-band, keep serving
+        log.exception("generation failed model=%s", job.model.id)
+        error = InternalError(f"generation failed: {exc}")
+        await send.send(Failed(error, len(job.prompt_ids), progress.completion_tokens))
+        return
+    for event in progress.finish():
+        await send.send(event)
+    await send.send(progress.finished(worker_reason))

@@ -1,0 +1,246 @@
+"""The neuron's HTTP routes: parse → call the serving code → render.
+
+Routes are thin. Inference routes (`/v1/*`) answer errors in the OpenAI
+envelope; management routes (`/models/*`) answer upstream's flat
+`{"error": "...", "code": "..."}` body so the upstream gateway can drive this
+node. Every response carries `x-request-id` (the client's, or a new one).
+With an auth token configured, every route but `/health` needs
+`Authorization: Bearer <token>` or `x-api-key: <token>`. While draining for
+shutdown, inference and loads answer 503 `shutting_down` with Retry-After.
+
+Not for: serving logic (`neuron.serving`, `neuron.registry`) or process
+lifecycle (`neuron.daemon`).
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import time
+import uuid
+from typing import TYPE_CHECKING, Any
+
+import trio
+from quart import Response, request
+from quart_trio import QuartTrio
+
+from neuron import render
+from protocol import node, sse, unstructure
+from protocol.completions import CompletionRequest
+from protocol.errors import ApiError, AuthenticationFailed, InternalError, NotFound
+from protocol.errors import ServiceUnavailable as Unavailable
+from protocol.http import error_response, json_response, parse_body, prepare_app
+from protocol.openai import ChatCompletionRequest
+from protocol.responses import ResponsesRequest
+from protocol.translate_responses import responses_to_chat
+
+if TYPE_CHECKING:
+    from neuron.daemon import Neuron
+
+log = logging.getLogger(__name__)
+
+_PUBLIC = frozenset({"/health"})
+
+
+def create_app(neuron: Neuron) -> QuartTrio:
+    app = prepare_app(QuartTrio("neuron"), max_body_bytes=neuron.config.http.max_body_bytes)
+
+    @app.before_request
+    async def authorize() -> None:
+        _authorize(neuron)
+
+    app.after_request(_stamp_request_id)
+    app.register_error_handler(ApiError, _api_error)
+    app.register_error_handler(404, _not_found)
+    app.register_error_handler(405, _method_not_allowed)
+    app.register_error_handler(Exception, _unexpected)
+    _management_routes(app, neuron)
+    _inference_routes(app, neuron)
+    return app
+
+
+# -- request plumbing --------------------------------------------------------------------
+
+
+def request_id() -> str:
+    rid = getattr(request, "helexa_request_id", None)
+    if rid is None:
+        given = request.headers.get("x-request-id", "")
+        rid = given if 0 < len(given) <= 128 and given.isprintable() else uuid.uuid4().hex
+        request.helexa_request_id = rid
+    return rid
+
+
+def _authorize(neuron: Neuron) -> None:
+    token = neuron.config.auth.token
+    if not token or request.path in _PUBLIC:
+        return
+    given = request.headers.get("x-api-key") or ""
+    bearer = request.headers.get("authorization", "")
+    if bearer.lower().startswith("bearer "):
+        given = bearer[7:].strip()
+    if not hmac.compare_digest(given.encode(), token.encode()):
+        raise AuthenticationFailed("missing or invalid API key; send 'Authorization: Bearer "
+                                   "<key>' or 'x-api-key: <key>'")  # fmt: skip
+
+
+async def _stamp_request_id(response: Response) -> Response:
+    response.headers["x-request-id"] = request_id()
+    return response
+
+
+def _management() -> bool:
+    return request.path.startswith("/models")
+
+
+async def _api_error(error: ApiError) -> Response:
+    log.warning("request refused id=%s path=%s status=%s code=%s: %s", request_id(),
+                request.path, error.status, error.code, error.message)  # fmt: skip
+    if _management():
+        body = unstructure(node.ErrorBody(error.message, error.code))
+        return json_response(body, error.status, error.headers())
+    return error_response(error)
+
+
+async def _not_found(_: Exception) -> Response:
+    return await _api_error(NotFound(f"no route {request.method} {request.path}",
+                                     code="route_not_found"))  # fmt: skip
+
+
+async def _method_not_allowed(_: Exception) -> Response:
+    return await _api_error(ApiError(f"method {request.method} not allowed on {request.path}",
+                                     status=405, type="invalid_request_error",
+                                     code="method_not_allowed"))  # fmt: skip
+
+
+async def _unexpected(error: Exception) -> Response:
+    log.exception("unexpected error id=%s path=%s", request_id(), request.path)
+    return await _api_error(InternalError(f"internal error: {type(error).__name__}"))
+
+
+def _check_admitting(neuron: Neuron) -> None:
+    if neuron.draining:
+        raise Unavailable("this node is shutting down", code="shutting_down", retry_after=15)
+
+
+# -- management ---------------------------------------------------------------------------
+
+
+def _management_routes(app: QuartTrio, neuron: Neuron) -> None:
+    @app.get("/health")
+    async def health():
+        return json_response(await neuron.health())
+
+    @app.get("/discovery")
+    async def discovery():
+        return json_response(neuron.discovery)
+
+    @app.get("/version")
+    async def version():
+        return json_response(neuron.build_info)
+
+    @app.get("/models")
+    async def models():
+        return json_response([unstructure(i) for i in neuron.registry.model_infos()])
+
+    @app.post("/models/load")
+    async def load():
+        _check_admitting(neuron)
+        spec = await parse_body(request, node.ModelSpec)
+        model = await neuron.load(spec)
+        return json_response(node.LoadResult(model_id=model.id, memory_bytes=model.memory_bytes,
+                                             load_seconds=model.load_seconds))  # fmt: skip
+
+    @app.post("/models/unload")
+    async def unload():
+        body = await parse_body(request, node.UnloadRequest)
+        model = await neuron.registry.unload(body.model_id)
+        return json_response(node.UnloadResult(model_id=model.id))
+
+    @app.get("/models/<path:model_id>/endpoint")
+    async def endpoint(model_id: str):
+        neuron.registry.get(model_id)
+        return json_response(node.Endpoint(url=neuron.public_url))
+
+    @app.get("/metrics")
+    async def metrics():
+        body, content_type = await trio.to_thread.run_sync(
+            neuron.metrics.render, request.headers.get("accept", "")
+        )
+        return Response(body, content_type=content_type)
+
+    @app.get("/admin/actors")
+    async def actors_tree():
+        return json_response(neuron.root.registry.snapshot().to_dict())
+
+    @app.get("/admin/actors/stream")
+    async def actors_stream():
+        async def body():
+            async for snapshot in neuron.root.registry.watch(min_interval=0.1):
+                yield sse.encode_json_event(snapshot.to_dict())
+
+        return body(), 200, {"Content-Type": sse.CONTENT_TYPE, "Cache-Control": "no-cache"}
+
+
+# -- inference ----------------------------------------------------------------------------
+
+
+def _inference_routes(app: QuartTrio, neuron: Neuron) -> None:
+    @app.get("/v1/models")
+    async def list_models():
+        return json_response(neuron.model_list())
+
+    @app.post("/v1/chat/completions")
+    async def chat():
+        _check_admitting(neuron)
+        body = await parse_body(request, ChatCompletionRequest)
+        job = neuron.serving.chat_job(body)
+        cid, created, model = f"chatcmpl-{uuid.uuid4().hex}", int(time.time()), str(job.model.id)
+        if body.stream:
+            stream = render.ChatStream(cid, model, created, include_usage=_include_usage(body))
+            return await _stream(neuron, job, stream)
+        return json_response(render.collect_chat(cid, model, created, await _collect(neuron, job)))
+
+    @app.post("/v1/completions")
+    async def completions():
+        _check_admitting(neuron)
+        body = await parse_body(request, CompletionRequest)
+        job = neuron.serving.completion_job(body)
+        cid, created, model = f"cmpl-{uuid.uuid4().hex}", int(time.time()), str(job.model.id)
+        if body.stream:
+            include = body.stream_options.include_usage if body.stream_options else None
+            stream = render.CompletionStream(
+                cid, model, created, include_usage=include is not False
+            )
+            return await _stream(neuron, job, stream)
+        events = await _collect(neuron, job)
+        return json_response(render.collect_completion(cid, model, created, events))
+
+    @app.post("/v1/responses")
+    async def responses():
+        _check_admitting(neuron)
+        body = await parse_body(request, ResponsesRequest)
+        job = neuron.serving.chat_job(responses_to_chat(body))
+        rid, created, model = f"resp_{uuid.uuid4().hex}", int(time.time()), str(job.model.id)
+        if body.stream:
+            return await _stream(neuron, job, render.ResponsesStream(rid, model, created,
+                                                                     request=body))  # fmt: skip
+        events = await _collect(neuron, job)
+        return json_response(render.collect_response(rid, model, created, events, request=body))
+
+
+def _include_usage(body: ChatCompletionRequest) -> bool:
+    """Upstream always sends the usage chunk; `include_usage: false` opts out."""
+    options = body.stream_options
+    return True if options is None or options.include_usage is None else options.include_usage
+
+
+async def _stream(neuron: Neuron, job: Any, renderer: Any):
+    body = await neuron.serving.stream(job, renderer, request_id())
+    headers = {"Content-Type": sse.CONTENT_TYPE, "Cache-Control": "no-cache",
+               "X-Accel-Buffering": "no"}  # fmt: skip
+    return body, 200, headers
+
+
+async def _collect(neuron: Neuron, job: Any) -> list:
+    return await neuron.serving.collect(job, request_id())

@@ -1,0 +1,302 @@
+"""The model registry: which models this node serves, where, and in what state.
+
+The registry owns the desired set of models and each one's serving state: its
+snapshot, its tokenizer (kept in the parent, where prompts are rendered), the
+device whose worker holds its weights, and its admission. It carries out
+loads and unloads on the devices:
+
+* loads are **single-flight**: concurrent loads of one id share one load,
+  which runs in the registry's own nursery so a caller that goes away does
+  not cancel it for the others; a load of a model already loaded is refused
+  with 400 `model_already_loaded`;
+* an unload refuses new requests at once (503 `model_unavailable`), waits up
+  to `unload_drain_timeout` for requests in flight to finish, then unloads
+  (requests still running then fail with `worker`'s "model was unloaded");
+* a model whose device worker died shows as `recovering` until the
+  replacement worker has loaded it again (see `neuron.devices`).
+
+Not for: HTTP, tokenising a request, or generation (`neuron.serving`).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import attrs
+import trio
+
+from neuron.admission import Admission
+from neuron.devices import Device, ModelPlacement
+from neuron.text.tokenizer import ModelTokenizer
+from neuron.worker import errors as worker_errors
+from neuron.worker.snapshot import SnapshotInfo, inspect_model
+from protocol import node
+from protocol.errors import ApiError, InvalidRequest, NotFound, ServiceUnavailable
+from protocol.ids import ModelId
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CONTEXT = 4096  # for configs that do not say
+
+
+class ModelNotLoaded(NotFound):
+    code = "model_not_found"
+
+
+class ModelAlreadyLoaded(InvalidRequest):
+    code = "model_already_loaded"
+
+
+@attrs.frozen
+class RegistryLimits:
+    """How models are admitted and where they may come from."""
+
+    model_roots: tuple[Path, ...]
+    allow_absolute_paths: bool = False
+    max_queue_depth: int = 64
+    queue_timeout: float = 30.0
+    unload_drain_timeout: float = 30.0
+    default_dtype: str = "auto"
+    max_in_flight: int | None = None  # None: the engine's batch size
+
+
+@attrs.frozen
+class LoadRequest:
+    model_id: ModelId
+    dtype: str | None = None
+    devices: tuple[int, ...] | None = None  # device indices, as on /discovery
+    max_in_flight: int | None = None
+
+    @classmethod
+    def from_spec(cls, spec: node.ModelSpec) -> LoadRequest:
+        if spec.tensor_parallel not in (None, 1):
+            raise InvalidRequest(
+                "tensor_parallel > 1 is not supported by this neuron yet",
+                param="tensor_parallel", code="unsupported_parameter",
+            )  # fmt: skip
+        if spec.quant:
+            raise InvalidRequest(
+                f"quantisation {spec.quant!r} is not supported; load the dense weights",
+                param="quant", code="unsupported_parameter",
+            )  # fmt: skip
+        return cls(spec.model_id, spec.dtype, spec.devices)
+
+
+@attrs.define
+class ServedModel:
+    """A model this node serves; mutable, owned by the registry."""
+
+    id: ModelId
+    info: SnapshotInfo
+    tokenizer: ModelTokenizer
+    device: Device
+    device_index: int
+    admission: Admission
+    dtype: str
+    memory_bytes: int = 0
+    load_seconds: float = 0.0
+    loaded_at: float = attrs.field(factory=time.time)
+    status: str = "loaded"
+
+    @property
+    def context_length(self) -> int:
+        """Tokens of prompt + output this model takes (its config's position limit)."""
+        return self.info.max_position_embeddings or DEFAULT_CONTEXT
+
+    @property
+    def servable_now(self) -> bool:
+        return self.status == "loaded" and self.id in self.device.resident
+
+    def current_status(self) -> str:
+        if self.status != "loaded":
+            return self.status
+        return "loaded" if self.id in self.device.resident else "recovering"
+
+
+class _Flight:
+    """One load in progress; everyone who asked waits on it."""
+
+    def __init__(self) -> None:
+        self.done = trio.Event()
+        self.model: ServedModel | None = None
+        self.error: BaseException | None = None
+
+
+class ModelRegistry:
+    def __init__(self, devices: list[Device], limits: RegistryLimits, nursery: trio.Nursery):
+        self.devices = devices
+        self.limits = limits
+        self.models: dict[ModelId, ServedModel] = {}
+        self._flights: dict[ModelId, _Flight] = {}
+        self._nursery = nursery
+
+    # -- lookups ---------------------------------------------------------------------------
+
+    def get(self, model_id: str) -> ServedModel:
+        """The model, ready to serve, or 404 / 503 (recovering, unloading)."""
+        model = self.models.get(ModelId(model_id))
+        if model is None:
+            if model_id in self._flights:
+                raise ServiceUnavailable(f"model {model_id!r} is loading", retry_after=5,
+                                         code="model_loading")  # fmt: skip
+            raise ModelNotLoaded(f"model {model_id!r} is not loaded on this node",
+                                 extra={"model_id": model_id})  # fmt: skip
+        status = model.current_status()
+        if status != "loaded":
+            raise ServiceUnavailable(
+                f"model {model_id!r} is {status}; retry shortly", retry_after=2,
+                code=f"model_{status}",
+            )  # fmt: skip
+        return model
+
+    def loading(self) -> tuple[ModelId, ...]:
+        return tuple(self._flights)
+
+    # -- loading ---------------------------------------------------------------------------
+
+    async def load(self, request: LoadRequest) -> ServedModel:
+        if request.model_id in self.models:
+            raise ModelAlreadyLoaded(f"model {request.model_id!r} already loaded")
+        flight = self._flights.get(request.model_id)
+        if flight is None:
+            flight = self._flights[request.model_id] = _Flight()
+            self._nursery.start_soon(self._fly, request, flight)
+        await flight.done.wait()
+        if flight.error is not None:
+            raise flight.error
+        assert flight.model is not None
+        return flight.model
+
+    async def _fly(self, request: LoadRequest, flight: _Flight) -> None:
+        try:
+            flight.model = await self._load(request)
+            self.models[request.model_id] = flight.model
+        except Exception as exc:  # delivered to every caller of this flight
+            flight.error = exc
+        finally:
+            del self._flights[request.model_id]
+            flight.done.set()
+
+    async def _load(self, request: LoadRequest) -> ServedModel:
+        info = await trio.to_thread.run_sync(self._inspect, request.model_id)
+        tokenizer = await trio.to_thread.run_sync(
+            lambda: ModelTokenizer.from_snapshot(
+                info.snapshot.path, eos_token_ids=info.eos_token_ids
+            )
+        )
+        index, device = self._pick_device(request)
+        dtype = request.dtype or self.limits.default_dtype
+        loaded = await device.load(ModelPlacement(request.model_id, str(info.snapshot.path), dtype))
+        max_in_flight = (
+            request.max_in_flight or self.limits.max_in_flight or loaded.max_sequences or 1
+        )
+        admission = Admission(request.model_id, max_in_flight, self.limits.max_queue_depth,
+                              self.limits.queue_timeout)  # fmt: skip
+        return ServedModel(
+            request.model_id, info, tokenizer, device, index, admission, dtype,
+            memory_bytes=loaded.memory_bytes, load_seconds=loaded.load_seconds,
+        )  # fmt: skip
+
+    def _inspect(self, model_id: ModelId) -> SnapshotInfo:
+        try:
+            return inspect_model(model_id, self.limits.model_roots,
+                                 allow_absolute=self.limits.allow_absolute_paths)  # fmt: skip
+        except worker_errors.UnsafeModelId as exc:
+            raise InvalidRequest(str(exc), param="model_id", code="invalid_model_id") from exc
+        except worker_errors.ModelNotFound as exc:
+            raise NotFound(str(exc), code="model_not_found",
+                           extra={"model_id": model_id}) from exc  # fmt: skip
+        except worker_errors.ModelError as exc:
+            raise ApiError(str(exc), status=422, type="invalid_request_error",
+                           code=exc.code) from exc  # fmt: skip
+
+    def _pick_device(self, request: LoadRequest) -> tuple[int, Device]:
+        candidates = list(enumerate(self.devices))
+        if request.devices:
+            wanted = set(request.devices)
+            unknown = wanted - set(range(len(self.devices)))
+            if unknown:
+                raise InvalidRequest(f"no device with index {sorted(unknown)}", param="devices")
+            candidates = [(i, d) for i, d in candidates if i in wanted]
+        live = [(i, d) for i, d in candidates if d.worker is not None]
+        if not live:
+            raise ServiceUnavailable("no device worker is ready", retry_after=2,
+                                     code="worker_unavailable")  # fmt: skip
+        return min(live, key=lambda pair: (len(pair[1].desired), pair[0]))
+
+    # -- unloading -------------------------------------------------------------------------
+
+    async def unload(self, model_id: str) -> ServedModel:
+        model = self.models.get(ModelId(model_id))
+        if model is None:
+            raise ModelNotLoaded(f"model {model_id!r} not loaded", extra={"model_id": model_id})
+        model.status = "unloading"
+        model.admission.close("unloading")
+        with trio.move_on_after(self.limits.unload_drain_timeout):
+            await model.admission.wait_idle()
+        try:
+            await model.device.unload(model.id)
+        finally:
+            self.models.pop(model.id, None)
+        return model
+
+    async def unload_all(self) -> None:
+        for model_id in list(self.models):
+            try:
+                await self.unload(model_id)
+            except ApiError as exc:
+                log.warning("unload failed model=%s: %s", model_id, exc)
+
+    # -- reporting -------------------------------------------------------------------------
+
+    def model_infos(self) -> list[node.ModelInfo]:
+        infos = [_model_info(m) for m in self.models.values()]
+        infos += [node.ModelInfo(m, "transformers", "loading") for m in self._flights]
+        return infos
+
+    def model_loads(self) -> list[node.ModelLoad]:
+        return [_model_load(m) for m in self.models.values()]
+
+
+def _model_info(model: ServedModel) -> node.ModelInfo:
+    context = model.info.max_position_embeddings
+    return node.ModelInfo(
+        id=model.id,
+        harness="transformers",
+        status=model.current_status(),
+        devices=(model.device_index,),
+        vram_used_mb=model.memory_bytes // (1 << 20),
+        capabilities=("text",),
+        limit=node.ModelLimit(context=context, input=context, output=None) if context else None,
+        tool_call=_has_markers(model.tokenizer, "<tool_call>", "</tool_call>"),
+        reasoning=_has_markers(model.tokenizer, "<think>", "</think>"),
+        memory_bytes=model.memory_bytes,
+        dtype=model.dtype,
+    )
+
+
+def _model_load(model: ServedModel) -> node.ModelLoad:
+    stats = model.admission.statistics()
+    engine = model.device.worker.statistics.get(model.id) if model.device.worker else None
+    return node.ModelLoad(
+        id=model.id,
+        in_flight=stats.in_flight,
+        queue_depth=stats.queued,
+        max_in_flight=stats.max_in_flight,
+        max_queue_depth=stats.max_queue_depth,
+        rejected_queue_full=stats.rejected_queue_full,
+        rejected_timeout=stats.rejected_timeout,
+        tok_s_prefill=engine.tok_s_prefill if engine else None,
+        tok_s_decode=engine.tok_s_decode if engine else None,
+    )
+
+
+def _load_tokenizer(info: SnapshotInfo) -> ModelTokenizer:
+    return ModelTokenizer.from_snapshot(info.snapshot.path, eos_token_ids=info.eos_token_ids)
+
+
+def _has_markers(tokenizer: ModelTokenizer, open_: str, close: str) -> bool:
+    """Both markers are single tokens: the parser can work on token ids."""
+    return None not in (tokenizer.single_token_id(open_), tokenizer.single_token_id(close))

@@ -1,0 +1,204 @@
+"""Chat completions from a generation's events: the SSE stream and the whole reply.
+
+`ChatStream` renders upstream's chunk sequence — the role chunk, one chunk
+per content / reasoning delta and per parsed tool call, the final chunk with
+`finish_reason`, the usage-only chunk, `data: [DONE]`. A failure after the
+stream opened is reported in-band (DESIGN §4): an error frame, a final
+chunk with `finish_reason: "error"`, the usage so far, `[DONE]`.
+`collect_chat` builds the non-streaming `chat.completion` from the same
+events. Also here: the `Usage` both chat and legacy completions report.
+
+Pure and synchronous: no I/O, no ids or clocks of its own (they are inputs).
+Not for: deciding what to generate, or HTTP.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import cast
+
+from neuron.events import (
+    ContentDelta,
+    Failed,
+    Finished,
+    GenerationEvent,
+    ReasoningDelta,
+    Started,
+    ToolCallParsed,
+)
+from neuron.render.template import TEXT, DeltaTemplate
+from protocol.errors import InternalError
+from protocol.ids import ModelId
+from protocol.openai import (
+    ChatCompletion,
+    ChatCompletionChunk,
+    ChatCompletionMessage,
+    Choice,
+    ChoiceDelta,
+    CompletionId,
+    ErrorResponse,
+    FinishReason,
+    FunctionCall,
+    HelexaTiming,
+    ToolCall,
+    ToolCallDelta,
+    ToolCallFunctionDelta,
+    ToolCallId,
+    Usage,
+)
+from protocol.sse import DONE, encode_json_event
+
+__all__ = ["ChatStream", "collect_chat", "finish_reason", "usage_of"]
+
+# Not an OpenAI value (the protocol's Literal lacks it): the final chunk of a
+# stream that failed after it opened, for clients that ignore the error frame.
+ERROR_FINISH = cast(FinishReason, "error")
+
+
+class ChatStream:
+    """One streamed chat completion: `start()`, `feed()` each event, then it ends.
+
+    `feed` takes every event kind, `Finished` and `Failed` included, so a
+    route can pass the generation's events straight through; `finish` and
+    `fail` are what it calls for those. Each call returns the bytes to send
+    (possibly none). Feeding after the end is a bug and raises.
+    """
+
+    def __init__(
+        self,
+        completion_id: CompletionId,
+        model: ModelId,
+        created: int,
+        *,
+        include_usage: bool = True,
+    ) -> None:
+        self.completion_id, self.model, self.created = completion_id, model, created
+        self.include_usage = include_usage
+        self.ended = False
+        self._tool_calls = 0
+        self._content = DeltaTemplate(self._delta_chunk(ChoiceDelta(content=TEXT)))
+        self._reasoning = DeltaTemplate(self._delta_chunk(ChoiceDelta(reasoning_content=TEXT)))
+
+    def start(self) -> bytes:
+        """The role chunk; sent before prefill, so the client sees the stream open."""
+        return encode_json_event(self._delta_chunk(ChoiceDelta(role="assistant", content="")))
+
+    def feed(self, event: GenerationEvent) -> bytes:
+        if self.ended:
+            raise RuntimeError(f"chat stream {self.completion_id} already ended")
+        match event:
+            case ContentDelta(text):
+                return self._content.render(text) if text else b""
+            case ReasoningDelta(text):
+                return self._reasoning.render(text) if text else b""
+            case ToolCallParsed():
+                return self._tool_call(event)
+            case Started():
+                return b""
+            case Finished():
+                return self.finish(event)
+            case Failed():
+                return self.fail(event)
+        raise TypeError(f"not a generation event: {event!r}")
+
+    def finish(self, finished: Finished) -> bytes:
+        """The final chunk, the usage chunk (if asked for) and `[DONE]`."""
+        return self._end(finish_reason(finished.reason, self._tool_calls), usage_of(finished))
+
+    def fail(self, failed: Failed) -> bytes:
+        """The error frame, a final chunk with `finish_reason: "error"`, usage, `[DONE]`."""
+        error = encode_json_event(ErrorResponse.of(failed.error))
+        usage = Usage.of(failed.prompt_tokens, failed.completion_tokens)
+        return error + self._end(ERROR_FINISH, usage)
+
+    def _tool_call(self, call: ToolCallParsed) -> bytes:
+        self._tool_calls += 1
+        function = ToolCallFunctionDelta(name=call.name, arguments=call.arguments_json)
+        delta = ToolCallDelta(
+            index=call.index, id=ToolCallId(call.id), type="function", function=function
+        )
+        return encode_json_event(self._delta_chunk(ChoiceDelta(tool_calls=(delta,))))
+
+    def _end(self, reason: FinishReason, usage: Usage) -> bytes:
+        if self.ended:
+            raise RuntimeError(f"chat stream {self.completion_id} already ended")
+        self.ended = True
+        id, created, model = self.completion_id, self.created, self.model
+        final = ChatCompletionChunk.finish_chunk(reason, id=id, created=created, model=model)
+        frames = [encode_json_event(final)]
+        if self.include_usage:
+            chunk = ChatCompletionChunk.usage_chunk(usage, id=id, created=created, model=model)
+            frames.append(encode_json_event(chunk))
+        frames.append(DONE)
+        return b"".join(frames)
+
+    def _delta_chunk(self, delta: ChoiceDelta) -> ChatCompletionChunk:
+        return ChatCompletionChunk.of_delta(
+            delta, id=self.completion_id, created=self.created, model=self.model
+        )
+
+
+def collect_chat(
+    completion_id: CompletionId, model: ModelId, created: int, events: Iterable[GenerationEvent]
+) -> ChatCompletion:
+    """The non-streaming reply; a `Failed` event raises its error (nothing was sent)."""
+    content: list[str] = []
+    reasoning: list[str] = []
+    calls: list[ToolCall] = []
+    for event in events:
+        match event:
+            case ContentDelta(text):
+                content.append(text)
+            case ReasoningDelta(text):
+                reasoning.append(text)
+            case ToolCallParsed():
+                calls.append(_tool_call(event))
+            case Failed(error=error):
+                raise error
+            case Finished():
+                message = _message("".join(content), "".join(reasoning), tuple(calls))
+                choice = Choice(
+                    message=message, finish_reason=finish_reason(event.reason, len(calls))
+                )
+                return ChatCompletion(
+                    id=completion_id,
+                    created=created,
+                    model=model,
+                    choices=(choice,),
+                    usage=usage_of(event),
+                )
+    raise InternalError("the generation ended without a result")
+
+
+def finish_reason(reason: FinishReason, tool_calls: int) -> FinishReason:
+    """Upstream's rule: a model that stopped after calling tools finished for them."""
+    return "tool_calls" if tool_calls and reason == "stop" else reason
+
+
+def usage_of(finished: Finished) -> Usage:
+    """Usage with upstream's details: cached / reasoning counts when non-zero, timing."""
+    timing = HelexaTiming(
+        prefill_ms=finished.prefill_ms,
+        decode_ms=finished.decode_ms,
+        prefill_tokens=finished.prompt_tokens - finished.cached_tokens,
+    )
+    return Usage.of(
+        finished.prompt_tokens,
+        finished.completion_tokens,
+        cached=finished.cached_tokens or None,
+        reasoning=finished.reasoning_tokens or None,
+        timing=timing,
+    )
+
+
+def _message(content: str, reasoning: str, calls: tuple[ToolCall, ...]) -> ChatCompletionMessage:
+    return ChatCompletionMessage(
+        content=None if calls and not content else content,
+        reasoning_content=reasoning or None,
+        tool_calls=calls or None,
+    )
+
+
+def _tool_call(call: ToolCallParsed) -> ToolCall:
+    function = FunctionCall(name=call.name, arguments=call.arguments_json)
+    return ToolCall(id=ToolCallId(call.id), function=function)

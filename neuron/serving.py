@@ -1,0 +1,201 @@
+"""Serving logic for the inference routes: request in, job out, events to bytes.
+
+`Serving.chat_job` / `completion_job` turn a parsed request into a
+`GenerationJob` (prompt rendered and tokenised in this process, sampling
+resolved, output parser ready) or raise the request's 4xx. `stream` runs a
+job as a request actor and returns the SSE body once the sequence has
+started — so a refusal (busy, restarting) is still an HTTP error — with a
+comment keepalive whenever the stream is idle, and an in-band error plus a
+final chunk if it fails later. `collect` runs a job in the caller's task
+for non-streaming responses.
+
+The streaming body reads from a memory channel fed by the request actor
+(no yield inside a nursery); a client that goes away cancels the actor, which
+cancels the sequence in its worker.
+
+Not for: HTTP specifics (status codes, headers) — that is `neuron.http`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import AsyncIterator
+from typing import Any, Protocol
+
+import attrs
+import trio
+
+import actors
+from neuron.events import Failed, Finished, GenerationEvent, Started
+from neuron.generation import GenerationJob, generate
+from neuron.registry import ModelRegistry, ServedModel
+from neuron.text.output import OutputParser
+from neuron.text.prompt import ChatPrompt
+from neuron.text.reasoning import Markers, probe_markers
+from neuron.text.sampling import SamplingRequest, resolve_sampling
+from protocol import sse
+from protocol.completions import CompletionRequest
+from protocol.errors import InternalError, InvalidRequest
+from protocol.openai import ChatCompletionRequest, ResponseFormatText
+
+
+class Renderer(Protocol):
+    def start(self) -> bytes: ...
+    def feed(self, event: GenerationEvent) -> bytes: ...
+    def finish(self, event: Finished) -> bytes: ...
+    def fail(self, event: Failed) -> bytes: ...
+
+
+@attrs.frozen
+class ServingSettings:
+    keepalive_interval: float = 1.0  # SSE comment while a stream is idle
+    default_max_tokens: int = 8192
+    stream_buffer: int = 256  # events between actor and body: backpressure past this
+
+
+class Serving:
+    def __init__(
+        self, registry: ModelRegistry, requests: actors.SupervisorRef, settings: ServingSettings
+    ) -> None:
+        self.registry = registry
+        self.requests = requests
+        self.settings = settings
+        self._markers: dict[str, Markers] = {}
+
+    # -- building jobs ---------------------------------------------------------------------
+
+    def markers(self, model: ServedModel) -> Markers:
+        if model.id not in self._markers:
+            self._markers[model.id] = probe_markers(model.tokenizer)
+        return self._markers[model.id]
+
+    def chat_job(self, request: ChatCompletionRequest) -> GenerationJob:
+        _check_response_format(request)
+        model = self.registry.get(request.model)
+        markers = self.markers(model)
+        prompt = ChatPrompt.build(request, model.tokenizer, markers, model_id=model.id)
+        sampling = self._sampling(model, SamplingRequest.from_chat(request), prompt.token_ids)
+        parser = prompt.output_parser(model.tokenizer, markers)
+        return GenerationJob(model, prompt.token_ids, sampling, parser)
+
+    def completion_job(self, request: CompletionRequest) -> GenerationJob:
+        model = self.registry.get(request.model)
+        prompt_ids = _completion_prompt(request, model)
+        sampling = self._sampling(model, SamplingRequest.from_completion(request), prompt_ids)
+        parser = OutputParser(
+            model.tokenizer, Markers(), context=prompt_ids[-4:],
+            hidden_ids=model.tokenizer.eos_token_ids,
+        )  # fmt: skip
+        return GenerationJob(model, prompt_ids, sampling, parser)
+
+    def _sampling(self, model: ServedModel, request: SamplingRequest, prompt: tuple[int, ...]):
+        return resolve_sampling(
+            request,
+            tokenizer=model.tokenizer,
+            defaults=model.info.generation,
+            prompt_len=len(prompt),
+            context_len=model.context_length,
+            vocab_size=model.info.vocab_size,
+            default_max_tokens=self.settings.default_max_tokens,
+        )
+
+    # -- running jobs ----------------------------------------------------------------------
+
+    async def stream(self, job: GenerationJob, renderer: Renderer, request_id: str):
+        """Start `job`; once it has started, return its SSE body (else raise)."""
+        send, receive = trio.open_memory_channel[GenerationEvent](self.settings.stream_buffer)
+        ref = await self.requests.start_task(_produce, job, send, name=request_id,
+                                             kind="request")  # fmt: skip
+        try:
+            first = await receive.receive()
+        except BaseException:
+            ref.cancel_nowait()
+            raise
+        if isinstance(first, Failed):
+            raise first.error
+        return _sse_body(receive, renderer, ref, self.settings.keepalive_interval)
+
+    async def collect(self, job: GenerationJob, request_id: str) -> list[GenerationEvent]:
+        """Run `job` in this task (as a request actor) and return all its events."""
+        send, receive = trio.open_memory_channel[GenerationEvent](math.inf)
+        async with actors.open_task(self.requests, request_id, kind="request") as task:
+            job.task = task
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(_generate_then_close, job, send)
+                return [event async for event in receive]
+
+
+async def _generate_then_close(job: GenerationJob, send: trio.MemorySendChannel) -> None:
+    async with send:
+        await generate(job, send)
+
+
+async def _produce(task: Any, job: GenerationJob, send: trio.MemorySendChannel) -> None:
+    job.task = task
+    async with send:
+        with contextlib.suppress(trio.BrokenResourceError):  # the client went away
+            await generate(job, send)
+
+
+async def _sse_body(
+    receive: trio.MemoryReceiveChannel, renderer: Renderer, ref: Any, keepalive: float
+) -> AsyncIterator[bytes]:
+    try:
+        yield renderer.start()
+        async with receive:
+            while True:
+                event, idle = await _next_event(receive, keepalive)
+                if idle:
+                    yield sse.KEEPALIVE
+                    continue
+                chunk, done = _render(renderer, event)
+                if chunk:
+                    yield chunk
+                if done:
+                    return
+    finally:
+        ref.cancel_nowait()  # a no-op once the generation ended
+
+
+async def _next_event(receive: trio.MemoryReceiveChannel, keepalive: float):
+    """(event, idle): idle after `keepalive` seconds of silence."""
+    with trio.move_on_after(keepalive):
+        try:
+            return await receive.receive(), False
+        except trio.EndOfChannel:
+            return Failed(InternalError("generation ended without finishing")), False
+    return None, True
+
+
+def _render(renderer: Renderer, event: GenerationEvent) -> tuple[bytes, bool]:
+    if isinstance(event, Finished):
+        return renderer.finish(event), True
+    if isinstance(event, Failed):
+        return renderer.fail(event), True
+    if isinstance(event, Started):
+        return b"", False
+    return renderer.feed(event), False
+
+
+def _check_response_format(request: ChatCompletionRequest) -> None:
+    fmt = request.response_format
+    if fmt is not None and not isinstance(fmt, ResponseFormatText):
+        raise InvalidRequest(
+            f"response_format {fmt.type!r} is not supported by this server (no constrained "
+            "decoding); use 'text'", param="response_format", code="unsupported_value",
+        )  # fmt: skip
+
+
+def _completion_prompt(request: CompletionRequest, model: ServedModel) -> tuple[int, ...]:
+    prompts = request.prompts
+    if len(prompts) != 1:
+        raise InvalidRequest("exactly one prompt per request is supported", param="prompt",
+                             code="unsupported_value")  # fmt: skip
+    prompt = prompts[0]
+    ids = tuple(model.tokenizer.encode(prompt)) if isinstance(prompt, str) else tuple(prompt)
+    if not ids:
+        raise InvalidRequest("prompt is empty", param="prompt")
+    if any(not 0 <= i < model.tokenizer.vocab_size for i in ids):
+        raise InvalidRequest("prompt has token ids outside the vocabulary", param="prompt")
+    return ids
