@@ -34,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _version() -> str:
-    from neuron.buildinfo import build_info
+    from protocol.buildinfo import build_info
 
     info = build_info()
     return f"neuron {version('helexa')} ({info.git_sha})"

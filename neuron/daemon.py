@@ -29,7 +29,6 @@ import attrs
 import trio
 
 import actors
-from neuron.buildinfo import build_info
 from neuron.config import NeuronConfig
 from neuron.devices import Device, start_devices
 from neuron.discovery import HealthSampler, build_discovery, probe_host
@@ -37,6 +36,7 @@ from neuron.metrics import NeuronMetrics
 from neuron.registry import LoadRequest, ModelRegistry, RegistryLimits, ServedModel
 from neuron.serving import Serving, ServingSettings
 from protocol import node
+from protocol.buildinfo import build_info
 from protocol.errors import ApiError
 from protocol.http import make_config, serve
 from protocol.models import ModelCard, ModelLimit, ModelList

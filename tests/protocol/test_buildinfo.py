@@ -1,4 +1,4 @@
-"""neuron.buildinfo: versions from metadata, the revision from git or _build.json."""
+"""protocol.buildinfo: versions from metadata, the revision from git or _build.json."""
 
 from __future__ import annotations
 
@@ -11,14 +11,14 @@ from importlib.metadata import PackageNotFoundError, version
 
 import pytest
 
-from neuron.buildinfo import (
+from protocol import encode_json
+from protocol.buildinfo import (
     SOURCE_ROOT,
     build_info,
     git_revision,
     read_build_file,
     write_build_file,
 )
-from protocol import encode_json
 from protocol.node import BuildInfo, parse_response
 
 in_checkout = pytest.mark.skipif(
@@ -103,7 +103,7 @@ def test_a_broken_build_file_is_ignored(tmp_path, text):
 
 def test_torch_is_not_imported():
     code = (
-        "import sys; from neuron.buildinfo import build_info; build_info(); "
+        "import sys; from protocol.buildinfo import build_info; build_info(); "
         "import json; print(json.dumps([m for m in ('torch', 'transformers') if m in sys.modules]))"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,

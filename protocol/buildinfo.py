@@ -2,10 +2,10 @@
 
 The package version comes from the installed distribution's metadata. The
 git revision comes from the source checkout when the code runs from one
-(`git rev-parse`, with a short timeout), else from `neuron/_build.json`,
+(`git rev-parse`, with a short timeout), else from `protocol/_build.json`,
 which a packaging step writes into the tree before building a wheel:
 
-    python -m neuron.buildinfo --write    # → neuron/_build.json
+    python -m protocol.buildinfo --write    # → protocol/_build.json
 
 (the build timestamp honours `SOURCE_DATE_EPOCH` for reproducible builds),
 else "unknown". torch and transformers versions are read from package
@@ -118,7 +118,7 @@ def write_build_file(path: Path = BUILD_FILE, root: Path = SOURCE_ROOT) -> dict[
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m neuron.buildinfo", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m protocol.buildinfo", description=__doc__)
     parser.add_argument("--write", action="store_true", help=f"write {BUILD_FILE.name}")
     args = parser.parse_args(argv)
     if args.write:
