@@ -284,7 +284,7 @@ def _rank(model: ModelId, node: NodeSnapshot, room: Room) -> tuple[object, ...]:
 
 def _never_message(profile: ModelProfile, demand: Demand) -> str:
     per_device = max(demand.floor_mb, demand.per_device_mb)
-    where = f" among nodes {', '.join(profile.pinned_on)}" if profile.pinned_on else ""
+    where = f" among nodes {', '.join(sorted(profile.pinned_on))}" if profile.pinned_on else ""
     return (
         f"no node can ever host model {profile.id!r}: it needs {demand.min_devices} "
         f"device(s) with at least {per_device} MiB each{where}"

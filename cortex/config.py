@@ -1,0 +1,728 @@
+"""The gateway's configuration: `cortex.toml`, `CORTEX_…` overrides, and `models.toml`.
+
+`load_config(path, env)` reads cortex.toml (optional; every key has a
+default) with upstream helexa's keys (`models_config`, `[gateway]`,
+`[eviction]`, `[[neurons]]`, `[entitlements]`) plus ours (`[fleet]`,
+`[http]`, `[log]`), applies the environment (`ENV_VARS` lists every name, in
+both the figment spelling `CORTEX_GATEWAY__LISTEN` and `CORTEX_GATEWAY_LISTEN`),
+checks every value, reads the catalogue the file names (`load_catalogue`),
+and returns a frozen `CortexConfig`. Problems name where they came from —
+`cortex.toml: [[neurons]] #2 endpoint: must be an http:// or https:// URL,
+got 'beast:13131'`, `CORTEX_FLEET_POLL_INTERVAL: expected number, got 'x'` —
+and are raised together in one `ConfigError`. Unknown keys are not fatal:
+they come back, with a did-you-mean, in `CortexConfig.notes` for the daemon
+to log as warnings (this module runs before logging is set up). A malformed
+models.toml is fatal; a missing one is an empty catalogue and a note.
+
+Not for: watching files (the catalogue is read once at start, like
+upstream), enforcing entitlements (the keys are parsed and kept), or
+anything `neuron` — cortex never imports it, so the few schema-walking
+helpers below are this module's own. It is longer than most because it is
+two schemas with their one loader.
+"""
+
+from __future__ import annotations
+
+import difflib
+import functools
+import math
+import os
+import re
+import tomllib
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal, Union, get_args, get_origin
+from urllib.parse import urlsplit
+
+import attrs
+
+from cortex.eviction import EvictionPolicy, EvictionStrategy
+from cortex.fleet_snapshot import Catalogue, ModelProfile
+from protocol import structure
+from protocol.errors import ValidationFailed
+from protocol.ids import ModelId, NodeName
+from protocol.models import ModelCost, ModelLimit
+
+__all__ = [
+    "DEFAULT_CONFIG_PATH",
+    "DEFAULT_MODELS_PATH",
+    "ENV_VARS",
+    "ApiKey",
+    "ConfigError",
+    "CortexConfig",
+    "Entitlements",
+    "Eviction",
+    "Fleet",
+    "Gateway",
+    "Http",
+    "Log",
+    "Neuron",
+    "Window",
+    "find_config_path",
+    "load_catalogue",
+    "load_config",
+    "split_listen",
+]
+
+MIB = 1024 * 1024
+DEFAULT_CONFIG_PATH = Path("/etc/cortex/cortex.toml")
+DEFAULT_MODELS_PATH = "/etc/cortex/models.toml"
+_CHECK = "cortex.config.check"
+_NOT_A_KEY = "cortex.config.not_a_key"
+Problem = tuple[tuple[str | int, ...], str]
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; `problems` holds one line per problem."""
+
+    def __init__(self, problems: Sequence[str]) -> None:
+        self.problems = tuple(problems)
+        if len(self.problems) == 1:
+            super().__init__(self.problems[0])
+        else:
+            lines = "".join(f"\n  {p}" for p in self.problems)
+            super().__init__(f"{len(self.problems)} configuration problems:{lines}")
+
+
+# ------------------------------------------------------------------ value checks
+
+
+def _setting(
+    default: Any = attrs.NOTHING, check: Callable[[Any], str | None] | None = None, **kwargs: Any
+) -> Any:
+    """A TOML key; `check(value)` returns what is wrong with a value, or None."""
+    return attrs.field(default=default, metadata={_CHECK: check} if check else {}, **kwargs)
+
+
+def _at_least(low: float) -> Callable[[Any], str | None]:
+    def check(value: Any) -> str | None:
+        return None if value is None or value >= low else f"must be at least {low}, got {value}"
+
+    return check
+
+
+def _positive(value: float | None) -> str | None:
+    return None if value is None or value > 0 else f"must be greater than 0, got {value}"
+
+
+def _word(value: str) -> str | None:
+    if not value.strip():
+        return "must not be empty"
+    return "must not contain whitespace" if any(c.isspace() for c in value) else None
+
+
+def split_listen(value: str) -> tuple[str, int]:
+    """`"0.0.0.0:31313"` → `("0.0.0.0", 31313)`; `"[::]:31313"` → `("::", 31313)`."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isascii() or not port.isdecimal():
+        raise ValueError(f"must be host:port (e.g. 0.0.0.0:31313), got {value!r}")
+    if not 0 <= int(port) <= 65535:
+        raise ValueError(f"port must be 0-65535, got {value!r}")
+    return host.removeprefix("[").removesuffix("]"), int(port)
+
+
+def _listen(value: str) -> str | None:
+    try:
+        split_listen(value)
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
+def _url(value: str) -> str | None:
+    wrong = f"must be an http:// or https:// URL, got {value!r}"
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 -- raises ValueError for a bad port
+    except ValueError:
+        return wrong
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return wrong
+    if parts.query or parts.fragment:
+        return f"must be a base URL without ?query or #fragment, got {value!r}"
+    return None
+
+
+# ------------------------------------------------------------------ cortex.toml
+
+
+@attrs.frozen
+class Gateway:
+    """`[gateway]` — listen "0.0.0.0:31313" (the API), metrics_listen
+    "0.0.0.0:31314" (Prometheus); both `host:port`, IPv6 as `[::]:31313`."""
+
+    listen: str = _setting("0.0.0.0:31313", _listen)
+    metrics_listen: str = _setting("0.0.0.0:31314", _listen)
+
+    @property
+    def listen_address(self) -> tuple[str, int]:
+        return split_listen(self.listen)
+
+    @property
+    def metrics_address(self) -> tuple[str, int]:
+        return split_listen(self.metrics_listen)
+
+
+@attrs.frozen
+class Eviction:
+    """`[eviction]` — strategy "lru" | "priority"; defrag_after_cycles 0 (off);
+    min_residency_seconds 30 (ours: a model this fresh is not evicted)."""
+
+    strategy: Literal["lru", "priority"] = "lru"
+    defrag_after_cycles: int = _setting(0, _at_least(0))
+    min_residency_seconds: float = _setting(30.0, _at_least(0))
+
+    def policy(self) -> EvictionPolicy:
+        return EvictionPolicy(
+            strategy=EvictionStrategy(self.strategy),
+            min_residency_seconds=self.min_residency_seconds,
+            defrag_after_cycles=self.defrag_after_cycles,
+        )
+
+
+@attrs.frozen
+class Neuron:
+    """One `[[neurons]]` entry: `name` (unique) and `endpoint` (base URL;
+    a trailing slash is dropped)."""
+
+    name: NodeName = _setting(check=_word)  # noqa: RUF009 -- an attrs field, not a default
+    endpoint: str = _setting(check=_url)
+
+
+@attrs.frozen
+class Fleet:
+    """`[fleet]` (ours) — polling the neurons, seconds.
+
+    poll_interval      5   between two polls of one neuron
+    poll_timeout       5   one poll request
+    failure_threshold  3   consecutive failed polls before a node is down
+                           (fewer make it suspect)
+    backoff_max        30  longest gap between polls of a down node
+    """
+
+    poll_interval: float = _setting(5.0, _positive)
+    poll_timeout: float = _setting(5.0, _positive)
+    failure_threshold: int = _setting(3, _at_least(1))
+    backoff_max: float = _setting(30.0, _positive)
+
+
+@attrs.frozen
+class Http:
+    """`[http]` (ours) — request handling.
+
+    max_body_bytes         33554432 (32 MiB)  larger bodies get 413
+    keepalive_interval     1.0 s   SSE comment while a stream waits
+    upstream_idle_timeout  300 s   a neuron stream silent this long fails
+    load_timeout           1800 s  longest wait for a model to load
+    retries                2       re-placements after a retriable failure
+                                   before any byte reached the client
+    drain_timeout          30 s    on SIGTERM, requests in flight get this
+                                   long to finish before they are cancelled
+    """
+
+    max_body_bytes: int = _setting(32 * MIB, _at_least(1024))
+    keepalive_interval: float = _setting(1.0, _positive)
+    upstream_idle_timeout: float = _setting(300.0, _positive)
+    load_timeout: float = _setting(1800.0, _positive)
+    retries: int = _setting(2, _at_least(0))
+    drain_timeout: float = _setting(30.0, _at_least(0))
+
+
+@attrs.frozen
+class Log:
+    """`[log]` (ours) — format "plain" | "json"; level "debug" … "critical"."""
+
+    format: Literal["plain", "json"] = "plain"
+    level: Literal["debug", "info", "warning", "error", "critical"] = "info"
+
+
+@attrs.frozen
+class Window:
+    """A key's budget window: `{kind = "balance"}` or `{kind = "rolling", seconds = N}`."""
+
+    kind: Literal["balance", "rolling"] = "balance"
+    seconds: int | None = _setting(None, _at_least(1))
+
+
+@attrs.frozen
+class ApiKey:
+    """One `[[entitlements.keys]]` entry. `key` is the bearer secret (never
+    shown in repr or errors); `key_id` defaults to `account_id`."""
+
+    key: str = _setting(check=_word, repr=False)
+    account_id: str = _setting(check=_word)
+    key_id: str | None = _setting(None, _word)
+    hard_cap: int | None = _setting(None, _at_least(0))
+    window: Window = attrs.field(factory=Window)
+
+
+@attrs.frozen
+class Entitlements:
+    """`[entitlements]` (also spelt `[auth]`) — require_auth false, keys []."""
+
+    require_auth: bool = False
+    keys: tuple[ApiKey, ...] = ()
+
+
+def _not_a_key(**kwargs: Any) -> Any:
+    return attrs.field(eq=False, metadata={_NOT_A_KEY: True}, **kwargs)
+
+
+@attrs.frozen
+class CortexConfig:
+    """The whole configuration: `models_config` (catalogue path), `neurons`,
+    and the sections above. `source` (the file read), `notes` (warnings for
+    the log) and `catalogue` (what `models_config` holds) are not keys."""
+
+    models_config: str = DEFAULT_MODELS_PATH
+    gateway: Gateway = attrs.field(factory=Gateway)
+    eviction: Eviction = attrs.field(factory=Eviction)
+    neurons: tuple[Neuron, ...] = ()
+    fleet: Fleet = attrs.field(factory=Fleet)
+    http: Http = attrs.field(factory=Http)
+    log: Log = attrs.field(factory=Log)
+    entitlements: Entitlements = attrs.field(factory=Entitlements)
+    source: str | None = _not_a_key(default=None)
+    notes: tuple[str, ...] = _not_a_key(default=())
+    catalogue: Catalogue = _not_a_key(factory=Catalogue)  # noqa: RUF009 -- an attrs field
+
+    @property
+    def models_path(self) -> Path:
+        return Path(self.models_config)
+
+    def neuron(self, name: str) -> Neuron | None:
+        return next((n for n in self.neurons if n.name == name), None)
+
+
+# ------------------------------------------------------------------ models.toml
+
+
+@attrs.frozen
+class _Limit:
+    context: int = _setting(check=_at_least(1))
+    input: int | None = _setting(None, _at_least(1))
+    output: int | None = _setting(None, _at_least(1))
+
+
+@attrs.frozen
+class _Cost:  # upstream: input/output default to 0.0 once the table exists
+    input: float = _setting(0.0, _at_least(0))
+    output: float = _setting(0.0, _at_least(0))
+    cache_read: float | None = _setting(None, _at_least(0))
+    cache_write: float | None = _setting(None, _at_least(0))
+
+
+@attrs.frozen
+class _Model:
+    id: str = _setting(check=_word)
+    harness: str | None = None  # upstream requires it; one engine here
+    quant: str | None = None
+    vram_mb: int | None = _setting(None, _at_least(0))
+    min_devices: int = _setting(1, _at_least(1))
+    min_device_vram_mb: int | None = _setting(None, _at_least(0))
+    pinned_on: tuple[str, ...] = ()
+    residency_priority: int | None = _setting(None, _at_least(0))
+    capabilities: tuple[str, ...] = ()
+    limit: _Limit | None = None
+    cost: _Cost | None = None
+    source: str | None = None
+
+    def profile(self) -> ModelProfile:
+        limit, cost = self.limit, self.cost
+        return ModelProfile(
+            id=ModelId(self.id), vram_mb=self.vram_mb, min_devices=self.min_devices,
+            min_device_vram_mb=self.min_device_vram_mb,
+            pinned_on=tuple(NodeName(n) for n in self.pinned_on),
+            residency_priority=self.residency_priority, capabilities=self.capabilities,
+            limit=ModelLimit(context=limit.context, input=limit.input, output=limit.output)
+            if limit else None,
+            cost=ModelCost(input=cost.input, output=cost.output, cache_read=cost.cache_read,
+                           cache_write=cost.cache_write) if cost else None,
+            source=self.source,
+        )  # fmt: skip
+
+
+@attrs.frozen
+class _CatalogueFile:
+    models: tuple[_Model, ...] = ()
+    aliases: dict[str, Any] = attrs.field(factory=dict)
+
+
+# ------------------------------------------------------------------ schema walking
+
+
+def _unwrap(tp: Any) -> list[Any]:
+    """The members of `X | Y | None`, without None."""
+    if get_origin(tp) in (Union, type(int | str)):
+        return [a for a in get_args(tp) if a is not type(None)]
+    return [tp]
+
+
+@functools.cache
+def _fields(cls: type) -> dict[str, attrs.Attribute]:
+    return {
+        a.name: a for a in attrs.fields(attrs.resolve_types(cls)) if _NOT_A_KEY not in a.metadata
+    }
+
+
+def _table_type(tp: Any) -> type | None:
+    """The attrs class a key holds as a table (`[x]`) or array of tables (`[[x]]`)."""
+    for member in _unwrap(tp):
+        if attrs.has(member):
+            return member
+        args = get_args(member)
+        if get_origin(member) is tuple and args and attrs.has(args[0]):
+            return args[0]
+    return None
+
+
+def _unknown_keys(raw: Any, cls: type, path: tuple = ()) -> Iterator[Problem]:
+    """(path, message) for every key the schema does not have, with a suggestion."""
+    if not isinstance(raw, dict):
+        return
+    fields = _fields(cls)
+    for key, value in raw.items():
+        if key not in fields:
+            close = difflib.get_close_matches(key, fields, n=1, cutoff=0.6)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            yield (*path, key), f"unknown key, ignored{hint}"
+            continue
+        table = _table_type(fields[key].type)
+        if table is not None and isinstance(value, list):
+            for i, item in enumerate(value):
+                yield from _unknown_keys(item, table, (*path, key, i))
+        elif table is not None:
+            yield from _unknown_keys(value, table, (*path, key))
+
+
+def _check_values(obj: Any, path: tuple = ()) -> Iterator[Problem]:
+    """The `check` of every key, depth first."""
+    if isinstance(obj, tuple):
+        for i, item in enumerate(obj):
+            yield from _check_values(item, (*path, i))
+        return
+    if not attrs.has(type(obj)):
+        return
+    for name, a in _fields(type(obj)).items():
+        value = getattr(obj, name)
+        check = a.metadata.get(_CHECK)
+        if check and value is not None and (problem := check(value)):
+            yield (*path, name), problem
+        yield from _check_values(value, (*path, name))
+
+
+_PATH_PART = re.compile(r"\.(\w+)|\[(\d+)\]")
+
+
+def _structure_problems(exc: ValidationFailed) -> Iterator[Problem]:
+    """The converter's JSON-worded messages, in TOML's words (TOML has no null)."""
+    for message in exc.extra.get("errors", [str(exc)]):
+        text, _, where = message.rpartition(" @ ")
+        path = tuple(int(i) if i else name for name, i in _PATH_PART.findall(where))
+        text = re.sub(r"\bobject\b", "table", text.replace(" or null", ""))
+        yield path, text or message
+
+
+def _render_path(path: Sequence[str | int]) -> str:
+    """("gateway", "listen") → "[gateway] listen"; ("neurons", 1, "endpoint") →
+    "[[neurons]] #2 endpoint"; ("models", 0, "limit", "context") →
+    "[[models]] #1 limit.context"; ("models_config",) → "models_config"."""
+    last = max((i for i, part in enumerate(path) if isinstance(part, str)), default=-1)
+    if last < 0:
+        return "(top level)"
+    key = str(path[last]) + "".join(f"[{i}]" for i in path[last + 1 :])
+    tables: list[str] = []
+    names: list[str] = []
+    for part in path[:last]:
+        if isinstance(part, int):
+            tables.append(f"[[{'.'.join(names)}]] #{part + 1}")
+            names = []
+        else:
+            names.append(part)
+    if tables:
+        return " ".join([*tables, ".".join([*names, key])])
+    return f"[{'.'.join(names)}] {key}" if names else key
+
+
+def _where(path: tuple, origins: Mapping[tuple, str], source: str) -> str:
+    """Where the value at `path` came from: an environment variable, or the file."""
+    for n in range(len(path), 0, -1):
+        if path[:n] in origins:
+            rest = " ".join(f"#{p + 1}" if isinstance(p, int) else p for p in path[n:])
+            return f"{origins[path[:n]]} {rest}".strip()
+    return f"{source}: {_render_path(path)}"
+
+
+# ------------------------------------------------------------------ the environment
+
+_ENV_LISTS = {"CORTEX_NEURONS": ("neurons",)}
+_NOT_OVERRIDES = {"CORTEX_CONFIG", "CORTEX_URL", "CORTEX_API_KEY"}  # file; `cortex status`'s
+_TRUE, _FALSE = {"1", "true", "yes", "on"}, {"0", "false", "no", "off"}
+
+
+def _env_table() -> dict[str, tuple[tuple[str, ...], Any]]:
+    """`CORTEX_<SECTION>_<KEY>`, upstream's `CORTEX_<SECTION>__<KEY>`, top-level
+    `CORTEX_<KEY>`, and `CORTEX_NEURONS` (`name=url,name=url`)."""
+    table: dict[str, tuple[tuple[str, ...], Any]] = {}
+    for name, a in _fields(CortexConfig).items():
+        table_type = _table_type(a.type)
+        if table_type is None:
+            table["CORTEX_" + name.upper()] = ((name,), a.type)
+        elif attrs.has(a.type):
+            for key, b in _fields(table_type).items():
+                if _table_type(b.type) is None:
+                    for sep in ("_", "__"):
+                        table[f"CORTEX_{name}{sep}{key}".upper()] = ((name, key), b.type)
+    table.update({name: (path, str) for name, path in _ENV_LISTS.items()})
+    return table
+
+
+def _scalar(text: str, tp: Any) -> Any:
+    text = text.strip()
+    if tp is bool:
+        if text.lower() not in _TRUE | _FALSE:
+            raise ValueError(f"expected true/false (1/0, yes/no, on/off), got {text!r}")
+        return text.lower() in _TRUE
+    if tp is int:
+        try:
+            return int(text, 10)
+        except ValueError:
+            raise ValueError(f"expected integer, got {text!r}") from None
+    if tp is float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        if not math.isfinite(value):
+            raise ValueError(f"expected number, got {text!r}")
+        return value
+    return text  # str and Literal values; Literals are checked with the rest
+
+
+def _neurons_value(text: str) -> list[dict[str, str]]:
+    entries = []
+    for item in (part.strip() for part in text.split(",")):
+        name, sep, endpoint = item.partition("=")
+        if not sep or not name.strip():
+            raise ValueError(f"expected name=url items separated by commas, got {item!r}")
+        entries.append({"name": name.strip(), "endpoint": endpoint.strip()})
+    return entries
+
+
+def _env_overrides(env: Mapping[str, str]) -> tuple[dict[tuple, tuple[str, Any]], list, list]:
+    """({path: (variable, value)}, problems, notes). Empty values count as unset."""
+    found, problems, notes = {}, [], []
+    for name, text in sorted(env.items()):
+        if not name.startswith("CORTEX_") or name in _NOT_OVERRIDES or not text.strip():
+            continue
+        if name not in ENV_VARS:
+            close = difflib.get_close_matches(name, ENV_VARS, n=1, cutoff=0.8)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            notes.append(f"{name} is not a cortex setting, ignored{hint}")
+            continue
+        path, tp = ENV_VARS[name]
+        try:
+            value = _neurons_value(text) if name in _ENV_LISTS else _scalar(text, _unwrap(tp)[0])
+        except ValueError as exc:
+            problems.append(f"{name}: {exc}")
+        else:
+            found[path] = (name, value)
+    return found, problems, notes
+
+
+def _apply(raw: dict[str, Any], path: tuple[str, ...], value: Any) -> None:
+    table = raw
+    for key in path[:-1]:
+        if not isinstance(table.get(key), dict):
+            table[key] = {}
+        table = table[key]
+    table[path[-1]] = value
+
+
+ENV_VARS: dict[str, tuple[tuple[str, ...], Any]] = _env_table()
+
+
+# ------------------------------------------------------------------ upstream's spellings
+
+
+def _translate(raw: dict[str, Any], source: str, origins: dict[tuple, str]) -> tuple[list, list]:
+    """Rewrite other spellings in `raw` (noting them in `origins`): (problems, notes)."""
+    problems, notes = [], []
+    if "auth" in raw:
+        if "entitlements" in raw:
+            raw.pop("auth")
+            problems.append(f"{source}: [auth] and [entitlements] are one section: keep one")
+        else:
+            raw["entitlements"] = raw.pop("auth")
+            origins[("entitlements",)] = f"{source}: [auth]"
+    if raw.pop("upstream", None) is not None:
+        notes.append(f"{source}: [upstream] has no effect here (no usage reporting)")
+    if "nodes" in raw:
+        raw.pop("nodes")
+        notes.append(f"{source}: [[nodes]] is upstream's obsolete spelling and is ignored: "
+                     "list the neurons as [[neurons]] name, endpoint")  # fmt: skip
+    return problems, notes
+
+
+# ------------------------------------------------------------------ cross checks
+
+
+def _cross_checks(config: CortexConfig) -> Iterator[Problem]:
+    yield from _duplicates([n.name for n in config.neurons], ("neurons",), "name")
+    keys = config.entitlements.keys
+    yield from _duplicates([k.key for k in keys], ("entitlements", "keys"), "key", secret=True)
+    for i, key in enumerate(keys):
+        if key.window.kind == "rolling" and key.window.seconds is None:
+            yield ("entitlements", "keys", i, "window", "seconds"), "required for a rolling window"
+    if config.gateway.listen == config.gateway.metrics_listen:
+        yield ("gateway", "metrics_listen"), "must differ from listen"
+    if config.fleet.backoff_max < config.fleet.poll_interval:
+        yield ("fleet", "backoff_max"), (f"must be at least poll_interval "
+                                         f"({config.fleet.poll_interval:g})")  # fmt: skip
+
+
+def _duplicates(values: list, path: tuple, key: str, *, secret: bool = False) -> Iterator[Problem]:
+    seen: dict[Any, int] = {}
+    for i, value in enumerate(values):
+        if value in seen:
+            shown = f"the same as #{seen[value] + 1}" if secret else f"{value!r} appears twice"
+            yield (*path, i, key), shown
+        seen.setdefault(value, i)
+
+
+def _advisories(config: CortexConfig, catalogue: Catalogue) -> Iterator[str]:
+    where = config.source or "cortex.toml"
+    if not config.neurons:
+        yield f"{where}: no [[neurons]]: the gateway has nothing to route to"
+    if config.entitlements.require_auth and not config.entitlements.keys:
+        yield f"{where}: [entitlements] require_auth is on with no keys: every request is refused"
+    names = {n.name for n in config.neurons}
+    for profile in catalogue.profiles.values():
+        unknown = [n for n in profile.pinned_on if n not in names]
+        if unknown and config.neurons:
+            yield (f"{config.models_config}: model {profile.id!r} pinned_on names "
+                   f"{', '.join(unknown)}, not in [[neurons]]")  # fmt: skip
+
+
+# ------------------------------------------------------------------ loading
+
+
+def find_config_path(env: Mapping[str, str], cwd: Path | None = None) -> Path | None:
+    """`CORTEX_CONFIG` if set (it must exist), else ./cortex.toml, else
+    /etc/cortex/cortex.toml, else None (run on defaults)."""
+    if env.get("CORTEX_CONFIG"):
+        return Path(env["CORTEX_CONFIG"])
+    for candidate in ((cwd or Path.cwd()) / "cortex.toml", DEFAULT_CONFIG_PATH):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as file:
+            return tomllib.load(file)
+    except FileNotFoundError:
+        raise ConfigError([f"{path}: no such file"]) from None
+    except OSError as exc:
+        raise ConfigError([f"{path}: cannot read: {exc.strerror or exc}"]) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([f"{path}: invalid TOML: {exc}"]) from None
+
+
+def _structured(raw: dict, cls: type, origins: Mapping[tuple, str], source: str) -> Any:
+    """`raw` as `cls`, its values checked; ConfigError lists every problem."""
+    try:
+        value = structure(raw, cls)
+    except ValidationFailed as exc:
+        found = list(_structure_problems(exc))
+    else:
+        found = list(_check_values(value))
+        if isinstance(value, CortexConfig):
+            found += _cross_checks(value)
+    if found:
+        raise ConfigError([f"{_where(p, origins, source)}: {m}" for p, m in found])
+    return value
+
+
+def load_config(
+    path: Path | None = None, env: Mapping[str, str] | None = None, *, catalogue: bool = True
+) -> CortexConfig:
+    """Read `path` (None = no file), apply `env` (default `os.environ`), check
+    it all, then read the catalogue (`catalogue=False` skips that)."""
+    env = os.environ if env is None else env
+    source = str(path) if path is not None else "cortex.toml"
+    raw = _read_toml(path) if path is not None else {}
+    origins: dict[tuple, str] = {}
+    problems, notes = _translate(raw, source, origins)
+    notes += [f"{_where(p, origins, source)}: {m}" for p, m in _unknown_keys(raw, CortexConfig)]
+    overrides, env_problems, env_notes = _env_overrides(env)
+    for key_path, (name, value) in overrides.items():
+        _apply(raw, key_path, value)
+        origins[key_path] = name
+    try:
+        config = _structured(raw, CortexConfig, origins, source)
+    except ConfigError as exc:
+        raise ConfigError([*env_problems, *problems, *exc.problems]) from None
+    if problems or env_problems:
+        raise ConfigError(env_problems + problems)
+    base = path.parent if path is not None and ("models_config",) not in origins else Path.cwd()
+    config = _normalised(config, base, str(path) if path is not None else None)
+    cat_notes: list[str] = []
+    loaded = load_catalogue(config.models_path, cat_notes) if catalogue else Catalogue()
+    notes += env_notes + cat_notes + list(_advisories(config, loaded))
+    return attrs.evolve(config, notes=tuple(notes), catalogue=loaded)
+
+
+def _normalised(config: CortexConfig, base: Path, source: str | None) -> CortexConfig:
+    """Absolute catalogue path, endpoints without a trailing slash, key ids filled."""
+    models = os.path.normpath(base / Path(config.models_config).expanduser())
+    neurons = tuple(attrs.evolve(n, endpoint=n.endpoint.rstrip("/")) for n in config.neurons)
+    keys = tuple(attrs.evolve(k, key_id=k.key_id or k.account_id)
+                 for k in config.entitlements.keys)  # fmt: skip
+    entitlements = attrs.evolve(config.entitlements, keys=keys)
+    return attrs.evolve(
+        config, models_config=models, neurons=neurons, entitlements=entitlements, source=source
+    )
+
+
+def load_catalogue(path: Path, notes: list[str] | None = None) -> Catalogue:
+    """models.toml as a `Catalogue`. Missing → empty (and a note); malformed →
+    `ConfigError`. Advisories (unknown keys, aliases to ids the catalogue lacks,
+    `quant`) are appended to `notes` when given."""
+    notes = [] if notes is None else notes
+    if not path.exists():
+        notes.append(f"{path}: no such file: the catalogue is empty, so only models "
+                     "the neurons report can be served")  # fmt: skip
+        return Catalogue()
+    raw = _read_toml(path)
+    notes += [f"{path}: {_render_path(p)}: {m}" for p, m in _unknown_keys(raw, _CatalogueFile)]
+    parsed = _structured(raw, _CatalogueFile, {}, str(path))
+    ids = [m.id for m in parsed.models]
+    problems = [f"{path}: {_render_path(p)}: {m}" for p, m in _duplicates(ids, ("models",), "id")]
+    aliases = dict(_aliases(parsed, path, problems, notes))
+    if problems:
+        raise ConfigError(problems)
+    notes += [_quant_note(path, m) for m in parsed.models if m.quant]
+    return Catalogue.of([m.profile() for m in parsed.models], aliases)
+
+
+def _quant_note(path: Path, model: _Model) -> str:
+    return (f"{path}: [[models]] {model.id!r} quant {model.quant!r} has no effect: neurons "
+            "load dense weights, so its vram_mb may be too small")  # fmt: skip
+
+
+def _aliases(
+    parsed: _CatalogueFile, path: Path, problems: list[str], notes: list[str]
+) -> Iterator[tuple[str, ModelId]]:
+    ids = {m.id for m in parsed.models}
+    for alias, target in parsed.aliases.items():
+        if not isinstance(target, str) or not target.strip():
+            problems.append(f"{path}: [aliases] {alias}: expected a model id (string)")
+        elif alias in ids:
+            notes.append(f"{path}: [aliases] {alias}: is also a model id; the model wins")
+        else:
+            if target not in ids:
+                notes.append(f"{path}: [aliases] {alias}: {target!r} is not in [[models]]; "
+                             "it resolves only while a neuron reports that model")  # fmt: skip
+            yield alias, ModelId(target)

@@ -1,0 +1,158 @@
+"""The fleet: every node, the catalogue, and carrying out placement decisions.
+
+`Fleet.snapshot()` freezes the nodes' current state for the pure decision
+functions (`cortex.placement`); `Fleet.acquire(model)` loops over them until
+the model is routable somewhere — loading it (single-flight, after the
+decided evictions) when placement says so, waiting while it loads or
+recovers elsewhere, and raising the decision's error (404 / 503 with
+Retry-After) when it can never or cannot now be served.
+
+    cortex (actor root)
+    ├── fleet        supervisor: one NodeActor per configured neuron
+    └── requests     supervisor: one task actor per API request
+
+Not for: HTTP or relaying bytes (`cortex.relay`).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+
+import attrs
+import httpx
+import trio
+
+import actors
+from cortex.eviction import EvictionPolicy, defrag_plan
+from cortex.fleet_snapshot import Catalogue, FleetSnapshot, NodeState
+from cortex.node import Node, NodeActor, PollSettings
+from cortex.placement import (
+    Impossible,
+    Load,
+    Route,
+    Wait,
+    WaitReason,
+    decision_error,
+    place,
+    resolve_alias,
+)
+from protocol.errors import ApiError
+from protocol.ids import ModelId, NodeName
+
+log = logging.getLogger(__name__)
+
+# Decisions that end with the model loaded somewhere if we wait.
+_WAITABLE = (WaitReason.LOADING, WaitReason.RECOVERING)
+
+
+@attrs.frozen
+class Acquired:
+    node: Node
+    model: ModelId
+    cold: bool  # a load happened (or was awaited) for this request
+    load_wait: float  # seconds spent waiting for loads
+
+
+class Fleet:
+    def __init__(self, nodes: list[Node], catalogue: Catalogue, policy: EvictionPolicy,
+                 *, load_timeout: float = 1800.0) -> None:  # fmt: skip
+        self.nodes = {n.name: n for n in nodes}
+        self.catalogue = catalogue
+        self.policy = policy
+        self.load_timeout = load_timeout
+        self.measured_mb: dict[ModelId, int] = {}
+        self.on_load: Callable[[str, str, float], None] | None = None
+
+    def snapshot(self) -> FleetSnapshot:
+        nodes = tuple(n.snapshot() for n in self.nodes.values())
+        for node in nodes:
+            for r in node.residencies:
+                if r.memory_mb:
+                    self.measured_mb[r.model] = r.memory_mb
+        return FleetSnapshot(nodes=nodes, catalogue=self.catalogue, measured_mb=self.measured_mb)
+
+    def resolve(self, name: str) -> ModelId:
+        return resolve_alias(self.catalogue, name)
+
+    async def acquire(self, model: ModelId, *, status: Callable[..., None] | None = None,
+                      exclude: frozenset[NodeName] = frozenset()) -> Acquired:  # fmt: skip
+        """Return a node where `model` is routable now, loading it if need be."""
+        status = status or (lambda **_: None)
+        started, cold = trio.current_time(), False
+        with trio.fail_after(self.load_timeout):
+            while True:
+                decision = place(self._without(exclude), model, time.monotonic(), self.policy)
+                match decision:
+                    case Route(node=name):
+                        self.nodes[name].last_used_at[model] = time.monotonic()
+                        waited = trio.current_time() - started if cold else 0.0
+                        return Acquired(self.nodes[name], model, cold, waited)
+                    case Load(node=name, devices=devices, evict=evict):
+                        cold = True
+                        status(phase="loading", node=name)
+                        await self._load(self.nodes[name], model, devices, evict)
+                    case Wait(reason=reason) if reason in _WAITABLE:
+                        cold = True
+                        status(phase="waiting for load")
+                        await self.wait_changed()
+                    case Wait() | Impossible():
+                        raise decision_error(decision)
+
+    async def _load(self, node: Node, model: ModelId, devices, evict) -> None:
+        started = trio.current_time()
+        try:
+            await node.ensure_loaded(model, devices, evict)
+        except ApiError as exc:
+            log.error("cold load failed node=%s model=%s: %s", node.name, model, exc.message)
+            raise
+        if self.on_load is not None:
+            self.on_load(model, node.name, trio.current_time() - started)
+        await self._defrag(node)
+
+    async def _defrag(self, node: Node) -> None:
+        plan = defrag_plan(self.snapshot(), node.name, self.policy, time.monotonic())
+        for model in plan:
+            log.info("defrag: unloading node=%s model=%s", node.name, model)
+            await node.unload(model)
+        if plan:
+            node.lifecycle_cycles = 0
+
+    def _without(self, exclude: frozenset[NodeName]) -> FleetSnapshot:
+        snap = self.snapshot()
+        if not exclude:
+            return snap
+        nodes = tuple(
+            attrs.evolve(n, state=NodeState.DOWN) if n.name in exclude else n for n in snap.nodes
+        )
+        return attrs.evolve(snap, nodes=nodes)
+
+    async def wait_changed(self) -> None:
+        """Until any node's state changes (a poll, a load finishing)."""
+        async with trio.open_nursery() as nursery:
+            for node in self.nodes.values():
+                nursery.start_soon(_wait_and_cancel, node.changed, nursery.cancel_scope)
+
+    def healthy(self) -> list[Node]:
+        return [n for n in self.nodes.values() if n.state is NodeState.UP]
+
+
+async def _wait_and_cancel(event: trio.Event, scope: trio.CancelScope) -> None:
+    await event.wait()
+    scope.cancel()
+
+
+async def start_fleet(root: actors.SupervisorRef, endpoints: list[tuple[str, str]],
+                      catalogue: Catalogue, policy: EvictionPolicy, settings: PollSettings,
+                      client: httpx.AsyncClient) -> Fleet:  # fmt: skip
+    """Start the `fleet` supervisor with one NodeActor per (name, endpoint)."""
+    nodes = [Node(NodeName(name), url, client, settings) for name, url in endpoints]
+    fleet = Fleet(nodes, catalogue, policy, load_timeout=settings.load_timeout)
+    supervisor = await root.start_supervisor(
+        "fleet", intensity=actors.RestartIntensity(max_restarts=20, window=60),
+        backoff=actors.Backoff(initial=0.5, maximum=10),
+    )  # fmt: skip
+    for node in nodes:
+        await supervisor.start(NodeActor, node, name=node.name, kind="node")
+    return fleet

@@ -1,0 +1,275 @@
+"""The gateway daemon's life and the fleet-wide views its routes serve.
+
+`Gateway.run` opens the actor root, starts the fleet (one node actor per
+configured neuron), binds the API and the metrics listener, and serves until
+`stop()`, then lets in-flight requests finish (bounded) and stops. A gateway
+restarted with nodes running rebuilds its whole view from the nodes' own
+answers on the first poll and serves at once.
+
+The views (`health`, `model_list`, `fleet_view`) are computed from the
+nodes' last polled state; admin operations (load, unload, drain) go through
+the same node actors as routing does, so they are serialised with it.
+
+Not for: route handling (`cortex.http`) or relaying (`cortex.relay`).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+from typing import Any
+
+import httpx
+import trio
+from quart import Response, request
+from quart_trio import QuartTrio
+
+import actors
+from cortex.config import CortexConfig, split_listen
+from cortex.eviction import EvictionPolicy
+from cortex.fleet import Fleet, start_fleet
+from cortex.fleet_snapshot import Catalogue, NodeState, ResidencyStatus
+from cortex.node import Node, PollSettings
+from cortex.placement import feasible_nodes
+from protocol.buildinfo import build_info
+from protocol.errors import InvalidRequest, NotFound, ServiceUnavailable
+from protocol.http import make_config, prepare_app, serve
+from protocol.ids import ModelId, NodeName
+from protocol.models import ModelCard, ModelList, ModelLocation
+
+log = logging.getLogger(__name__)
+
+
+class Gateway:
+    def __init__(self, config: CortexConfig) -> None:
+        self.config = config
+        self.catalogue: Catalogue = config.catalogue
+        self.draining = False
+        self.url = ""
+        self.metrics_url = ""
+        self.root: Any = None
+        self.fleet: Fleet = None  # type: ignore[assignment]
+        self.requests: Any = None
+        self.client: httpx.AsyncClient = None  # type: ignore[assignment]
+        self.metrics: Any = None
+        self._stop = trio.Event()
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED) -> None:
+        from cortex.http import create_app
+        from cortex.metrics import CortexMetrics
+
+        self.metrics = CortexMetrics.for_config(self.config)
+        http = self.config.http
+        timeout = httpx.Timeout(connect=5.0, read=http.upstream_idle_timeout, write=60, pool=60)
+        limits = httpx.Limits(max_connections=1024, max_keepalive_connections=256)
+        async with (
+            httpx.AsyncClient(timeout=timeout, limits=limits) as client,
+            actors.open_root("cortex") as root,
+            trio.open_nursery() as nursery,
+        ):
+            self.client, self.root = client, root
+            self.fleet = await start_fleet(
+                root, [(n.name, n.endpoint) for n in self.config.neurons], self.catalogue,
+                self._policy(), self._poll_settings(), client,
+            )  # fmt: skip
+            self.fleet.on_load = self._loaded
+            self.requests = await root.start_supervisor("requests")
+            self.url = await self._bind(nursery, create_app(self), self.config.gateway.listen)
+            self.metrics_url = await self._bind(nursery, self._metrics_app(),
+                                                self.config.gateway.metrics_listen)  # fmt: skip
+            log.info("cortex listening url=%s metrics=%s", self.url, self.metrics_url)
+            task_status.started(self.url)
+            await self._stop.wait()
+            # hypercorn now lets in-flight requests finish (graceful_timeout), then
+            # the servers return and the root stops the fleet.
+
+    async def _bind(self, nursery: trio.Nursery, app: QuartTrio, listen: str) -> str:
+        host, port = split_listen(listen)
+        config = make_config(host, port, graceful_timeout=self.config.http.drain_timeout)
+        urls = await nursery.start(functools.partial(serve, app, config,
+                                                     shutdown_trigger=self._stop.wait))  # fmt: skip
+        return urls[0]
+
+    def _metrics_app(self) -> QuartTrio:
+        app = prepare_app(QuartTrio("cortex-metrics"))
+
+        @app.get("/metrics")
+        async def metrics() -> Response:
+            self._observe_fleet()
+            body, content_type = await trio.to_thread.run_sync(
+                self.metrics.render, request.headers.get("accept", "")
+            )
+            return Response(body, content_type=content_type)
+
+        return app
+
+    def stop(self) -> None:
+        self.draining = True
+        self._stop.set()
+
+    def check_admitting(self) -> None:
+        if self.draining:
+            raise ServiceUnavailable("the gateway is shutting down", code="shutting_down",
+                                     retry_after=5)  # fmt: skip
+
+    def _policy(self) -> EvictionPolicy:
+        return self.config.eviction.policy()
+
+    def _poll_settings(self) -> PollSettings:
+        f = self.config.fleet
+        return PollSettings(
+            interval=f.poll_interval, timeout=f.poll_timeout, failure_threshold=f.failure_threshold,
+            backoff_max=f.backoff_max, load_timeout=self.config.http.load_timeout,
+        )  # fmt: skip
+
+    # -- metrics hooks ---------------------------------------------------------------------
+
+    def _observe_fleet(self) -> None:
+        """Copy each node's last poll into the metrics (on scrape: cheap, always fresh)."""
+        for node in self.fleet.nodes.values():
+            up = node.state is NodeState.UP
+            self.metrics.node_up_changed(node.name, up)
+            if up and node.health is not None:
+                self.metrics.node_health(node.name, node.health)
+
+    def _loaded(self, model: str, node: str, seconds: float) -> None:
+        self.metrics.model_loaded(model, node, seconds)
+
+    # -- views -----------------------------------------------------------------------------
+
+    def build_info(self) -> Any:
+        return build_info()
+
+    def health(self) -> dict[str, Any]:
+        up = self.fleet.healthy()
+        unservable = [
+            {
+                "node": n.name,
+                "model": m.id,
+                "reason": m.servable.reason,
+                "detail": m.servable.detail,
+            }
+            for n in up
+            for m in n.models
+            if m.servable is not None and not m.servable.ok
+        ]
+        status = "degraded" if not up else "impaired" if unservable else "ok"
+        body: dict[str, Any] = {
+            "status": status,
+            "nodes": {"healthy": len(up), "total": len(self.fleet.nodes)},
+        }
+        if unservable:
+            body["unservable"] = unservable
+        return body
+
+    def model_list(self) -> ModelList:
+        snapshot = self.fleet.snapshot()
+        cards: dict[str, dict[str, Any]] = {}
+        for profile in self.catalogue.profiles.values():
+            cards[profile.id] = _card_fields(profile.id, feasible_nodes(snapshot, profile.id))
+            cards[profile.id].update(capabilities=profile.capabilities, cost=profile.cost)
+        for node in self.fleet.nodes.values():
+            for info in node.models:
+                card = cards.setdefault(info.id, _card_fields(info.id, ()))
+                _add_location(card, node, info)
+        for alias, target in self.catalogue.aliases.items():
+            if target in cards:
+                cards[alias] = {**cards[target], "id": alias}
+        now = int(time.time())
+        return ModelList(data=tuple(_card(fields, now) for fields in cards.values()))
+
+    def fleet_view(self) -> dict[str, Any]:
+        now = trio.current_time()
+        return {
+            "status": self.health()["status"],
+            "nodes": [_node_view(n, now) for n in self.fleet.nodes.values()],
+        }
+
+    # -- admin -----------------------------------------------------------------------------
+
+    def _node(self, name: str | None) -> Node | None:
+        if name is None:
+            return None
+        node = self.fleet.nodes.get(NodeName(name))
+        if node is None:
+            raise NotFound(f"no node named {name!r}", code="node_not_found")
+        return node
+
+    async def admin_load(self, model: str, node_name: str | None) -> str:
+        concrete = self.fleet.resolve(model)
+        node = self._node(node_name)
+        if node is None:
+            acquired = await self.fleet.acquire(concrete)
+            return acquired.node.name
+        await node.ensure_loaded(concrete, (), ())
+        return node.name
+
+    async def admin_unload(self, model: str, node_name: str | None) -> str:
+        concrete = ModelId(self.fleet.resolve(model))
+        node = self._node(node_name) or next(
+            (n for n in self.fleet.nodes.values() if any(m.id == concrete for m in n.models)),
+            None,
+        )
+        if node is None:
+            raise NotFound(f"model {model!r} is not loaded on any node", code="model_not_found")
+        await node.unload(concrete)
+        return node.name
+
+    def set_draining(self, name: str, draining: bool) -> dict[str, Any]:
+        node = self._node(name)
+        if node is None:
+            raise InvalidRequest("a node name is required", param="node")
+        node.draining = draining
+        busy = sum(r.in_flight + r.queued for r in node.snapshot().residencies)
+        state = "draining" if draining and busy else "drained" if draining else "active"
+        return {"node": node.name, "state": state, "in_flight": busy}
+
+
+def _card_fields(model_id: str, feasible: tuple[str, ...]) -> dict[str, Any]:
+    return {"id": model_id, "feasible_on": feasible, "locations": [], "capabilities": (),
+            "cost": None, "limit": None, "tool_call": False, "reasoning": False}  # fmt: skip
+
+
+def _add_location(card: dict[str, Any], node: Node, info: Any) -> None:
+    card["locations"].append(ModelLocation(node=node.name, status=info.status,
+                                           vram_estimate_mb=info.vram_used_mb))  # fmt: skip
+    card["capabilities"] = tuple(dict.fromkeys((*card["capabilities"], *(info.capabilities or ()))))
+    card["tool_call"] = card["tool_call"] or info.tool_call
+    card["reasoning"] = card["reasoning"] or info.reasoning
+    if info.limit is not None and (card["limit"] is None or info.limit.context <
+                                   card["limit"].context):  # fmt: skip
+        from protocol.models import ModelLimit
+
+        card["limit"] = ModelLimit(context=info.limit.context, input=info.limit.input,
+                                   output=info.limit.output)  # fmt: skip
+
+
+def _card(fields: dict[str, Any], created: int) -> ModelCard:
+    loaded = any(loc.status == "loaded" for loc in fields["locations"])
+    return ModelCard.with_limit(
+        fields["limit"], id=fields["id"], created=created, loaded=loaded,
+        feasible_on=tuple(fields["feasible_on"]), locations=tuple(fields["locations"]),
+        capabilities=tuple(fields["capabilities"]), cost=fields["cost"],
+        tool_call=fields["tool_call"], reasoning=fields["reasoning"],
+    )  # fmt: skip
+
+
+def _node_view(node: Node, now: float) -> dict[str, Any]:
+    snapshot = node.snapshot()
+    age = None if node.last_poll_at is None else round(now - node.last_poll_at, 3)
+    ids = {d.index: d.id for d in (node.discovery.devices if node.discovery else ())}
+    return {
+        "name": node.name, "endpoint": node.endpoint, "state": node.state.value,
+        "draining": node.draining, "last_poll_age_s": age, "error": node.last_error,
+        "devices": [{"index": d.index, "id": ids.get(d.index), "total_mb": d.total_mb,
+                     "free_mb": d.free_mb} for d in snapshot.devices],
+        "models": [{"id": r.model, "status": r.status.value, "in_flight": r.in_flight,
+                    "queued": r.queued, "memory_mb": r.memory_mb}
+                   for r in snapshot.residencies],
+    }  # fmt: skip
+
+
+__all__ = ["Gateway", "NodeState", "ResidencyStatus"]

@@ -1,0 +1,314 @@
+"""The gateway's HTTP routes: thin; parse → fleet/relay → response.
+
+Inference routes (`/v1/chat/completions`, `/v1/completions`,
+`/v1/responses`) resolve the model (aliases), place it, and relay the
+node's answer unchanged — status, headers that matter, body — with the
+body's `model` rewritten to the concrete id when an alias was used.
+Streams are relayed chunk by chunk as they arrive; while a stream waits for
+a cold load the client gets SSE keepalive comments, and a failure after the
+200 went out is an in-band error event followed by `data: [DONE]`.
+
+Every response carries `x-request-id` (the client's or a new one), which is
+also sent to the node so one request can be followed across both logs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import uuid
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any
+
+import trio
+from quart import Response, request
+from quart_trio import QuartTrio
+
+import actors
+from cortex.meter import Meter, outcome_for_status
+from cortex.relay import Broken, Chunk, Head, error_from_body, open_upstream, response_headers
+from cortex.relay import stream_events as relay_stream
+from protocol import decode_json, encode_json, sse, unstructure
+from protocol.errors import ApiError, InternalError, InvalidRequest, NotFound
+from protocol.http import error_response, json_response, prepare_app, read_body
+
+if TYPE_CHECKING:
+    from cortex.gateway import Gateway
+
+log = logging.getLogger(__name__)
+
+INFERENCE_ROUTES = ("/v1/chat/completions", "/v1/completions", "/v1/responses")
+
+
+def create_app(gateway: Gateway) -> QuartTrio:
+    app = prepare_app(QuartTrio("cortex"), max_body_bytes=gateway.config.http.max_body_bytes)
+    app.after_request(_stamp_request_id)
+    app.register_error_handler(ApiError, _api_error)
+    app.register_error_handler(404, _not_found)
+    app.register_error_handler(405, _method_not_allowed)
+    app.register_error_handler(Exception, _unexpected)
+    for path in INFERENCE_ROUTES:
+        app.add_url_rule(path, path, _proxy_view(gateway, path), methods=["POST"])
+    _info_routes(app, gateway)
+    _admin_routes(app, gateway)
+    return app
+
+
+# -- plumbing ------------------------------------------------------------------------------
+
+
+def request_id() -> str:
+    rid = getattr(request, "helexa_request_id", None)
+    if rid is None:
+        given = request.headers.get("x-request-id", "")
+        rid = given if 0 < len(given) <= 128 and given.isprintable() else uuid.uuid4().hex
+        request.helexa_request_id = rid
+    return rid
+
+
+async def _stamp_request_id(response: Response) -> Response:
+    response.headers["x-request-id"] = request_id()
+    return response
+
+
+async def _api_error(error: ApiError) -> Response:
+    log.warning("request refused id=%s path=%s status=%s code=%s: %s", request_id(),
+                request.path, error.status, error.code, error.message)  # fmt: skip
+    return error_response(error)
+
+
+async def _not_found(_: Exception) -> Response:
+    return error_response(NotFound(f"no route {request.method} {request.path}",
+                                   code="route_not_found"))  # fmt: skip
+
+
+async def _method_not_allowed(_: Exception) -> Response:
+    return error_response(ApiError(f"method {request.method} not allowed on {request.path}",
+                                   status=405, type="invalid_request_error",
+                                   code="method_not_allowed"))  # fmt: skip
+
+
+async def _unexpected(error: Exception) -> Response:
+    log.exception("unexpected error id=%s path=%s", request_id(), request.path)
+    return error_response(InternalError(f"internal error: {type(error).__name__}"))
+
+
+# -- inference -----------------------------------------------------------------------------
+
+
+def _proxy_view(gateway: Gateway, path: str):
+    async def view():
+        return await _proxy(gateway, path)
+
+    view.__name__ = "proxy_" + path.strip("/").replace("/", "_")
+    return view
+
+
+def _peek(raw: bytes, gateway: Gateway) -> tuple[bytes, str, bool]:
+    """(body with the concrete model id, that id, stream?) — 400 without a model."""
+    try:
+        data = decode_json(raw)
+    except ApiError:
+        data = None
+    model = data.get("model") if isinstance(data, dict) else None
+    if not isinstance(model, str) or not model:
+        raise InvalidRequest("missing 'model' field in request body", param="model",
+                             code="missing_model_field")  # fmt: skip
+    concrete = gateway.fleet.resolve(model)
+    if concrete != model:
+        data["model"] = concrete
+        raw = encode_json(data)
+    return raw, concrete, data.get("stream") is True
+
+
+def _upstream_headers() -> dict[str, str]:
+    headers = {"content-type": "application/json", "x-request-id": request_id()}
+    if accept := request.headers.get("accept"):
+        headers["accept"] = accept
+    return headers
+
+
+async def _proxy(gateway: Gateway, path: str):
+    gateway.check_admitting()
+    raw, model, stream = _peek(await read_body(request), gateway)
+    meter = Meter(gateway.metrics, path, model)
+    with gateway.metrics.track(path):
+        try:
+            if stream:
+                return await _proxy_stream(gateway, path, raw, model, meter)
+            return await _proxy_once(gateway, path, raw, model, meter)
+        except ApiError as exc:
+            meter.finish(outcome_for_status(exc.status))
+            raise
+        except BaseException:
+            meter.finish("cancelled")
+            raise
+
+
+async def _proxy_once(gateway: Gateway, path: str, raw: bytes, model: str, meter: Meter):
+    async with actors.open_task(gateway.requests, request_id(), kind="request") as task:
+        task.set_status(model=model, route=path, phase="placing")
+        acquired, response = await open_upstream(
+            gateway.fleet, model, path, raw, _upstream_headers(), gateway.client,
+            retries=gateway.config.http.retries, status=task.set_status,
+        )  # fmt: skip
+        meter.answered(acquired.node.name, acquired.cold, acquired.load_wait or None)
+        try:
+            body = await response.aread()
+        finally:
+            await response.aclose()
+    meter.chunk(body)
+    meter.finish(outcome_for_status(response.status_code))
+    return Response(body, response.status_code, response_headers(response))
+
+
+async def _proxy_stream(gateway: Gateway, path: str, raw: bytes, model: str, meter: Meter):
+    send, receive = trio.open_memory_channel[Any](64)
+    ref = await gateway.requests.start_task(
+        _produce, gateway, path, raw, model, _upstream_headers(), send,
+        name=request_id(), kind="request",
+    )  # fmt: skip
+    try:
+        first = await _first_event(receive, gateway.config.http.keepalive_interval)
+    except BaseException:
+        ref.cancel_nowait()
+        raise
+    if first is _END:
+        raise InternalError("the relay ended before the node answered")
+    if isinstance(first, Broken):
+        raise first.error
+    if isinstance(first, Head) and first.status != 200:
+        body = b"".join([c.data async for c in receive if isinstance(c, Chunk)])
+        meter.answered(first.node, first.cold, first.load_wait or None)
+        meter.finish(outcome_for_status(first.status))
+        return Response(body, first.status, dict(first.headers))
+    headers = {"Content-Type": sse.CONTENT_TYPE, "Cache-Control": "no-cache",
+               "X-Accel-Buffering": "no"}  # fmt: skip
+    keepalive = gateway.config.http.keepalive_interval
+    return _stream_body(first, receive, ref, keepalive, meter), 200, headers
+
+
+async def _produce(task: Any, gateway: Gateway, path: str, raw: bytes, model: str,
+                   headers: dict[str, str], send: trio.MemorySendChannel) -> None:  # fmt: skip
+    task.set_status(model=model, route=path, phase="placing")
+    with contextlib.suppress(trio.BrokenResourceError):  # the client went away
+        await relay_stream(send, gateway.fleet, model, path, raw, headers, gateway.client,
+                           retries=gateway.config.http.retries, status=task.set_status)  # fmt: skip
+
+
+_END = object()  # the producer closed its channel
+
+
+async def _first_event(receive: trio.MemoryReceiveChannel, wait: float) -> Any:
+    """The producer's next event; None if it takes longer than `wait`; `_END` at the end."""
+    with trio.move_on_after(wait):
+        try:
+            return await receive.receive()
+        except trio.EndOfChannel:
+            return _END
+    return None
+
+
+async def _stream_body(first: Any, receive: trio.MemoryReceiveChannel, ref: Any,
+                       keepalive: float, meter: Meter) -> AsyncIterator[bytes]:  # fmt: skip
+    outcome = "cancelled"  # unless the loop ends on its own: the client went away
+    try:
+        async with receive:
+            event = first
+            while True:
+                if event is None:
+                    yield sse.KEEPALIVE  # waiting for a load or a queue: keep the client
+                elif isinstance(event, Head):
+                    meter.answered(event.node, event.cold, event.load_wait or None)
+                    if event.status != 200:
+                        rest = b"".join([c.data async for c in receive if isinstance(c, Chunk)])
+                        outcome = outcome_for_status(event.status)
+                        yield _in_band(error_from_body(event.status, rest, None))
+                        return
+                elif isinstance(event, Chunk):
+                    meter.chunk(event.data)
+                    yield event.data
+                elif isinstance(event, Broken):
+                    outcome = "stream_error"
+                    yield _in_band(event.error)
+                    return
+                event = await _first_event(receive, keepalive)
+                if event is _END:
+                    outcome = "ok"
+                    return  # the node's stream is complete
+    finally:
+        ref.cancel_nowait()
+        meter.finish(outcome)
+
+
+def _in_band(error: ApiError) -> bytes:
+    """An error after the stream began: an error event, then the terminator."""
+    return sse.encode_json_event(error.to_openai()) + sse.DONE
+
+
+# -- info ----------------------------------------------------------------------------------
+
+
+def _info_routes(app: QuartTrio, gateway: Gateway) -> None:
+    @app.get("/health")
+    @app.get("/")
+    async def health():
+        return json_response(gateway.health())
+
+    @app.get("/version")
+    async def version():
+        return json_response(gateway.build_info())
+
+    @app.get("/v1/models")
+    async def models():
+        return json_response(gateway.model_list())
+
+
+# -- admin ---------------------------------------------------------------------------------
+
+
+def _admin_routes(app: QuartTrio, gateway: Gateway) -> None:
+    @app.get("/admin/actors")
+    async def actors_tree():
+        return json_response(gateway.root.registry.snapshot().to_dict())
+
+    @app.get("/admin/actors/stream")
+    async def actors_stream():
+        async def body():
+            async for snapshot in gateway.root.registry.watch(min_interval=0.1):
+                yield sse.encode_json_event(snapshot.to_dict())
+
+        return body(), 200, {"Content-Type": sse.CONTENT_TYPE, "Cache-Control": "no-cache"}
+
+    @app.get("/admin/fleet")
+    async def fleet():
+        return json_response(gateway.fleet_view())
+
+    @app.post("/admin/models/load")
+    async def admin_load():
+        body = await _admin_body()
+        node = await gateway.admin_load(body["model"], body.get("node"))
+        return json_response({"status": "loaded", "model": body["model"], "node": node})
+
+    @app.post("/admin/models/unload")
+    async def admin_unload():
+        body = await _admin_body()
+        node = await gateway.admin_unload(body["model"], body.get("node"))
+        return json_response({"status": "unloaded", "model": body["model"], "node": node})
+
+    @app.post("/admin/nodes/<name>/drain")
+    async def drain(name: str):
+        return json_response(unstructure(gateway.set_draining(name, True)))
+
+    @app.post("/admin/nodes/<name>/undrain")
+    async def undrain(name: str):
+        return json_response(unstructure(gateway.set_draining(name, False)))
+
+
+async def _admin_body() -> dict[str, Any]:
+    data = decode_json(await read_body(request))
+    if not isinstance(data, dict) or not isinstance(data.get("model"), str):
+        raise InvalidRequest('expected {"model": <id>, "node": <name>?}', param="model")
+    if data.get("node") is not None and not isinstance(data["node"], str):
+        raise InvalidRequest("expected a node name", param="node")
+    return data

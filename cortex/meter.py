@@ -1,0 +1,109 @@
+"""Watching one relayed request go by, for the metrics: times, outcome, tokens.
+
+A `Meter` is created when a request arrives and told what happens to it —
+which node answered and whether a load was waited for, each body chunk as it
+is forwarded (only the first byte's time and a bounded tail are kept, never
+the whole body), and how it ended. `finish` turns that into one
+`cortex.metrics.RequestRecord`, reading token usage from the tail (the
+usage chunk of a chat/completions stream, `response.completed` of a
+Responses stream, or the JSON body of a non-streaming answer).
+
+Not for: changing what is relayed — the meter only looks.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import trio
+
+from cortex.metrics import CortexMetrics, RequestRecord
+
+TAIL_BYTES = 64 * 1024
+
+
+class Meter:
+    def __init__(self, metrics: CortexMetrics, route: str, model: str | None) -> None:
+        self.metrics = metrics
+        self.route = route
+        self.model = model
+        self.started = trio.current_time()
+        self.node: str | None = None
+        self.cold = False
+        self.load_wait: float | None = None
+        self.upstream_at: float | None = None
+        self.first_byte: float | None = None
+        self._tail = bytearray()
+        self._done = False
+
+    def answered(self, node: str, cold: bool, load_wait: float | None = None) -> None:
+        self.node, self.cold, self.load_wait = node, cold, load_wait
+        self.upstream_at = trio.current_time()
+
+    def chunk(self, data: bytes) -> None:
+        if self.first_byte is None:
+            self.first_byte = trio.current_time()
+        self._tail += data
+        if len(self._tail) > TAIL_BYTES:
+            del self._tail[: len(self._tail) - TAIL_BYTES]
+
+    def finish(self, outcome: str) -> None:
+        if self._done:
+            return
+        self._done = True
+        now = trio.current_time()
+        usage = _usage(bytes(self._tail))
+        first = None if self.first_byte is None else self.first_byte - self.started
+        overhead = None
+        if self.upstream_at is not None:
+            overhead = max(0.0, self.upstream_at - self.started - (self.load_wait or 0.0))
+        self.metrics.request_finished(RequestRecord(
+            route=self.route, model=self.model, node=self.node, outcome=outcome,
+            duration=now - self.started, first_token=first, load_wait=self.load_wait,
+            overhead=overhead, cold_start=self.cold,
+            decode=None if self.first_byte is None else now - self.first_byte,
+            prompt_tokens=usage.get("prompt", 0), completion_tokens=usage.get("completion", 0),
+            cached_prompt_tokens=usage.get("cached", 0),
+        ))  # fmt: skip
+
+
+def outcome_for_status(status: int) -> str:
+    if status < 400:
+        return "ok"
+    if status in (429, 503):
+        return "unavailable"
+    if status < 500:
+        return "client_error"
+    return "upstream_error"
+
+
+def _usage(tail: bytes) -> dict[str, int]:
+    """Token usage from the end of a body: SSE events last to first, or JSON."""
+    text = tail.decode("utf-8", "replace")
+    candidates = [text] + [
+        line[5:].strip() for line in reversed(text.splitlines()) if line.startswith("data:")
+    ]
+    for candidate in candidates:
+        usage = _usage_of(candidate)
+        if usage:
+            return usage
+    return {}
+
+
+def _usage_of(candidate: str) -> dict[str, int]:
+    try:
+        data = json.loads(candidate)
+    except ValueError:
+        return {}
+    if not isinstance(data, dict):
+        return {}
+    usage: Any = data.get("usage") or (data.get("response") or {}).get("usage")
+    if not isinstance(usage, dict):
+        return {}
+    details = usage.get("prompt_tokens_details") or usage.get("input_tokens_details") or {}
+    return {
+        "prompt": int(usage.get("prompt_tokens", usage.get("input_tokens", 0)) or 0),
+        "completion": int(usage.get("completion_tokens", usage.get("output_tokens", 0)) or 0),
+        "cached": int(details.get("cached_tokens", 0) or 0) if isinstance(details, dict) else 0,
+    }

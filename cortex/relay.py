@@ -1,0 +1,171 @@
+"""Relaying one request to a node: place, connect, forward bytes as they come.
+
+`open_upstream` acquires a node for the model (loading it if placement says
+so), sends the request, and returns the node's response with its body still
+unread. A failure before the first byte — the node refused the connection,
+or answered a retriable 503 (worker died, model recovering, node shutting
+down) — is retried on another replica, a bounded number of times.
+
+`stream_events` runs a streaming request as a producer feeding a memory
+channel: first the upstream head, then each body chunk exactly as it
+arrived (never buffered or re-framed), then the end. A failure after the
+head is reported in-band. The HTTP layer turns these into a response, with
+SSE keepalive comments while the request waits (for a load, a queue).
+
+Not for: choosing nodes (`cortex.placement` via `cortex.fleet`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import attrs
+import httpx
+import trio
+
+from cortex.fleet import Acquired, Fleet
+from protocol.errors import ApiError, UpstreamError, api_error_from_envelope
+from protocol.ids import ModelId, NodeName
+
+log = logging.getLogger(__name__)
+
+# Node error codes that mean "try another replica" when nothing was sent yet.
+RETRIABLE_CODES = frozenset({
+    "worker_died", "worker_unavailable", "shutting_down", "model_recovering",
+    "model_unloading", "model_loading", "model_unavailable", "model_not_found",
+})  # fmt: skip
+
+
+@attrs.frozen
+class Head:
+    """The node answered: status and headers; the body follows as chunks."""
+
+    status: int
+    headers: Mapping[str, str]
+    node: NodeName
+    cold: bool
+    load_wait: float = 0.0
+
+
+@attrs.frozen
+class Chunk:
+    data: bytes
+
+
+@attrs.frozen
+class Broken:
+    """The relay failed; before a `Head` it is the answer, after it in-band."""
+
+    error: ApiError
+
+
+_FORWARDED_RESPONSE_HEADERS = ("content-type", "retry-after", "cache-control")
+
+
+async def open_upstream(
+    fleet: Fleet,
+    model: ModelId,
+    path: str,
+    body: bytes,
+    headers: Mapping[str, str],
+    client: httpx.AsyncClient,
+    *,
+    retries: int,
+    status: Any = None,
+) -> tuple[Acquired, httpx.Response]:
+    """The node's response (body unread: the caller closes it) or an ApiError."""
+    exclude: set[NodeName] = set()
+    last: ApiError | None = None
+    for attempt in range(retries + 1):
+        acquired = await fleet.acquire(model, status=status, exclude=frozenset(exclude))
+        node = acquired.node
+        if status is not None:
+            status(phase="upstream", node=node.name)
+        request = client.build_request("POST", node.endpoint + path, content=body,
+                                       headers=dict(headers))  # fmt: skip
+        try:
+            response = await client.send(request, stream=True)
+        except httpx.TransportError as exc:
+            node.mark_unreachable(exc)
+            last = UpstreamError(f"node {node.name} unreachable: {type(exc).__name__}",
+                                 code="upstream_connection_error")  # fmt: skip
+            exclude.add(node.name)
+            continue
+        if attempt < retries and await _retriable(response):
+            log.warning("retrying elsewhere node=%s status=%s", node.name, response.status_code)
+            exclude.add(node.name)
+            last = None
+            continue
+        return acquired, response
+    raise last or UpstreamError("no replica could take the request", code="upstream_error")
+
+
+async def _retriable(response: httpx.Response) -> bool:
+    """Read (and close) a refusal worth retrying elsewhere; False leaves it unread."""
+    if response.status_code not in (404, 503):
+        return False
+    await response.aread()
+    await response.aclose()
+    try:
+        error = response.json().get("error")
+    except (ValueError, AttributeError):
+        return False
+    code = error.get("code") if isinstance(error, dict) else None
+    return code in RETRIABLE_CODES
+
+
+def response_headers(response: httpx.Response) -> dict[str, str]:
+    return {k: v for k, v in response.headers.items() if k.lower() in _FORWARDED_RESPONSE_HEADERS}
+
+
+async def stream_events(
+    send: trio.MemorySendChannel,
+    fleet: Fleet,
+    model: ModelId,
+    path: str,
+    body: bytes,
+    headers: Mapping[str, str],
+    client: httpx.AsyncClient,
+    *,
+    retries: int,
+    status: Any = None,
+) -> None:
+    """Producer: Head, Chunk…, then close; or Broken. Closes `send` when done."""
+    async with send:
+        try:
+            acquired, response = await open_upstream(fleet, model, path, body, headers, client,
+                                                     retries=retries, status=status)  # fmt: skip
+        except ApiError as exc:
+            await send.send(Broken(exc))
+            return
+        try:
+            head = Head(response.status_code, response_headers(response), acquired.node.name,
+                        acquired.cold, acquired.load_wait)  # fmt: skip
+            await send.send(head)
+            if status is not None:
+                status(phase="streaming")
+            async for data in response.aiter_raw():
+                await send.send(Chunk(data))
+        except httpx.HTTPError as exc:
+            log.warning("upstream stream broke node=%s: %r", acquired.node.name, exc)
+            await send.send(Broken(UpstreamError(
+                f"node {acquired.node.name} stream failed: {type(exc).__name__}",
+                code="upstream_stream_error",
+            )))  # fmt: skip
+        finally:
+            with trio.CancelScope(shield=True), trio.move_on_after(2):
+                await response.aclose()
+
+
+def error_from_body(status: int, raw: bytes, retry_after: str | None) -> ApiError:
+    """A node's non-2xx answer as an ApiError (for dialects that re-render errors)."""
+    import json
+
+    try:
+        body = json.loads(raw)
+    except ValueError:
+        body = {"error": raw[:500].decode("utf-8", "replace")}
+    seconds = float(retry_after) if retry_after and retry_after.isdigit() else None
+    return api_error_from_envelope(status, body, retry_after=seconds)

@@ -1,0 +1,197 @@
+"""`cortex up`: a whole local fleet in one command — a neuron and the gateway.
+
+Starts a neuron as a child process (CPU devices when the host has no GPU),
+then the gateway in this process pointing at it, on the default ports. With
+no `--model`, it synthesizes the demo model first (a tiny random-weight
+Qwen3 with a real tokenizer and chat template) so there is something to talk
+to. It prints the URL and a ready-to-paste curl line once the model is
+loaded. Ctrl-C (or SIGTERM) stops the gateway, then the neuron (SIGTERM, then
+SIGKILL past a bound), and nothing is left running.
+
+State (the generated configs and the demo model) lives in
+`$XDG_CACHE_HOME/helexa/up` (default `~/.cache/helexa/up`). The neuron needs
+the `neuron` extra (torch, transformers); the gateway itself does not.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import attrs
+import httpx
+import trio
+
+log = logging.getLogger(__name__)
+
+DEMO_MODEL = "helexa/qwen3-tiny"
+
+
+@attrs.frozen
+class UpOptions:
+    models: tuple[str, ...] = ()
+    devices: tuple[str, ...] = ()  # e.g. ("cpu:0", "cpu:1"); empty: the neuron decides
+    host: str = "127.0.0.1"
+    port: int = 31313
+    metrics_port: int = 31314
+    neuron_port: int = 13131
+    state_dir: Path | None = None
+
+
+def state_dir(options: UpOptions) -> Path:
+    if options.state_dir is not None:
+        return options.state_dir
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return cache / "helexa" / "up"
+
+
+def _toml_value(value: object) -> str:
+    return json.dumps(value)  # TOML accepts JSON strings, numbers, bools and arrays
+
+
+def neuron_toml(options: UpOptions, roots: list[str], models: list[str]) -> str:
+    lines = [
+        f"model_roots = {_toml_value(roots)}",
+        f"allow_absolute_model_paths = {_toml_value(any(Path(m).is_absolute() for m in models))}",
+        f"devices = {_toml_value(list(options.devices))}" if options.devices else "",
+        "[listen]",
+        f"host = {_toml_value('127.0.0.1')}",
+        f"port = {options.neuron_port}",
+    ]
+    for model in models:
+        lines += ["[[models]]", f"id = {_toml_value(model)}"]
+    return "\n".join(line for line in lines if line) + "\n"
+
+
+async def synthesize_demo(root: Path) -> None:
+    """Build the demo model with `python -m neuron.synth` (cached after the first run)."""
+    await trio.run_process(
+        [sys.executable, "-m", "neuron.synth", str(root), "--name", DEMO_MODEL],
+        stdout=subprocess.DEVNULL,
+    )
+
+
+def _models_and_roots(options: UpOptions, directory: Path) -> tuple[list[str], list[str]]:
+    roots = [str(directory / "models")]
+    hub = Path(os.environ.get("HF_HUB_CACHE") or Path.home() / ".cache" / "huggingface" / "hub")
+    if hub.is_dir():
+        roots.append(str(hub))
+    models = [str(Path(m).resolve()) if Path(m).exists() else m for m in options.models]
+    return models or [DEMO_MODEL], roots
+
+
+async def wait_ready(neuron_url: str, models: list[str], process: trio.Process) -> None:
+    """Until the neuron has finished loading its default models (or died)."""
+    async with httpx.AsyncClient() as client:
+        while process.returncode is None:
+            try:
+                health = (await client.get(f"{neuron_url}/health")).json()
+            except (httpx.HTTPError, ValueError):
+                health = {}
+            activation = health.get("activation") or {}
+            if activation.get("state") == "ready":
+                for failure in activation.get("failed", []):
+                    print(f"model {failure['model_id']} failed to load: {failure['error']}")
+                return
+            await trio.sleep(0.3)
+    raise RuntimeError(f"the neuron exited during start-up (exit code {process.returncode})")
+
+
+def gateway_config(options: UpOptions, neuron_url: str):
+    """The gateway's configuration for a one-node local fleet (no catalogue file)."""
+    from cortex import config as cfg
+
+    return cfg.CortexConfig(
+        models_config="",
+        gateway=cfg.Gateway(listen=f"{options.host}:{options.port}",
+                            metrics_listen=f"{options.host}:{options.metrics_port}"),
+        neurons=(cfg.Neuron(name="local", endpoint=neuron_url),),
+        fleet=cfg.Fleet(poll_interval=1.0),
+    )  # fmt: skip
+
+
+def _banner(url: str, model: str) -> str:
+    body = json.dumps({"model": model, "messages": [{"role": "user", "content": "Hello!"}]})
+    return (
+        f"\nhelexa is up: {url}  (metrics on the next port, Ctrl-C to stop)\n"
+        f"  curl {url}/v1/chat/completions -H 'content-type: application/json' -d '{body}'\n"
+        f"  cortex status --url {url}\n"
+    )
+
+
+async def run_up(options: UpOptions) -> int:
+    if importlib.util.find_spec("torch") is None:
+        print("cortex up runs a local neuron, which needs torch: pip install 'helexa[neuron]'",
+              file=sys.stderr)  # fmt: skip
+        return 2
+    directory = state_dir(options)
+    (directory / "models").mkdir(parents=True, exist_ok=True)
+    models, roots = _models_and_roots(options, directory)
+    if not options.models:
+        print("synthesizing the demo model (first run only)…")
+        await synthesize_demo(directory / "models")
+    config_path = directory / "neuron.toml"
+    config_path.write_text(neuron_toml(options, roots, models))
+    return await _run_fleet(options, config_path, models)
+
+
+async def _run_fleet(options: UpOptions, neuron_config: Path, models: list[str]) -> int:
+    from cortex.gateway import Gateway
+
+    neuron_url = f"http://127.0.0.1:{options.neuron_port}"
+    command = [sys.executable, "-m", "neuron", "serve", "--config", str(neuron_config)]
+    gateway = Gateway(gateway_config(options, neuron_url))
+    stop, failed = trio.Event(), trio.Event()
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with trio.open_nursery() as nursery:
+            process = await trio.lowlevel.open_process(command)
+            try:
+                url = await nursery.start(gateway.run)
+                nursery.start_soon(_announce, neuron_url, models, process, url, stop, failed)
+                nursery.start_soon(_first_signal, signals, stop)
+                await stop.wait()
+            finally:
+                print("\nstopping…", flush=True)
+                gateway.stop()
+                with trio.CancelScope(shield=True):
+                    await _stop_process(process)
+                nursery.cancel_scope.cancel()
+    return 1 if failed.is_set() else 0
+
+
+async def _first_signal(signals: Any, stop: trio.Event) -> None:
+    async for _ in signals:
+        stop.set()
+        return
+
+
+async def _announce(neuron_url: str, models: list[str], process: trio.Process, url: str,
+                    stop: trio.Event, failed: trio.Event) -> None:  # fmt: skip
+    try:
+        await wait_ready(neuron_url, models, process)
+    except RuntimeError as exc:
+        print(f"cortex up: {exc}", file=sys.stderr)
+        failed.set()
+        stop.set()
+        return
+    print(_banner(url, models[0]), flush=True)
+
+
+NEURON_STOP_TIMEOUT = 40.0  # above the neuron's drain timeout, below systemd's
+
+
+async def _stop_process(process: trio.Process) -> None:
+    if process.returncode is None:
+        process.send_signal(signal.SIGTERM)
+        with trio.move_on_after(NEURON_STOP_TIMEOUT):
+            await process.wait()
+    if process.returncode is None:
+        process.kill()
+    await process.wait()
