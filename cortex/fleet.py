@@ -63,7 +63,6 @@ class Fleet:
         self.policy = policy
         self.load_timeout = load_timeout
         self.measured_mb: dict[ModelId, int] = {}
-        self.on_load: Callable[[str, str, float], None] | None = None
 
     def snapshot(self) -> FleetSnapshot:
         nodes = tuple(n.snapshot() for n in self.nodes.values())
@@ -101,21 +100,18 @@ class Fleet:
                         raise decision_error(decision)
 
     async def _load(self, node: Node, model: ModelId, devices, evict) -> None:
-        started = trio.current_time()
         try:
             await node.ensure_loaded(model, devices, evict)
         except ApiError as exc:
             log.error("cold load failed node=%s model=%s: %s", node.name, model, exc.message)
             raise
-        if self.on_load is not None:
-            self.on_load(model, node.name, trio.current_time() - started)
         await self._defrag(node)
 
     async def _defrag(self, node: Node) -> None:
         plan = defrag_plan(self.snapshot(), node.name, self.policy, time.monotonic())
         for model in plan:
             log.info("defrag: unloading node=%s model=%s", node.name, model)
-            await node.unload(model)
+            await node.unload(model, reason="defrag")
         if plan:
             node.lifecycle_cycles = 0
 

@@ -75,7 +75,8 @@ class Gateway:
                 root, [(n.name, n.endpoint) for n in self.config.neurons], self.catalogue,
                 self._policy(), self._poll_settings(), client,
             )  # fmt: skip
-            self.fleet.on_load = self._loaded
+            for node in self.fleet.nodes.values():
+                node.observer = _LifecycleMetrics(self.metrics)
             self.requests = await root.start_supervisor("requests")
             self.url = await self._bind(nursery, create_app(self), self.config.gateway.listen)
             self.metrics_url = await self._bind(nursery, self._metrics_app(),
@@ -134,9 +135,6 @@ class Gateway:
             self.metrics.node_up_changed(node.name, up)
             if up and node.health is not None:
                 self.metrics.node_health(node.name, node.health)
-
-    def _loaded(self, model: str, node: str, seconds: float) -> None:
-        self.metrics.model_loaded(model, node, seconds)
 
     # -- views -----------------------------------------------------------------------------
 
@@ -226,6 +224,22 @@ class Gateway:
         busy = sum(r.in_flight + r.queued for r in node.snapshot().residencies)
         state = "draining" if draining and busy else "drained" if draining else "active"
         return {"node": node.name, "state": state, "in_flight": busy}
+
+
+class _LifecycleMetrics:
+    """What a node's lifecycle operations report, as metrics."""
+
+    def __init__(self, metrics: Any) -> None:
+        self.metrics = metrics
+
+    def loaded(self, node: str, model: str, seconds: float) -> None:
+        self.metrics.model_load(model, node, "loaded", seconds)
+
+    def load_failed(self, node: str, model: str, seconds: float) -> None:
+        self.metrics.model_load(model, node, "failed", seconds)
+
+    def evicted(self, node: str, model: str, reason: str) -> None:
+        self.metrics.evicted(model, node, reason)
 
 
 def _card_fields(model_id: str, feasible: tuple[str, ...]) -> dict[str, Any]:

@@ -94,6 +94,7 @@ class Node:
         self._lifecycle = trio.Lock()
         self._flights: dict[ModelId, _Flight] = {}
         self.actor: Any = None
+        self.observer: Any = None  # gets loaded/load_failed/evicted calls (metrics)
 
     # -- polling ---------------------------------------------------------------------------
 
@@ -172,15 +173,18 @@ class Node:
 
     async def _fly(self, task: Any, model: ModelId, devices, evict, flight: _Flight) -> None:
         task.set_status(model=model, phase="waiting for node")
+        started = trio.current_time()
         try:
             async with self._lifecycle:
                 for victim in evict:
                     task.set_status(phase=f"evicting {victim}")
-                    await self._unload(victim)
+                    await self._unload(victim, reason="make_room")
                 task.set_status(phase="loading")
                 await self._load(model, devices)
+            self._observe("loaded", model, trio.current_time() - started)
         except Exception as exc:  # delivered to every request waiting on this load
             flight.error = exc
+            self._observe("load_failed", model, trio.current_time() - started)
         finally:
             del self._flights[model]
             flight.done.set()
@@ -204,18 +208,23 @@ class Node:
                  time.monotonic() - started)  # fmt: skip
         await self.poll_once()
 
-    async def unload(self, model: ModelId) -> None:
+    async def unload(self, model: ModelId, *, reason: str = "admin") -> None:
         async with self._lifecycle:
-            await self._unload(model)
+            await self._unload(model, reason=reason)
 
-    async def _unload(self, model: ModelId) -> None:
+    async def _unload(self, model: ModelId, *, reason: str) -> None:
         response = await self.client.post(self.endpoint + "/models/unload",
                                           json={"model_id": model})  # fmt: skip
         if response.status_code not in (200, 404):
             raise _node_error(self.name, "unload", response.status_code, _json(response))
         self.lifecycle_cycles += 1
         self.last_used_at.pop(model, None)
+        self._observe("evicted", model, reason)
         await self.poll_once()
+
+    def _observe(self, what: str, *args: Any) -> None:
+        if self.observer is not None:
+            getattr(self.observer, what)(self.name, *args)
 
     def loading(self) -> tuple[ModelId, ...]:
         return tuple(self._flights)

@@ -17,6 +17,7 @@ Not for: choosing nodes (`cortex.placement` via `cortex.fleet`).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Mapping
 from typing import Any
@@ -146,8 +147,9 @@ async def stream_events(
             await send.send(head)
             if status is not None:
                 status(phase="streaming")
-            async for data in response.aiter_raw():
-                await send.send(Chunk(data))
+            async with contextlib.aclosing(response.aiter_raw()) as chunks:
+                async for data in chunks:
+                    await send.send(Chunk(data))
         except httpx.HTTPError as exc:
             log.warning("upstream stream broke node=%s: %r", acquired.node.name, exc)
             await send.send(Broken(UpstreamError(
