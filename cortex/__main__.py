@@ -25,7 +25,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="run the gateway")
     serve.add_argument("--config", type=Path, help="cortex.toml (default: $CORTEX_CONFIG, "
                        "./cortex.toml, /etc/cortex/cortex.toml)")  # fmt: skip
-    serve.add_argument("--log-format", choices=("plain", "json"), default="plain")
+    serve.add_argument("--log-format", choices=("plain", "json"),
+                       help="overrides [log] format (default plain)")  # fmt: skip
     status = commands.add_parser("status", help="show the fleet")
     status.add_argument("--url", default=os.environ.get("CORTEX_URL", "http://localhost:31313"))
     status.add_argument("--json", action="store_true", help="print the raw fleet view")
@@ -63,12 +64,13 @@ def _serve(args: argparse.Namespace) -> int:
     from cortex.config import ConfigError, find_config_path, load_config
     from protocol.logs import configure_logging
 
-    configure_logging(args.log_format)
+    configure_logging(args.log_format or "plain")  # until the config says otherwise
     try:
         config = load_config(args.config or find_config_path(os.environ))
     except ConfigError as exc:
         print(f"cortex: {exc}", file=sys.stderr)
         return 2
+    configure_logging(args.log_format or config.log.format, config.log.level)
     for note in config.notes:
         logging.getLogger("cortex").warning("%s", note)
     trio.run(_serve_until_signal, config)
@@ -79,11 +81,13 @@ async def _serve_until_signal(config) -> None:
     import trio
 
     from cortex.gateway import Gateway
+    from protocol import sdnotify
 
     gateway = Gateway(config)
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_stop_on_signals, signals, gateway)
+            nursery.start_soon(sdnotify.run_watchdog)  # no-op unless WatchdogSec= is set
             await gateway.run()
             nursery.cancel_scope.cancel()
 

@@ -79,7 +79,7 @@ class Fleet:
                       exclude: frozenset[NodeName] = frozenset()) -> Acquired:  # fmt: skip
         """Return a node where `model` is routable now, loading it if need be."""
         status = status or (lambda **_: None)
-        started, cold = trio.current_time(), False
+        started, cold, repolled = trio.current_time(), False, False
         with trio.fail_after(self.load_timeout):
             while True:
                 decision = place(self._without(exclude), model, time.monotonic(), self.policy)
@@ -96,6 +96,10 @@ class Fleet:
                         cold = True
                         status(phase="waiting for load")
                         await self.wait_changed()
+                    case Wait(reason=WaitReason.BUSY) if not repolled:
+                        # "busy" may be a poll taken mid-request: look again once
+                        repolled = True
+                        await self.repoll()
                     case Wait() | Impossible():
                         raise decision_error(decision)
 
@@ -123,6 +127,12 @@ class Fleet:
             attrs.evolve(n, state=NodeState.DOWN) if n.name in exclude else n for n in snap.nodes
         )
         return attrs.evolve(snap, nodes=nodes)
+
+    async def repoll(self) -> None:
+        """Poll every node now (concurrently) rather than at its next interval."""
+        async with trio.open_nursery() as nursery:
+            for node in self.nodes.values():
+                nursery.start_soon(node.poll_once)
 
     async def wait_changed(self) -> None:
         """Until any node's state changes (a poll, a load finishing)."""

@@ -32,6 +32,7 @@ from cortex.fleet import Fleet, start_fleet
 from cortex.fleet_snapshot import Catalogue, NodeState, ResidencyStatus
 from cortex.node import Node, PollSettings
 from cortex.placement import feasible_nodes
+from protocol import sdnotify
 from protocol.buildinfo import build_info
 from protocol.errors import InvalidRequest, NotFound, ServiceUnavailable
 from protocol.http import make_config, prepare_app, serve
@@ -82,6 +83,7 @@ class Gateway:
             self.metrics_url = await self._bind(nursery, self._metrics_app(),
                                                 self.config.gateway.metrics_listen)  # fmt: skip
             log.info("cortex listening url=%s metrics=%s", self.url, self.metrics_url)
+            sdnotify.ready(f"listening on {self.url}; metrics on {self.metrics_url}")
             task_status.started(self.url)
             await self._stop.wait()
             # hypercorn now lets in-flight requests finish (graceful_timeout), then
@@ -108,6 +110,7 @@ class Gateway:
         return app
 
     def stop(self) -> None:
+        sdnotify.stopping("shutting down: draining")  # idempotent, like stop()
         self.draining = True
         self._stop.set()
 

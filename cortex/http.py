@@ -8,8 +8,20 @@ Streams are relayed chunk by chunk as they arrive; while a stream waits for
 a cold load the client gets SSE keepalive comments, and a failure after the
 200 went out is an in-band error event followed by `data: [DONE]`.
 
+The Anthropic routes (`/v1/messages`, `/v1/messages/count_tokens`) are
+served by translating to and from chat (`cortex.messages`); every error on
+them, whatever raised it, is rendered in the Anthropic envelope, and their
+responses also carry the request id as `request-id`, where Anthropic's SDK
+looks for it.
+
 Every response carries `x-request-id` (the client's or a new one), which is
-also sent to the node so one request can be followed across both logs.
+also sent to the node so one request can be followed across both logs: it is
+bound to the request's logging context (`protocol.logs.set_request_id`), so
+every line logged while handling it — in its request actor too — carries it.
+
+`/admin/nodes/<name>/actors` (+ `/stream`) relay a node's own actor tree
+through the gateway, for `python -m cortex.inspect`; a node that cannot be
+asked answers 502.
 """
 
 from __future__ import annotations
@@ -20,17 +32,22 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
+import httpx
 import trio
 from quart import Response, request
 from quart_trio import QuartTrio
 
 import actors
+from cortex import messages
+from cortex.messages import COUNT_TOKENS_ROUTE, MESSAGES_ROUTE
 from cortex.meter import Meter, outcome_for_status
 from cortex.relay import Broken, Chunk, Head, error_from_body, open_upstream, response_headers
 from cortex.relay import stream_events as relay_stream
 from protocol import decode_json, encode_json, sse, unstructure
-from protocol.errors import ApiError, InternalError, InvalidRequest, NotFound
-from protocol.http import error_response, json_response, prepare_app, read_body
+from protocol.errors import ApiError, InternalError, InvalidRequest, NotFound, UpstreamError
+from protocol.http import Dialect, error_response, json_response, prepare_app, read_body
+from protocol.ids import NodeName
+from protocol.logs import set_request_id
 
 if TYPE_CHECKING:
     from cortex.gateway import Gateway
@@ -42,6 +59,7 @@ INFERENCE_ROUTES = ("/v1/chat/completions", "/v1/completions", "/v1/responses")
 
 def create_app(gateway: Gateway) -> QuartTrio:
     app = prepare_app(QuartTrio("cortex"), max_body_bytes=gateway.config.http.max_body_bytes)
+    app.before_request(_bind_request_id)
     app.after_request(_stamp_request_id)
     app.register_error_handler(ApiError, _api_error)
     app.register_error_handler(404, _not_found)
@@ -49,6 +67,7 @@ def create_app(gateway: Gateway) -> QuartTrio:
     app.register_error_handler(Exception, _unexpected)
     for path in INFERENCE_ROUTES:
         app.add_url_rule(path, path, _proxy_view(gateway, path), methods=["POST"])
+    _messages_routes(app, gateway)
     _info_routes(app, gateway)
     _admin_routes(app, gateway)
     return app
@@ -66,31 +85,45 @@ def request_id() -> str:
     return rid
 
 
+async def _bind_request_id() -> None:
+    set_request_id(request_id())  # this request's task and the tasks it starts
+
+
 async def _stamp_request_id(response: Response) -> Response:
     response.headers["x-request-id"] = request_id()
+    if _dialect() == "anthropic":
+        response.headers["request-id"] = request_id()  # where the Anthropic SDK looks
+    level = logging.DEBUG if request.method == "GET" else logging.INFO  # polls stay quiet
+    log.log(level, "answered method=%s path=%s status=%s", request.method, request.path,
+            response.status_code)  # fmt: skip
     return response
 
 
 async def _api_error(error: ApiError) -> Response:
-    log.warning("request refused id=%s path=%s status=%s code=%s: %s", request_id(),
-                request.path, error.status, error.code, error.message)  # fmt: skip
-    return error_response(error)
+    log.warning("request refused path=%s status=%s code=%s: %s", request.path, error.status,
+                error.code, error.message)  # fmt: skip
+    return error_response(error, _dialect())
 
 
 async def _not_found(_: Exception) -> Response:
     return error_response(NotFound(f"no route {request.method} {request.path}",
-                                   code="route_not_found"))  # fmt: skip
+                                   code="route_not_found"), _dialect())  # fmt: skip
 
 
 async def _method_not_allowed(_: Exception) -> Response:
     return error_response(ApiError(f"method {request.method} not allowed on {request.path}",
                                    status=405, type="invalid_request_error",
-                                   code="method_not_allowed"))  # fmt: skip
+                                   code="method_not_allowed"), _dialect())  # fmt: skip
 
 
 async def _unexpected(error: Exception) -> Response:
-    log.exception("unexpected error id=%s path=%s", request_id(), request.path)
-    return error_response(InternalError(f"internal error: {type(error).__name__}"))
+    log.exception("unexpected error path=%s", request.path)
+    return error_response(InternalError(f"internal error: {type(error).__name__}"), _dialect())
+
+
+def _dialect() -> Dialect:
+    """The error envelope of the route asked: Anthropic's under `/v1/messages`."""
+    return "anthropic" if request.path.startswith(MESSAGES_ROUTE) else "openai"
 
 
 # -- inference -----------------------------------------------------------------------------
@@ -246,6 +279,21 @@ def _in_band(error: ApiError) -> bytes:
     return sse.encode_json_event(error.to_openai()) + sse.DONE
 
 
+# -- anthropic -----------------------------------------------------------------------------
+
+
+def _messages_routes(app: QuartTrio, gateway: Gateway) -> None:
+    @app.post(MESSAGES_ROUTE)
+    async def create_message():
+        return await messages.create_message(gateway, await read_body(request),
+                                              _upstream_headers(), request_id())  # fmt: skip
+
+    @app.post(COUNT_TOKENS_ROUTE)
+    async def count_tokens():
+        return await messages.count_tokens(gateway, await read_body(request),
+                                           _upstream_headers(), request_id())  # fmt: skip
+
+
 # -- info ----------------------------------------------------------------------------------
 
 
@@ -280,6 +328,21 @@ def _admin_routes(app: QuartTrio, gateway: Gateway) -> None:
 
         return body(), 200, {"Content-Type": sse.CONTENT_TYPE, "Cache-Control": "no-cache"}
 
+    @app.get("/admin/nodes/<name>/actors")
+    async def node_actors(name: str):
+        response = await _ask_node(gateway, name, "/admin/actors", stream=False)
+        return Response(response.content, response.status_code, response_headers(response))
+
+    @app.get("/admin/nodes/<name>/actors/stream")
+    async def node_actors_stream(name: str):
+        response = await _ask_node(gateway, name, "/admin/actors/stream", stream=True)
+        if response.status_code != 200:
+            body = await response.aread()
+            await response.aclose()
+            return Response(body, response.status_code, response_headers(response))
+        return _relay_raw(response), 200, {"Content-Type": sse.CONTENT_TYPE,
+                                            "Cache-Control": "no-cache"}  # fmt: skip
+
     @app.get("/admin/fleet")
     async def fleet():
         return json_response(gateway.fleet_view())
@@ -303,6 +366,37 @@ def _admin_routes(app: QuartTrio, gateway: Gateway) -> None:
     @app.post("/admin/nodes/<name>/undrain")
     async def undrain(name: str):
         return json_response(unstructure(gateway.set_draining(name, False)))
+
+
+async def _ask_node(gateway: Gateway, name: str, path: str, *, stream: bool) -> httpx.Response:
+    """GET a node's admin route with the gateway's client; 404 unknown node, 502 unreachable.
+
+    A stream gets no read timeout: a quiet actor tree sends nothing for as long as it
+    stays quiet, and the node closing the connection ends the relay."""
+    node = gateway.fleet.nodes.get(NodeName(name))
+    if node is None:
+        raise NotFound(f"no node named {name!r}", code="node_not_found")
+    timeout = httpx.Timeout(5.0, read=None if stream else 5.0)
+    upstream = gateway.client.build_request("GET", node.endpoint + path, timeout=timeout,
+                                            headers={"x-request-id": request_id()})  # fmt: skip
+    try:
+        return await gateway.client.send(upstream, stream=stream)
+    except httpx.HTTPError as exc:
+        raise UpstreamError(f"node {name} unreachable: {type(exc).__name__}",
+                            code="upstream_connection_error") from exc  # fmt: skip
+
+
+async def _relay_raw(response: httpx.Response) -> AsyncIterator[bytes]:
+    """A node's body chunk by chunk; a broken upstream just ends it (the reader retries)."""
+    try:
+        async with contextlib.aclosing(response.aiter_raw()) as chunks:
+            async for data in chunks:
+                yield data
+    except httpx.HTTPError as exc:
+        log.info("node stream ended url=%s: %r", response.url, exc)
+    finally:
+        with trio.CancelScope(shield=True), trio.move_on_after(2):
+            await response.aclose()
 
 
 async def _admin_body() -> dict[str, Any]:

@@ -173,6 +173,8 @@ class Node:
 
     async def _fly(self, task: Any, model: ModelId, devices, evict, flight: _Flight) -> None:
         task.set_status(model=model, phase="waiting for node")
+        log.info("loading model node=%s model=%s evict=%s", self.name, model,
+                 ",".join(evict) or None)  # fmt: skip
         started = trio.current_time()
         try:
             async with self._lifecycle:
@@ -327,10 +329,13 @@ class NodeActor(actors.Actor):
 
     def _show(self) -> None:
         n = self.node
+        polled = n.last_poll_at  # trio time of the last good poll; shown as wall clock
         self.set_status(
             state=n.state.value, endpoint=n.endpoint,
             models=",".join(m.id for m in n.models) or None, error=n.last_error,
             draining=n.draining or None,
+            last_poll_at=None if polled is None else
+            round(time.time() - (trio.current_time() - polled), 3),
         )  # fmt: skip
 
     def handle(self, message: Any) -> Any:

@@ -62,7 +62,9 @@ class Broken:
     error: ApiError
 
 
-_FORWARDED_RESPONSE_HEADERS = ("content-type", "retry-after", "cache-control")
+# `x-helexa-prompt-tokens`: the prompt's size on a node's stream head (Anthropic message_start).
+_FORWARDED_RESPONSE_HEADERS = ("content-type", "retry-after", "cache-control",
+                               "x-helexa-prompt-tokens")  # fmt: skip
 
 
 async def open_upstream(

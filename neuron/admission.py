@@ -25,6 +25,14 @@ class ModelBusy(ServiceUnavailable):
     code = "rate_limit_exceeded"
 
 
+class QueueFull(ModelBusy):
+    """Every slot busy and `max_queue_depth` requests already waiting."""
+
+
+class QueueTimeout(ModelBusy):
+    """No slot came free within `queue_timeout`."""
+
+
 class AdmissionClosed(ServiceUnavailable):
     code = "model_unavailable"
 
@@ -50,6 +58,8 @@ class Admission:
         self._slots = trio.Semaphore(max_in_flight)
         self._queued = 0
         self._closed: str | None = None
+        self._closed_code = AdmissionClosed.code
+        self._closed_retry_after = 2.0
         self._closed_event = trio.Event()
         self._idle = trio.Event()
         self._idle.set()
@@ -67,7 +77,7 @@ class Admission:
         self._check_open()
         if self._slots.value == 0 and self._queued >= self.max_queue_depth:
             self.rejected_queue_full += 1
-            raise ModelBusy(
+            raise QueueFull(
                 f"model {self.model_id!r} is busy: {self.in_flight} in flight and "
                 f"{self._queued} queued", retry_after=2,
             )  # fmt: skip
@@ -81,7 +91,7 @@ class Admission:
         self._check_open()
         if not acquired:
             self.rejected_timeout += 1
-            raise ModelBusy(
+            raise QueueTimeout(
                 f"model {self.model_id!r} is busy: no slot within {self.queue_timeout:g}s",
                 retry_after=max(1.0, self.queue_timeout / 2),
             )
@@ -111,11 +121,16 @@ class Admission:
 
     def _check_open(self) -> None:
         if self._closed is not None:
-            raise AdmissionClosed(f"model {self.model_id!r} is {self._closed}", retry_after=2)
+            raise AdmissionClosed(f"model {self.model_id!r} is {self._closed}",
+                                  retry_after=self._closed_retry_after,
+                                  code=self._closed_code)  # fmt: skip
 
-    def close(self, reason: str) -> None:
-        """Refuse new requests and fail the queued ones; in-flight ones go on."""
+    def close(self, reason: str, *, code: str | None = None, retry_after: float = 2.0) -> None:
+        """Refuse new requests and fail the queued ones (503 `code`, by default
+        `model_unavailable`); in-flight ones go on."""
         self._closed = reason
+        self._closed_code = code or AdmissionClosed.code
+        self._closed_retry_after = retry_after
         self._closed_event.set()
 
     async def wait_idle(self) -> None:

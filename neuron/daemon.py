@@ -7,9 +7,12 @@ completed / failed with the reason). A request for a model that is not
 loaded yet gets a 404, or a 503 while it is loading.
 
 Shutdown (SIGTERM / SIGINT, or `stop()`): stop admitting (new inference and
-loads get 503 `shutting_down` with Retry-After), let requests in flight
-finish within `timeouts.drain`, unload the models, stop every worker with the
-stop ladder, and return. Nothing is left running.
+loads, and requests still queued for a slot, get 503 `shutting_down` with
+Retry-After), let requests in flight finish within `timeouts.drain` — the
+listener stays open meanwhile, so clients get that 503 and `/health` keeps
+answering — then cancel what is still running (a stream ends with an in-band
+error event), close the listener, unload the models, stop every worker with
+the stop ladder, and return. Nothing is left running.
 
     neuron (actor root)
     ├── devices      supervisor: one DeviceActor per device (neuron.devices)
@@ -33,15 +36,24 @@ from neuron.config import NeuronConfig
 from neuron.devices import Device, start_devices
 from neuron.discovery import HealthSampler, build_discovery, probe_host
 from neuron.metrics import NeuronMetrics
-from neuron.registry import LoadRequest, ModelRegistry, RegistryLimits, ServedModel
+from neuron.registry import (
+    LoadRequest,
+    ModelAlreadyLoaded,
+    ModelRegistry,
+    RegistryLimits,
+    ServedModel,
+)
 from neuron.serving import Serving, ServingSettings
-from protocol import node
+from protocol import node, sdnotify
 from protocol.buildinfo import build_info
 from protocol.errors import ApiError
 from protocol.http import make_config, serve
 from protocol.models import ModelCard, ModelLimit, ModelList
 
 log = logging.getLogger(__name__)
+
+_FLUSH_TIMEOUT = 5.0  # after the drain: responses still being written get this long
+SHUTDOWN_RETRY_AFTER = 15  # seconds, on every 503 `shutting_down` (upstream's figure)
 
 
 class Neuron:
@@ -57,12 +69,17 @@ class Neuron:
         self.public_url = ""
         self.activation = node.Activation(state="pre_warming")
         self.root: Any = None
+        self.requests: Any = None
         self.devices: list[Device] = []
         self.discovery: node.Discovery | None = None
         self.registry: ModelRegistry | None = None  # type: ignore[assignment]
         self.serving: Serving | None = None  # type: ignore[assignment]
         self._health_sampler: HealthSampler | None = None
-        self._stop = trio.Event()
+        self._sampling = trio.Lock()  # the sampler measures CPU deltas: one caller at a time
+        self._restarts_counted: dict[str, int] = {}
+        self._stop = trio.Event()  # begin the shutdown
+        self._close_listener = trio.Event()  # drained: stop accepting connections
+        self._http_closed = trio.Event()
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -74,49 +91,61 @@ class Neuron:
         )
         self._health_sampler = HealthSampler(specs)
         self.devices = [Device(spec, self.config.worker_timeouts()) for spec in specs]
+        wanted = self.config.model_devices(specs)
+        self.activation = node.Activation("pre_warming", pending=tuple(m.id for m, _ in wanted))
         async with actors.open_root("neuron") as root, trio.open_nursery() as nursery:
             self.root = root
-            self.registry = ModelRegistry(self.devices, self._limits(), nursery)
-            requests = await root.start_supervisor("requests")
-            self.serving = Serving(self.registry, requests, self._settings())
+            self.registry = ModelRegistry(self.devices, self._limits(), nursery, self.metrics)
+            self.requests = await root.start_supervisor("requests")
+            self.serving = Serving(self.registry, self.requests, self._settings(), self.metrics)
             url = await nursery.start(self._serve_http)
             self.public_url = url
+            sdnotify.ready(f"listening on {url}; {len(wanted)} default model(s) to load")
+            log.info("neuron listening url=%s", url)
             task_status.started(url)
-            await root.start_task(self._activate, name="activation", kind="activation")
+            await root.start_task(self._activate, wanted, name="activation", kind="activation")
             await self._stop.wait()
             await self._shutdown(nursery)
+        log.info("shut down")
 
     async def _serve_http(self, *, task_status: trio.TaskStatus[str]) -> None:
-        """Serve until `stop()`; hypercorn then drains in-flight requests (bounded)."""
+        """Serve until the drain is over; then give responses still being written
+        a few seconds (hypercorn's graceful timeout) and return."""
         from neuron.http import create_app
 
         listen = self.config.listen
-        config = make_config(listen.host, listen.port, graceful_timeout=self.config.timeouts.drain)
+        config = make_config(listen.host, listen.port, graceful_timeout=_FLUSH_TIMEOUT)
         app = create_app(self)
-        async with trio.open_nursery() as nursery:
-            urls = await nursery.start(
-                functools.partial(serve, app, config, shutdown_trigger=self._stop.wait)
-            )
-            task_status.started(_public_url(urls[0], listen.host))
+        try:
+            async with trio.open_nursery() as nursery:
+                trigger = self._close_listener.wait
+                urls = await nursery.start(
+                    functools.partial(serve, app, config, shutdown_trigger=trigger)
+                )
+                task_status.started(_public_url(urls[0], listen.host))
+        finally:
+            self._http_closed.set()
 
-    async def _activate(self, task: Any) -> None:
+    async def _activate(self, task: Any, wanted: list) -> None:
         await start_devices(self.root, self.devices)
-        wanted = self.config.model_devices([d.spec for d in self.devices])
         pending = [m.id for m, _ in wanted]
-        self.activation = node.Activation(state="pre_warming", pending=tuple(pending))
         completed, failed = [], []
         for model, devices in wanted:
             pending.remove(model.id)
             self._activation(pending, model.id, completed, failed)
+            sdnotify.status(f"loading {model.id} ({len(wanted) - len(pending)}/{len(wanted)})")
             try:
                 await self.registry.load(LoadRequest(model.id, model.dtype, devices or None,
                                                      model.max_in_flight))  # fmt: skip
+                completed.append(model.id)
+            except ModelAlreadyLoaded:  # loaded through the API meanwhile
                 completed.append(model.id)
             except ApiError as exc:
                 log.error("default model failed model=%s: %s", model.id, exc.message)
                 failed.append(node.ActivationFailure(model.id, exc.message))
         self._activation(pending, None, completed, failed, state="ready")
         log.info("activation done loaded=%d failed=%d", len(completed), len(failed))
+        sdnotify.status(f"ready: {len(completed)} model(s) loaded, {len(failed)} failed")
 
     def _activation(self, pending, current, completed, failed, state="pre_warming") -> None:
         self.activation = node.Activation(
@@ -130,29 +159,35 @@ class Neuron:
         self._stop.set()
 
     async def _shutdown(self, nursery: trio.Nursery) -> None:
-        log.info("shutting down: draining for up to %.0fs", self.config.timeouts.drain)
-        with trio.move_on_after(self.config.timeouts.drain + 5):
-            await self._wait_http_drained()
+        drain = self.config.timeouts.drain
+        log.info("shutting down: draining for up to %.0fs", drain)
+        sdnotify.stopping(f"shutting down: draining for up to {drain:.0f}s")
+        self.registry.close_admissions("shutting down", code="shutting_down",
+                                       retry_after=SHUTDOWN_RETRY_AFTER)  # fmt: skip
+        with trio.move_on_after(drain):
+            await self.registry.wait_idle()
+        if busy := self.registry.in_flight():
+            log.warning("drain timeout: cancelling %d requests still in flight", busy)
+        await self.requests.cancel()  # what still runs ends now, a stream with an error event
+        self._close_listener.set()
+        await self._http_closed.wait()  # bounded by hypercorn's graceful timeout
         with trio.move_on_after(self.config.timeouts.unload_drain + 10):
             await self.registry.unload_all()
-        nursery.cancel_scope.cancel()
-        await self.root.cancel()
-
-    async def _wait_http_drained(self) -> None:
-        for model in list(self.registry.models.values()):
-            await model.admission.wait_idle()
+        nursery.cancel_scope.cancel()  # the registry's load flights, if any
+        await self.root.cancel()  # all actors; the devices stop their workers with the ladder
 
     # -- what the routes read ----------------------------------------------------------------
 
     async def load(self, spec: node.ModelSpec) -> ServedModel:
-        model = await self.registry.load(LoadRequest.from_spec(spec))
-        self.metrics.model_loaded(model.id, model.device.id, model.load_seconds,
-                                  model.memory_bytes)  # fmt: skip
-        return model
+        return await self.registry.load(LoadRequest.from_spec(spec))
 
     async def health(self) -> node.Health:
         pids = {d.id: (d.worker.pid if d.worker else None) for d in self.devices}
-        devices = await self._health_sampler.sample(pids)
+        model_bytes = {d.id: 0 for d in self.devices}
+        for model in self.registry.models.values():
+            model_bytes[model.device.id] += model.memory_bytes
+        async with self._sampling:
+            devices = await self._health_sampler.sample(pids, model_bytes)
         devices = tuple(
             attrs.evolve(
                 h,
@@ -165,6 +200,20 @@ class Neuron:
             uptime_secs=int(time.monotonic() - self.started_at), devices=devices,
             activation=self.activation, models=tuple(self.registry.model_loads()),
         )  # fmt: skip
+
+    async def sample_metrics(self) -> None:
+        """Copy what is sampled rather than counted (queues, devices) into the gauges."""
+        health = await self.health()
+        for load in health.models:
+            self.metrics.requests_running.labels(load.id).set(load.in_flight)
+            self.metrics.requests_waiting.labels(load.id).set(load.queue_depth)
+        for reading, device in zip(health.devices, self.devices, strict=True):
+            self.metrics.device_sampled(reading, device.id)
+            self.metrics.worker_ready.labels(device.id).set(1 if device.worker else 0)
+            restarts = max(0, device.incarnations - 1)
+            counted = self._restarts_counted.get(device.id, 0)
+            self.metrics.worker_restarts.labels(device.id).inc(restarts - counted)
+            self._restarts_counted[device.id] = restarts
 
     def model_list(self) -> ModelList:
         cards = []
@@ -203,13 +252,21 @@ def _public_url(bound: str, host: str) -> str:
 
 
 async def serve_forever(config: NeuronConfig) -> None:
-    """Run until SIGTERM / SIGINT, then shut down gracefully."""
+    """Run until SIGTERM / SIGINT, then shut down gracefully (later signals are noted)."""
     neuron = Neuron(config)
-    async with trio.open_nursery() as nursery:
-        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-            url = await nursery.start(neuron.run)
-            log.info("neuron listening url=%s", url)
-            async for signum in signals:
-                log.info("received %s: shutting down", signal.Signals(signum).name)
-                neuron.stop()
-                break
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_stop_on_signals, signals, neuron)
+            nursery.start_soon(sdnotify.run_watchdog)  # no-op unless WatchdogSec= is set
+            await neuron.run()
+            nursery.cancel_scope.cancel()
+
+
+async def _stop_on_signals(signals: Any, neuron: Neuron) -> None:
+    async for signum in signals:
+        name = signal.Signals(signum).name
+        if neuron.draining:
+            log.info("received %s: already shutting down", name)
+            continue
+        log.info("received %s: shutting down", name)
+        neuron.stop()

@@ -33,6 +33,8 @@ import signal
 import socket
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from typing import Any
 
 import attrs
@@ -167,6 +169,7 @@ class WorkerProcess:
         self._jobs: dict[wire.JobId, _PendingJob] = {}
         self._sequences: dict[wire.SeqId, TokenStream] = {}
         self._dead: WorkerDied | None = None
+        self.on_heartbeat: Callable[[], None] | None = None  # after `statistics` is updated
         self._last_frame = self._last_progress = trio.current_time()
 
     @property
@@ -251,6 +254,8 @@ class WorkerProcess:
                 self._deliver(seq_id, SequenceFailed(kind, text, retriable=retry), final=True)
             case wire.Heartbeat(models=models):
                 self.statistics = {m.model_id: m for m in models}
+                if self.on_heartbeat is not None:
+                    self.on_heartbeat()
             case _ if pending := self._jobs.pop(getattr(message, "job_id", -1), None):
                 pending.settle(message)
             case _:
@@ -499,11 +504,15 @@ class DeviceActor(actors.Actor):
         self.worker = WorkerProcess(device.spec, device.timeouts)
         timeouts = device.timeouts
         self.stop_timeout = timeouts.shutdown + timeouts.terminate + 2
+        self._shown: dict[str, Any] = {}
+        self._loading_since: dict[ModelId, float] = {}
+        self._generated = (trio.current_time(), 0)  # (when, tokens generated so far)
 
     async def on_start(self) -> None:
         ready = await self.worker.start()
         self.device.attach(self.worker)
         self.set_status(device=self.device.id, pid=ready.pid, incarnation=self.device.incarnations)
+        self.worker.on_heartbeat = self._show_load
         self.start_task(self._serve, name="worker", kind="process")
         self.start_task(self._restore, name="restore", kind="task")
 
@@ -515,7 +524,36 @@ class DeviceActor(actors.Actor):
 
     async def _restore(self, task: Any) -> None:
         await self.device.restore(self.worker)
-        self.set_status(models=",".join(sorted(self.device.resident)) or None)
+        self._show_load()
+
+    def _show_load(self) -> None:
+        """Status for inspectors, per heartbeat; the registry changes only when it does."""
+        device, stats = self.device, self.worker.statistics.values()
+        pending = device.desired.keys() - device.resident.keys() - device.load_errors.keys()
+        now = time.time()
+        self._loading_since = {m: self._loading_since.get(m, now) for m in sorted(pending)}
+        running = sum(s.running for s in stats)
+        rate = self._rate(sum(s.generated_tokens_total for s in stats))
+        shown = {
+            "models": {m: r.memory_bytes for m, r in sorted(device.resident.items())} or None,
+            "memory_bytes": sum(r.memory_bytes for r in device.resident.values()) or None,
+            "loading": dict(self._loading_since) or None,  # model -> since (wall clock)
+            "running": running,
+            "waiting": sum(s.waiting for s in stats),
+            "tok_s": rate if running else None,
+        }
+        if shown != self._shown:
+            self._shown = shown
+            self.set_status(**shown)
+
+    def _rate(self, generated: int) -> float | None:
+        """Tokens per second generated on this device, over windows of a second or more
+        (heartbeats come in bunches; a shorter window would jitter)."""
+        (then, before), now = self._generated, trio.current_time()
+        if now - then < 1.0:
+            return self._shown.get("tok_s")
+        self._generated = (now, generated)
+        return round(max(0, generated - before) / (now - then), 1) or None
 
     def handle(self, message: Any) -> Any:
         if message == "statistics":

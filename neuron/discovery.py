@@ -366,8 +366,11 @@ def parse_gpu_health(stdout: str) -> dict[int, GpuReading]:
 class HealthSampler:
     """Per-device readings for `/health`; call `sample()` from one task at a time.
 
-    For a CPU device, "used" is its worker's resident memory, "free" what is
-    left of its budget (capped by the host's available memory), utilisation
+    For a CPU device the budget is what its *models* may use (the worker's
+    own interpreter and torch are a fixed cost outside it): "used" is the
+    measured bytes of the models resident on it, as `sample` is told them
+    (else the worker's resident memory), "free" what is left of the budget
+    (capped by the host's available memory), utilisation
     the worker's CPU time over the last interval divided by its threads, and
     the temperature the hottest CPU sensor, where the platform reports one.
     Anything the platform does not report is `None`, never a guess.
@@ -378,10 +381,15 @@ class HealthSampler:
         self._runner = runner
         self._processes: dict[int, Any] = {}  # pid → psutil.Process, for CPU deltas
 
-    async def sample(self, worker_pids: Mapping[str, int | None]) -> tuple[DeviceHealth, ...]:
-        """One reading per spec, in spec order; `worker_pids` maps device id → pid."""
+    async def sample(
+        self, worker_pids: Mapping[str, int | None], model_bytes: Mapping[str, int] | None = None
+    ) -> tuple[DeviceHealth, ...]:
+        """One reading per spec, in spec order; `worker_pids` maps device id → pid,
+        `model_bytes` device id → bytes of the models resident there."""
         gpu = await self._gpu_readings() if self._has_gpus() else {}
-        cpu = await trio.to_thread.run_sync(self._cpu_readings, dict(worker_pids))
+        cpu = await trio.to_thread.run_sync(
+            self._cpu_readings, dict(worker_pids), dict(model_bytes or {})
+        )
         return tuple(
             cpu[spec.id] if device_kind(spec.id) == "cpu" else self._gpu_health(i, spec, gpu)
             for i, spec in enumerate(self.specs)
@@ -407,12 +415,16 @@ class HealthSampler:
             id=spec.id,
         )  # fmt: skip
 
-    def _cpu_readings(self, pids: dict[str, int | None]) -> dict[str, DeviceHealth]:
+    def _cpu_readings(
+        self, pids: dict[str, int | None], model_bytes: dict[str, int]
+    ) -> dict[str, DeviceHealth]:
         import psutil  # the neuron extra; imported here so discovery imports without it
 
         host = _HostNow(psutil.virtual_memory().available, _cpu_temperature(psutil))
         readings = {
-            spec.id: self._cpu_health(index, spec, pids.get(spec.id), host)
+            spec.id: self._cpu_health(
+                index, spec, pids.get(spec.id), host, model_bytes.get(spec.id)
+            )
             for index, spec in enumerate(self.specs)
             if device_kind(spec.id) == "cpu"
         }
@@ -421,14 +433,16 @@ class HealthSampler:
         return readings
 
     def _cpu_health(
-        self, index: int, spec: DeviceSpec, pid: int | None, host: _HostNow
-    ) -> DeviceHealth:
+        self, index: int, spec: DeviceSpec, pid: int | None, host: _HostNow,
+        model_bytes: int | None = None,
+    ) -> DeviceHealth:  # fmt: skip
         rss, busy = self._process_reading(pid)
+        used = model_bytes if model_bytes is not None else rss
         budget = spec.memory_budget_bytes
-        free = host.available if budget is None else max(0, budget - (rss or 0))
+        free = host.available if budget is None else max(0, budget - (used or 0))
         utilization = round(min(100.0, busy / max(1, spec.threads))) if busy is not None else None
         return DeviceHealth(
-            index, rss // MIB if rss is not None else None, min(free, host.available) // MIB,
+            index, used // MIB if used is not None else None, min(free, host.available) // MIB,
             utilization, host.temp_c, id=spec.id,
         )  # fmt: skip
 

@@ -9,7 +9,10 @@ channel the renderer reads. It owns the sequence: whatever way it ends
 
 Every outcome is an event: a `Failed` before `Started` is a refusal (the
 caller answers with an HTTP error), a `Failed` after it is reported in-band
-by a stream that already began. Not for: prompt building or wire formats.
+by a stream that already began. Every outcome is also counted in the job's
+`NeuronMetrics`: a refusal by reason, a generation by how it ended
+(`stop`, `length`, `tool_calls`, `error`, or `abort` when the reader went
+away or the job was cancelled). Not for: prompt building or wire formats.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from neuron.events import (
     Started,
     ToolCallParsed,
 )
+from neuron.metrics import NeuronMetrics, refusal_reason
 from neuron.registry import ServedModel
 from neuron.text.output import OutputParser
 from neuron.text.sampling import ResolvedSampling
@@ -45,11 +49,23 @@ class GenerationJob:
     prompt_ids: tuple[int, ...]
     sampling: ResolvedSampling
     parser: OutputParser
+    metrics: NeuronMetrics | None = None  # where the outcome is counted (optional)
     task: Any = None  # the request's task actor, for status fields (optional)
+    arrived_at: float = attrs.field(factory=trio.current_time)
 
     def status(self, **fields: Any) -> None:
         if self.task is not None:
             self.task.set_status(**fields)
+
+    def admitted(self) -> None:
+        if self.metrics is not None:
+            self.metrics.request_queue_time.labels(self.model.id).observe(
+                trio.current_time() - self.arrived_at
+            )
+
+    def refused(self, error: ApiError) -> None:
+        if self.metrics is not None:
+            self.metrics.request_refused(self.model.id, refusal_reason(error))
 
 
 class _Progress:
@@ -94,6 +110,20 @@ class _Progress:
             out.append(event)
         return out
 
+    def record(self, outcome: str) -> None:
+        """Count this generation in the job's metrics, however it ended."""
+        job = self.job
+        if job.metrics is None:
+            return
+        now = trio.current_time()
+        first = self.first_token_at
+        job.metrics.request_finished(
+            job.model.id, outcome, prompt_tokens=len(job.prompt_ids),
+            generation_tokens=self.completion_tokens, e2e_seconds=now - job.arrived_at,
+            first_token_seconds=None if first is None else first - self.submitted_at,
+            queue_seconds=self.submitted_at - job.arrived_at,
+        )  # fmt: skip
+
     def finished(self, worker_reason: str | None) -> Finished:
         now = trio.current_time()
         first = self.first_token_at or now
@@ -126,21 +156,28 @@ async def generate(job: GenerationJob, send: trio.MemorySendChannel[GenerationEv
     job.status(phase="queued", model=job.model.id)
     try:
         async with job.model.admission.slot():
+            job.admitted()
             job.status(phase="prefill")
+            progress = _Progress(job)
             stream = await job.model.device.generate(
                 job.model.id, job.prompt_ids, job.sampling.params
             )
+            outcome = "abort"  # unless the relay ends: the reader went away, or cancelled
             try:
                 await send.send(Started(len(job.prompt_ids)))
-                await _relay(job, stream, send)
+                outcome = await _relay(job, progress, stream, send)
             finally:
+                progress.record(outcome)
                 await stream.aclose()
-    except ApiError as exc:
+    except ApiError as exc:  # refused before the sequence started
+        job.refused(exc)
         await send.send(Failed(exc, len(job.prompt_ids)))
 
 
-async def _relay(job: GenerationJob, stream: Any, send: trio.MemorySendChannel) -> None:
-    progress = _Progress(job)
+async def _relay(
+    job: GenerationJob, progress: _Progress, stream: Any, send: trio.MemorySendChannel
+) -> str:
+    """Relay the sequence's steps as events; return how it ended."""
     worker_reason: str | None = None
     try:
         async for step in stream:
@@ -154,12 +191,14 @@ async def _relay(job: GenerationJob, stream: Any, send: trio.MemorySendChannel) 
         raise  # the reader is gone (client disconnected): nobody to tell
     except ApiError as exc:
         await send.send(Failed(exc, len(job.prompt_ids), progress.completion_tokens))
-        return
+        return "error"
     except Exception as exc:  # the request boundary: report in-band, keep serving
         log.exception("generation failed model=%s", job.model.id)
         error = InternalError(f"generation failed: {exc}")
         await send.send(Failed(error, len(job.prompt_ids), progress.completion_tokens))
-        return
+        return "error"
     for event in progress.finish():
         await send.send(event)
-    await send.send(progress.finished(worker_reason))
+    finished = progress.finished(worker_reason)
+    await send.send(finished)
+    return finished.reason

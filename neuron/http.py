@@ -1,12 +1,19 @@
 """The neuron's HTTP routes: parse → call the serving code → render.
 
-Routes are thin. Inference routes (`/v1/*`) answer errors in the OpenAI
-envelope; management routes (`/models/*`) answer upstream's flat
-`{"error": "...", "code": "..."}` body so the upstream gateway can drive this
-node. Every response carries `x-request-id` (the client's, or a new one).
-With an auth token configured, every route but `/health` needs
-`Authorization: Bearer <token>` or `x-api-key: <token>`. While draining for
-shutdown, inference and loads answer 503 `shutting_down` with Retry-After.
+Routes are thin. Inference routes (`/v1/*`, including our
+`/v1/chat/tokenize`, which counts a chat request's prompt tokens without
+generating) answer errors in the OpenAI envelope; management routes
+(`/models/*`) answer upstream's flat `{"error": "...", "code": "..."}` body
+so the upstream gateway can drive this node, and read their bodies strictly
+(an unknown key is a 400, never a silently different load). An inference
+request refused before it became a job is counted here (`request_refused`);
+a job counts its own outcome. Every response carries `x-request-id` (the
+client's, or a new one), and everything logged while handling the request
+carries it as `request_id`; a stream's head also carries the prompt's size
+(`X-Helexa-Prompt-Tokens`). With an auth token configured, every route but
+`/health` needs `Authorization: Bearer <token>` or `x-api-key: <token>`.
+While draining for shutdown, inference and loads answer 503 `shutting_down`
+with Retry-After.
 
 Not for: serving logic (`neuron.serving`, `neuron.registry`) or process
 lifecycle (`neuron.daemon`).
@@ -18,18 +25,21 @@ import hmac
 import logging
 import time
 import uuid
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import trio
 from quart import Response, request
 from quart_trio import QuartTrio
 
 from neuron import render
+from neuron.daemon import SHUTDOWN_RETRY_AFTER
+from neuron.metrics import OTHER, refusal_reason
 from protocol import node, sse, unstructure
 from protocol.completions import CompletionRequest
 from protocol.errors import ApiError, AuthenticationFailed, InternalError, NotFound
 from protocol.errors import ServiceUnavailable as Unavailable
 from protocol.http import error_response, json_response, parse_body, prepare_app
+from protocol.logs import set_request_id
 from protocol.openai import ChatCompletionRequest
 from protocol.responses import ResponsesRequest
 from protocol.translate_responses import responses_to_chat
@@ -39,18 +49,29 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
+
 _PUBLIC = frozenset({"/health"})
+# On a stream's head, before any usage: how the gateway's Anthropic `message_start`
+# can report the prompt's size up front.
+PROMPT_TOKENS_HEADER = "X-Helexa-Prompt-Tokens"
+_GENERATION_ROUTES = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/responses"})
 
 
 def create_app(neuron: Neuron) -> QuartTrio:
     app = prepare_app(QuartTrio("neuron"), max_body_bytes=neuron.config.http.max_body_bytes)
+    app.before_request(_bind_request_id)
 
     @app.before_request
     async def authorize() -> None:
         _authorize(neuron)
 
+    async def api_error(error: ApiError) -> Response:
+        _count_refusal(neuron, error)
+        return await _api_error(error)
+
     app.after_request(_stamp_request_id)
-    app.register_error_handler(ApiError, _api_error)
+    app.register_error_handler(ApiError, api_error)
     app.register_error_handler(404, _not_found)
     app.register_error_handler(405, _method_not_allowed)
     app.register_error_handler(Exception, _unexpected)
@@ -84,8 +105,15 @@ def _authorize(neuron: Neuron) -> None:
                                    "<key>' or 'x-api-key: <key>'")  # fmt: skip
 
 
+async def _bind_request_id() -> None:
+    set_request_id(request_id())  # this request's task and the tasks it starts (its actor)
+
+
 async def _stamp_request_id(response: Response) -> Response:
     response.headers["x-request-id"] = request_id()
+    level = logging.DEBUG if request.method == "GET" else logging.INFO  # polls stay quiet
+    log.log(level, "answered method=%s path=%s status=%s", request.method, request.path,
+            response.status_code)  # fmt: skip
     return response
 
 
@@ -94,8 +122,8 @@ def _management() -> bool:
 
 
 async def _api_error(error: ApiError) -> Response:
-    log.warning("request refused id=%s path=%s status=%s code=%s: %s", request_id(),
-                request.path, error.status, error.code, error.message)  # fmt: skip
+    log.warning("request refused path=%s status=%s code=%s: %s", request.path, error.status,
+                error.code, error.message)  # fmt: skip
     if _management():
         body = unstructure(node.ErrorBody(error.message, error.code))
         return json_response(body, error.status, error.headers())
@@ -114,13 +142,29 @@ async def _method_not_allowed(_: Exception) -> Response:
 
 
 async def _unexpected(error: Exception) -> Response:
-    log.exception("unexpected error id=%s path=%s", request_id(), request.path)
+    log.exception("unexpected error path=%s", request.path)
     return await _api_error(InternalError(f"internal error: {type(error).__name__}"))
+
+
+def _count_refusal(neuron: Neuron, error: ApiError) -> None:
+    """Count an inference request refused before it became a job (jobs count their own)."""
+    if request.path not in _GENERATION_ROUTES or getattr(request, "helexa_job", False):
+        return
+    model = getattr(request, "helexa_model", None)
+    label = model if model in neuron.registry.models else OTHER
+    neuron.metrics.request_refused(label, refusal_reason(error))
+
+
+async def _parse_inference(cls: type[T]) -> T:
+    body = await parse_body(request, cls)
+    request.helexa_model = body.model  # the metrics label of a refusal
+    return body
 
 
 def _check_admitting(neuron: Neuron) -> None:
     if neuron.draining:
-        raise Unavailable("this node is shutting down", code="shutting_down", retry_after=15)
+        raise Unavailable("this node is shutting down", code="shutting_down",
+                          retry_after=SHUTDOWN_RETRY_AFTER)  # fmt: skip
 
 
 # -- management ---------------------------------------------------------------------------
@@ -146,14 +190,14 @@ def _management_routes(app: QuartTrio, neuron: Neuron) -> None:
     @app.post("/models/load")
     async def load():
         _check_admitting(neuron)
-        spec = await parse_body(request, node.ModelSpec)
+        spec = await parse_body(request, node.ModelSpec, internal=True)
         model = await neuron.load(spec)
         return json_response(node.LoadResult(model_id=model.id, memory_bytes=model.memory_bytes,
                                              load_seconds=model.load_seconds))  # fmt: skip
 
     @app.post("/models/unload")
     async def unload():
-        body = await parse_body(request, node.UnloadRequest)
+        body = await parse_body(request, node.UnloadRequest, internal=True)
         model = await neuron.registry.unload(body.model_id)
         return json_response(node.UnloadResult(model_id=model.id))
 
@@ -164,6 +208,7 @@ def _management_routes(app: QuartTrio, neuron: Neuron) -> None:
 
     @app.get("/metrics")
     async def metrics():
+        await neuron.sample_metrics()
         body, content_type = await trio.to_thread.run_sync(
             neuron.metrics.render, request.headers.get("accept", "")
         )
@@ -193,7 +238,7 @@ def _inference_routes(app: QuartTrio, neuron: Neuron) -> None:
     @app.post("/v1/chat/completions")
     async def chat():
         _check_admitting(neuron)
-        body = await parse_body(request, ChatCompletionRequest)
+        body = await _parse_inference(ChatCompletionRequest)
         job = neuron.serving.chat_job(body)
         cid, created, model = f"chatcmpl-{uuid.uuid4().hex}", int(time.time()), str(job.model.id)
         if body.stream:
@@ -201,10 +246,15 @@ def _inference_routes(app: QuartTrio, neuron: Neuron) -> None:
             return await _stream(neuron, job, stream)
         return json_response(render.collect_chat(cid, model, created, await _collect(neuron, job)))
 
+    @app.post("/v1/chat/tokenize")
+    async def chat_tokenize():
+        body = await _parse_inference(ChatCompletionRequest)
+        return json_response(neuron.serving.count_chat_tokens(body))
+
     @app.post("/v1/completions")
     async def completions():
         _check_admitting(neuron)
-        body = await parse_body(request, CompletionRequest)
+        body = await _parse_inference(CompletionRequest)
         job = neuron.serving.completion_job(body)
         cid, created, model = f"cmpl-{uuid.uuid4().hex}", int(time.time()), str(job.model.id)
         if body.stream:
@@ -219,7 +269,7 @@ def _inference_routes(app: QuartTrio, neuron: Neuron) -> None:
     @app.post("/v1/responses")
     async def responses():
         _check_admitting(neuron)
-        body = await parse_body(request, ResponsesRequest)
+        body = await _parse_inference(ResponsesRequest)
         job = neuron.serving.chat_job(responses_to_chat(body))
         rid, created, model = f"resp_{uuid.uuid4().hex}", int(time.time()), str(job.model.id)
         if body.stream:
@@ -236,11 +286,14 @@ def _include_usage(body: ChatCompletionRequest) -> bool:
 
 
 async def _stream(neuron: Neuron, job: Any, renderer: Any):
+    request.helexa_job = True
     body = await neuron.serving.stream(job, renderer, request_id())
     headers = {"Content-Type": sse.CONTENT_TYPE, "Cache-Control": "no-cache",
-               "X-Accel-Buffering": "no"}  # fmt: skip
+               "X-Accel-Buffering": "no",
+               PROMPT_TOKENS_HEADER: str(len(job.prompt_ids))}  # fmt: skip
     return body, 200, headers
 
 
 async def _collect(neuron: Neuron, job: Any) -> list:
+    request.helexa_job = True
     return await neuron.serving.collect(job, request_id())

@@ -32,9 +32,11 @@ from prometheus_client import (
 )
 from prometheus_client.exposition import choose_encoder
 
+from neuron.admission import QueueFull, QueueTimeout
+from protocol.errors import ApiError
 from protocol.node import BuildInfo, DeviceHealth
 
-__all__ = ["FINISHED_REASONS", "OTHER", "REJECTED_REASONS", "NeuronMetrics"]
+__all__ = ["FINISHED_REASONS", "OTHER", "REJECTED_REASONS", "NeuronMetrics", "refusal_reason"]
 
 MIB = 1024 * 1024
 OTHER = "other"  # the label value for anything outside a bounded set
@@ -43,6 +45,8 @@ REJECTED_REASONS = frozenset(
     {"queue_full", "queue_timeout", "model_unavailable", "prompt_too_long", "bad_request",
      "unauthorized", "shutting_down"}
 )  # fmt: skip
+
+_REASON_BY_CODE = {"shutting_down": "shutting_down", "context_length_exceeded": "prompt_too_long"}
 
 # Explicit buckets so every histogram exports as one (`_bucket` series).
 # CPU devices are slow, so the latency ranges reach further than vLLM's.
@@ -166,8 +170,13 @@ class NeuronMetrics:
         generation_tokens: int,
         e2e_seconds: float,
         first_token_seconds: float | None = None,
+        queue_seconds: float = 0.0,
     ) -> None:
-        """Record one request that generated (also when aborted or failed midway)."""
+        """Record one request that generated (also when aborted or failed midway).
+
+        `e2e_seconds` runs from arrival, `first_token_seconds` from admission
+        (after `queue_seconds` in the queue), so the decode time is what is left.
+        """
         reason = finished_reason if finished_reason in FINISHED_REASONS else OTHER
         self.request_success.labels(model, reason).inc()
         self.prompt_tokens.labels(model).inc(prompt_tokens)
@@ -178,7 +187,7 @@ class NeuronMetrics:
         if first_token_seconds is not None:
             self.time_to_first_token.labels(model).observe(first_token_seconds)
             if generation_tokens > 1:
-                decode = max(0.0, e2e_seconds - first_token_seconds)
+                decode = max(0.0, e2e_seconds - queue_seconds - first_token_seconds)
                 self.time_per_output_token.labels(model).observe(decode / (generation_tokens - 1))
 
     def request_refused(self, model: str, reason: str) -> None:
@@ -225,6 +234,21 @@ class NeuronMetrics:
         when asked for, else Prometheus text 0.0.4. Blocking: run it in a thread."""
         encoder, content_type = choose_encoder(accept or "")
         return encoder(self.registry), content_type
+
+
+def refusal_reason(error: ApiError) -> str:
+    """The `reason` label for a request refused with `error` (see `REJECTED_REASONS`)."""
+    if isinstance(error, QueueFull):
+        return "queue_full"
+    if isinstance(error, QueueTimeout):
+        return "queue_timeout"
+    if reason := _REASON_BY_CODE.get(error.code or ""):
+        return reason
+    if error.status == 401:
+        return "unauthorized"
+    if error.status in (404, 503):  # not loaded, loading, unloading, worker restarting
+        return "model_unavailable"
+    return "bad_request" if 400 <= error.status < 500 else OTHER
 
 
 def _remove(metric, *labels: str) -> None:

@@ -29,6 +29,7 @@ import trio
 
 from neuron.admission import Admission
 from neuron.devices import Device, ModelPlacement
+from neuron.metrics import NeuronMetrics
 from neuron.text.tokenizer import ModelTokenizer
 from neuron.worker import errors as worker_errors
 from neuron.worker.snapshot import SnapshotInfo, inspect_model
@@ -125,9 +126,16 @@ class _Flight:
 
 
 class ModelRegistry:
-    def __init__(self, devices: list[Device], limits: RegistryLimits, nursery: trio.Nursery):
+    def __init__(
+        self,
+        devices: list[Device],
+        limits: RegistryLimits,
+        nursery: trio.Nursery,
+        metrics: NeuronMetrics | None = None,
+    ) -> None:
         self.devices = devices
         self.limits = limits
+        self.metrics = metrics or NeuronMetrics()
         self.models: dict[ModelId, ServedModel] = {}
         self._flights: dict[ModelId, _Flight] = {}
         self._nursery = nursery
@@ -171,10 +179,17 @@ class ModelRegistry:
 
     async def _fly(self, request: LoadRequest, flight: _Flight) -> None:
         try:
-            flight.model = await self._load(request)
-            self.models[request.model_id] = flight.model
+            model = await self._load(request)
         except Exception as exc:  # delivered to every caller of this flight
             flight.error = exc
+            self.metrics.model_loads.labels("failed").inc()
+        else:
+            flight.model = self.models[request.model_id] = model
+            log.info("model loaded model=%s device=%s seconds=%.2f memory_bytes=%d", model.id,
+                     model.device.id, model.load_seconds, model.memory_bytes)  # fmt: skip
+            self.metrics.model_loaded(model.id, model.device.id, model.load_seconds,
+                                      model.memory_bytes)  # fmt: skip
+            self.metrics.models_loaded.set(len(self.models))
         finally:
             del self._flights[request.model_id]
             flight.done.set()
@@ -188,6 +203,8 @@ class ModelRegistry:
         )
         index, device = self._pick_device(request)
         dtype = request.dtype or self.limits.default_dtype
+        log.info("loading model=%s device=%s dtype=%s weight_bytes=%d", request.model_id,
+                 device.id, dtype, info.weight_bytes)  # fmt: skip
         loaded = await device.load(ModelPlacement(request.model_id, str(info.snapshot.path), dtype))
         max_in_flight = (
             request.max_in_flight or self.limits.max_in_flight or loaded.max_sequences or 1
@@ -240,7 +257,23 @@ class ModelRegistry:
             await model.device.unload(model.id)
         finally:
             self.models.pop(model.id, None)
+            log.info("model unloaded model=%s device=%s", model.id, model.device.id)
+            self.metrics.model_unloaded(model.id, [model.device.id])
+            self.metrics.models_loaded.set(len(self.models))
         return model
+
+    def close_admissions(self, reason: str, *, code: str, retry_after: float) -> None:
+        """Refuse new requests to every model (queued ones at once); running ones go on."""
+        for model in self.models.values():
+            model.admission.close(reason, code=code, retry_after=retry_after)
+
+    async def wait_idle(self) -> None:
+        """Return once no model has a request in flight."""
+        for model in list(self.models.values()):
+            await model.admission.wait_idle()
+
+    def in_flight(self) -> int:
+        return sum(m.admission.in_flight for m in self.models.values())
 
     async def unload_all(self) -> None:
         for model_id in list(self.models):

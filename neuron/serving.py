@@ -2,12 +2,13 @@
 
 `Serving.chat_job` / `completion_job` turn a parsed request into a
 `GenerationJob` (prompt rendered and tokenised in this process, sampling
-resolved, output parser ready) or raise the request's 4xx. `stream` runs a
-job as a request actor and returns the SSE body once the sequence has
-started — so a refusal (busy, restarting) is still an HTTP error — with a
-comment keepalive whenever the stream is idle, and an in-band error plus a
-final chunk if it fails later. `collect` runs a job in the caller's task
-for non-streaming responses.
+resolved, output parser ready) or raise the request's 4xx;
+`count_chat_tokens` renders and tokenises a chat prompt the same way without
+generating. `stream` runs a job as a request actor and returns the SSE body
+once the sequence has started — so a refusal (busy, restarting) is still an
+HTTP error — with a comment keepalive whenever the stream is idle, and an
+in-band error plus a final chunk if it fails later. `collect` runs a job in
+the caller's task for non-streaming responses.
 
 The streaming body reads from a memory channel fed by the request actor
 (no yield inside a nursery); a client that goes away cancels the actor, which
@@ -29,6 +30,7 @@ import trio
 import actors
 from neuron.events import Failed, Finished, GenerationEvent, Started
 from neuron.generation import GenerationJob, generate
+from neuron.metrics import NeuronMetrics
 from neuron.registry import ModelRegistry, ServedModel
 from neuron.text.output import OutputParser
 from neuron.text.prompt import ChatPrompt
@@ -36,7 +38,8 @@ from neuron.text.reasoning import Markers, probe_markers
 from neuron.text.sampling import SamplingRequest, resolve_sampling
 from protocol import sse
 from protocol.completions import CompletionRequest
-from protocol.errors import InternalError, InvalidRequest
+from protocol.errors import InternalError, InvalidRequest, ServiceUnavailable
+from protocol.node import TokenCount
 from protocol.openai import ChatCompletionRequest, ResponseFormatText
 
 
@@ -56,11 +59,16 @@ class ServingSettings:
 
 class Serving:
     def __init__(
-        self, registry: ModelRegistry, requests: actors.SupervisorRef, settings: ServingSettings
+        self,
+        registry: ModelRegistry,
+        requests: actors.SupervisorRef,
+        settings: ServingSettings,
+        metrics: NeuronMetrics | None = None,
     ) -> None:
         self.registry = registry
         self.requests = requests
         self.settings = settings
+        self.metrics = metrics
         self._markers: dict[str, Markers] = {}
 
     # -- building jobs ---------------------------------------------------------------------
@@ -77,7 +85,14 @@ class Serving:
         prompt = ChatPrompt.build(request, model.tokenizer, markers, model_id=model.id)
         sampling = self._sampling(model, SamplingRequest.from_chat(request), prompt.token_ids)
         parser = prompt.output_parser(model.tokenizer, markers)
-        return GenerationJob(model, prompt.token_ids, sampling, parser)
+        return GenerationJob(model, prompt.token_ids, sampling, parser, self.metrics)
+
+    def count_chat_tokens(self, request: ChatCompletionRequest) -> TokenCount:
+        """The prompt tokens `request` costs, rendered exactly as `chat_job` renders it."""
+        model = self.registry.get(request.model)
+        prompt = ChatPrompt.build(request, model.tokenizer, self.markers(model), model_id=model.id)
+        return TokenCount(model=model.id, count=len(prompt.token_ids),
+                          max_context=model.context_length)  # fmt: skip
 
     def completion_job(self, request: CompletionRequest) -> GenerationJob:
         model = self.registry.get(request.model)
@@ -87,7 +102,7 @@ class Serving:
             model.tokenizer, Markers(), context=prompt_ids[-4:],
             hidden_ids=model.tokenizer.eos_token_ids,
         )  # fmt: skip
-        return GenerationJob(model, prompt_ids, sampling, parser)
+        return GenerationJob(model, prompt_ids, sampling, parser, self.metrics)
 
     def _sampling(self, model: ServedModel, request: SamplingRequest, prompt: tuple[int, ...]):
         return resolve_sampling(
@@ -117,13 +132,19 @@ class Serving:
         return _sse_body(receive, renderer, ref, self.settings.keepalive_interval)
 
     async def collect(self, job: GenerationJob, request_id: str) -> list[GenerationEvent]:
-        """Run `job` in this task (as a request actor) and return all its events."""
+        """Run `job` in this task (as a request actor) and return all its events.
+
+        Cancelling the request actor (shutdown past its drain) ends the block
+        quietly; the caller then gets a 503 rather than a partial reply.
+        """
         send, receive = trio.open_memory_channel[GenerationEvent](math.inf)
         async with actors.open_task(self.requests, request_id, kind="request") as task:
             job.task = task
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(_generate_then_close, job, send)
                 return [event async for event in receive]
+        raise ServiceUnavailable("the request was cancelled before it finished", retry_after=1,
+                                 code="request_cancelled")  # fmt: skip
 
 
 async def _generate_then_close(job: GenerationJob, send: trio.MemorySendChannel) -> None:

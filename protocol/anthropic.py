@@ -44,6 +44,7 @@ __all__ = [
     "MessageStop",
     "MessagesRequest",
     "Metadata",
+    "NamedToolChoice",
     "NoneToolChoice",
     "OtherBlock",
     "Ping",

@@ -120,8 +120,9 @@ async def read_body(request: Request) -> bytes:
         ) from exc
 
 
-async def parse_body(request: Request, cls: type[T]) -> T:
-    """Read, decode and validate a JSON body into `cls` (tolerating extras)."""
+async def parse_body(request: Request, cls: type[T], *, internal: bool = False) -> T:
+    """Read, decode and validate a JSON body into `cls`: tolerating extras, or
+    refusing them with `internal=True` (bodies our own programs send)."""
     content_type = request.mimetype or ""
     if content_type and content_type != "application/json" and not content_type.endswith("+json"):
         raise InvalidRequest(
@@ -129,7 +130,7 @@ async def parse_body(request: Request, cls: type[T]) -> T:
             status=415,
             code="unsupported_media_type",
         )
-    return parse(await read_body(request), cls)
+    return parse(await read_body(request), cls, internal=internal)
 
 
 def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:

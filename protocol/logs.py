@@ -2,22 +2,62 @@
 
 `configure_logging("json", "info")` makes every record a JSON object
 (`ts`, `level`, `logger`, `msg`, plus `request_id` and other `extra=` fields)
-for journald and log collectors; "plain" is a readable single line. This
-lives in `protocol` because it is the one package both daemons import; it
-has no dependency beyond the standard library.
+for journald and log collectors; "plain" is a readable single line that
+ends in ` request_id=…` when the record belongs to a request.
+
+The request id comes from a context variable: each daemon calls
+`set_request_id` when it starts handling a request, and the handler's
+`RequestIdFilter` stamps it on every record logged in that context — and in
+the tasks started from it, which inherit a copy (trio's `start_soon` and
+`start` copy the starting task's context). So one `x-request-id` can be
+followed through the gateway's and the node's logs. This lives in `protocol`
+because it is the one package both daemons import; it has no dependency
+beyond the standard library.
 """
 
 from __future__ import annotations
 
+import contextvars
 import json
 import logging
 import sys
 import time
 from typing import Literal
 
-__all__ = ["JsonFormatter", "configure_logging"]
+__all__ = [
+    "JsonFormatter",
+    "PlainFormatter",
+    "RequestIdFilter",
+    "configure_logging",
+    "current_request_id",
+    "set_request_id",
+]
 
 _STANDARD = frozenset(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message"}
+
+_request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "helexa_request_id", default=None
+)
+
+
+def set_request_id(request_id: str | None) -> contextvars.Token[str | None]:
+    """Tag what is logged from now on in this context (and tasks it starts)."""
+    return _request_id.set(request_id)
+
+
+def current_request_id() -> str | None:
+    return _request_id.get()
+
+
+class RequestIdFilter(logging.Filter):
+    """Adds `request_id` to a record from the context, unless `extra=` gave one."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not hasattr(record, "request_id"):
+            request_id = _request_id.get()
+            if request_id is not None:
+                record.request_id = request_id
+        return True
 
 
 class JsonFormatter(logging.Formatter):
@@ -35,13 +75,23 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str, ensure_ascii=False)
 
 
+class PlainFormatter(logging.Formatter):
+    """`time LEVEL logger: message request_id=…` (the id only when there is one)."""
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        line = super().formatMessage(record)
+        request_id = getattr(record, "request_id", None)
+        return line if request_id is None else f"{line} request_id={request_id}"
+
+
 def configure_logging(fmt: Literal["plain", "json"] = "plain", level: str = "info") -> None:
     """Route the root logger to stderr in the chosen format (idempotent)."""
     handler = logging.StreamHandler(sys.stderr)
-    if fmt == "json":
-        handler.setFormatter(JsonFormatter())
-    else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.setFormatter(JsonFormatter() if fmt == "json" else PlainFormatter())
+    handler.addFilter(RequestIdFilter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

@@ -4,7 +4,8 @@
 `/models` → a JSON array of `ModelInfo`, `/models/load` takes a `ModelSpec`
 and answers `LoadResult`, `/models/unload` takes an `UnloadRequest` and
 answers `UnloadResult`, `/models/{id}/endpoint` → `Endpoint`,
-`/models/{id}/capabilities` → `Capabilities`, and failures are the flat
+`/models/{id}/capabilities` → `Capabilities`, `/v1/chat/tokenize` (ours)
+→ `TokenCount`, and failures are the flat
 `ErrorBody` (`{"error": "..."}`). Names and shapes match upstream so the
 upstream gateway, CLI and bench can drive our neuron and ours can read
 theirs; our additions are optional fields that upstream readers ignore.
@@ -54,6 +55,7 @@ __all__ = [
     "ModelSpec",
     "ModelStatus",
     "Servable",
+    "TokenCount",
     "UnloadRequest",
     "UnloadResult",
     "parse_request",
@@ -275,6 +277,17 @@ class Endpoint:
 @attrs.frozen
 class Capabilities:
     capabilities: tuple[str, ...]
+
+
+@attrs.frozen
+class TokenCount:
+    """`POST /v1/chat/tokenize` (ours): the prompt tokens a chat request costs,
+    rendered and tokenised exactly as generation would; `max_context` is the
+    model's context length. The gateway's Anthropic `count_tokens` reads it."""
+
+    model: ModelId
+    count: int
+    max_context: int | None = None
 
 
 @attrs.frozen

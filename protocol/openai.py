@@ -2,10 +2,11 @@
 
 These are the shapes of `POST /v1/chat/completions` as the official SDKs and
 the common OpenAI-compatible servers speak them, plus the vendor sampling
-extras (`top_k`, `min_p`, `repetition_penalty`, `chat_template_kwargs`) and
-`reasoning_content`. They are plain frozen values: what a request *means*
-(defaults, caps, template rendering) belongs to the serving code, and how a
-value becomes JSON belongs to `protocol._converter`. Legacy completions live
+extras (`top_k`, `min_p`, `repetition_penalty`, `chat_template_kwargs`),
+`reasoning_content`, and helexa's `stop_sequence` on a finished choice. They
+are plain frozen values: what a request *means* (defaults, caps, template
+rendering) belongs to the serving code, and how a value becomes JSON belongs
+to `protocol._converter`. Legacy completions live
 in `protocol.completions`, the model list in `protocol.models`, the Responses
 API in `protocol.responses`.
 
@@ -451,6 +452,9 @@ class Choice:
     message: ChatCompletionMessage
     finish_reason: FinishReason
     logprobs: ChoiceLogprobs | None = None
+    # helexa extra: the client's stop string that ended the choice, so that a
+    # translation to Anthropic can report `stop_sequence` (vLLM calls it `stop_reason`).
+    stop_sequence: str | None = None
 
 
 @attrs.frozen(kw_only=True)
@@ -496,6 +500,7 @@ class ChunkChoice:
     delta: ChoiceDelta = ChoiceDelta()
     finish_reason: FinishReason | None = keep_null()
     logprobs: ChoiceLogprobs | None = None
+    stop_sequence: str | None = None  # helexa extra, on the final chunk (see `Choice`)
 
 
 @attrs.frozen(kw_only=True)
@@ -528,10 +533,16 @@ class ChatCompletionChunk:
 
     @classmethod
     def finish_chunk(
-        cls, reason: FinishReason, *, id: CompletionId, created: int, model: ModelId
+        cls,
+        reason: FinishReason,
+        *,
+        id: CompletionId,
+        created: int,
+        model: ModelId,
+        stop_sequence: str | None = None,
     ) -> Self:
-        """An empty delta with the `finish_reason`."""
-        choice = ChunkChoice(finish_reason=reason)
+        """An empty delta with the `finish_reason` (and the stop string that matched)."""
+        choice = ChunkChoice(finish_reason=reason, stop_sequence=stop_sequence)
         return cls(id=id, created=created, model=model, choices=(choice,))
 
     @classmethod

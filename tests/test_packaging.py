@@ -1,13 +1,22 @@
-"""The gateway's packages import without torch; the CLIs answer --version."""
+"""Packaging: the gateway installs without torch, the CLIs answer --version, a wheel builds."""
 
 from __future__ import annotations
 
+import os
+import re
+import shutil
 import subprocess
 import sys
+import tomllib
+import zipfile
+from importlib.metadata import version
+from pathlib import Path
 
 import pytest
 
-GATEWAY_SIDE = ["protocol", "actors", "cortex"]
+from protocol.buildinfo import BUILD_FILE, write_build_file
+
+GATEWAY_SIDE = ["protocol", "actors", "cortex", "cortex.gateway", "cortex.http"]  # serve
 
 
 @pytest.mark.parametrize("package", [*GATEWAY_SIDE, "neuron"])
@@ -27,3 +36,63 @@ def test_version_flag(program):
         [sys.executable, "-m", program, "--version"], capture_output=True, text=True, check=True
     )
     assert out.stdout.startswith(f"{program} 0.")
+
+
+# ------------------------------------------------------------------ the distribution
+
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGES = ("actors", "cortex", "neuron", "protocol")
+NODE_ONLY = {"torch", "transformers", "tokenizers", "safetensors", "huggingface-hub"}
+
+
+def _name(requirement: str) -> str:
+    """`"huggingface_hub==2.4.0; extra == 'x'"` → `"huggingface-hub"`."""
+    return re.split(r"[\s<>=!~;\[]", requirement.strip(), maxsplit=1)[0].lower().replace("_", "-")
+
+
+def test_gateway_install_brings_no_torch():
+    """`pip install .` (a gateway host) installs the base dependencies only."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    base = {_name(r) for r in project["dependencies"]}
+    assert not base & NODE_ONLY, f"the gateway would install {sorted(base & NODE_ONLY)}"
+    node = {_name(r) for r in project["optional-dependencies"]["neuron"]}
+    assert {"torch", "transformers"} <= node  # `pip install '.[neuron]'` brings the node
+
+
+@pytest.mark.slow
+def test_wheel_builds_and_an_installed_copy_reports_its_revision(tmp_path):
+    src = tmp_path / "src"
+    for package in PACKAGES:
+        shutil.copytree(ROOT / package, src / package,
+                        ignore=shutil.ignore_patterns("__pycache__", "_build.json"))  # fmt: skip
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, src / name)
+    written = write_build_file(src / "protocol" / BUILD_FILE.name, root=ROOT)
+    command = [sys.executable, "-m", "pip", "wheel", str(src), "--no-deps", "-w", str(tmp_path)]
+    if int(version("setuptools").split(".")[0]) >= 77:  # what [build-system] requires
+        command.append("--no-build-isolation")  # offline: build with the installed setuptools
+    subprocess.run(command, check=True, capture_output=True, timeout=600)
+
+    (wheel,) = tmp_path.glob("helexa-*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        names = archive.namelist()
+        info = next(n for n in names if n.endswith(".dist-info/METADATA"))
+        metadata = archive.read(info).decode()
+        entry_points = archive.read(info.replace("METADATA", "entry_points.txt")).decode()
+        archive.extractall(tmp_path / "site")
+    assert {n.split("/")[0] for n in names if "/" in n} >= set(PACKAGES)
+    assert not [n for n in names if n.startswith("tests/")]
+    assert "protocol/_build.json" in names
+    requires = [line.split(":", 1)[1] for line in metadata.splitlines()
+                if line.startswith("Requires-Dist:")]  # fmt: skip
+    base = {_name(r) for r in requires if "extra ==" not in r}
+    assert base and not base & NODE_ONLY
+    assert "cortex = cortex.__main__:main" in entry_points
+    assert "neuron = neuron.__main__:main" in entry_points
+
+    # The unpacked wheel (no checkout around it) reports the revision it was built from.
+    code = "from protocol import buildinfo as b; print(b.SOURCE_ROOT, b.build_info().git_sha_long)"
+    env = {**os.environ, "PYTHONPATH": str(tmp_path / "site")}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         check=True, cwd=tmp_path)  # fmt: skip
+    assert out.stdout.split() == [str(tmp_path / "site"), written["git_sha_long"]]

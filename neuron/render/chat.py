@@ -2,7 +2,8 @@
 
 `ChatStream` renders upstream's chunk sequence — the role chunk, one chunk
 per content / reasoning delta and per parsed tool call, the final chunk with
-`finish_reason`, the usage-only chunk, `data: [DONE]`. A failure after the
+`finish_reason` (and helexa's `stop_sequence` when a client stop string
+ended it), the usage-only chunk, `data: [DONE]`. A failure after the
 stream opened is reported in-band (DESIGN §4): an error frame, a final
 chunk with `finish_reason: "error"`, the usage so far, `[DONE]`.
 `collect_chat` builds the non-streaming `chat.completion` from the same
@@ -103,7 +104,8 @@ class ChatStream:
 
     def finish(self, finished: Finished) -> bytes:
         """The final chunk, the usage chunk (if asked for) and `[DONE]`."""
-        return self._end(finish_reason(finished.reason, self._tool_calls), usage_of(finished))
+        reason = finish_reason(finished.reason, self._tool_calls)
+        return self._end(reason, usage_of(finished), finished.stop_sequence)
 
     def fail(self, failed: Failed) -> bytes:
         """The error frame, a final chunk with `finish_reason: "error"`, usage, `[DONE]`."""
@@ -119,12 +121,14 @@ class ChatStream:
         )
         return encode_json_event(self._delta_chunk(ChoiceDelta(tool_calls=(delta,))))
 
-    def _end(self, reason: FinishReason, usage: Usage) -> bytes:
+    def _end(self, reason: FinishReason, usage: Usage, stop_sequence: str | None = None) -> bytes:
         if self.ended:
             raise RuntimeError(f"chat stream {self.completion_id} already ended")
         self.ended = True
         id, created, model = self.completion_id, self.created, self.model
-        final = ChatCompletionChunk.finish_chunk(reason, id=id, created=created, model=model)
+        final = ChatCompletionChunk.finish_chunk(
+            reason, id=id, created=created, model=model, stop_sequence=stop_sequence
+        )
         frames = [encode_json_event(final)]
         if self.include_usage:
             chunk = ChatCompletionChunk.usage_chunk(usage, id=id, created=created, model=model)
@@ -158,7 +162,9 @@ def collect_chat(
             case Finished():
                 message = _message("".join(content), "".join(reasoning), tuple(calls))
                 choice = Choice(
-                    message=message, finish_reason=finish_reason(event.reason, len(calls))
+                    message=message,
+                    finish_reason=finish_reason(event.reason, len(calls)),
+                    stop_sequence=event.stop_sequence,
                 )
                 return ChatCompletion(
                     id=completion_id,

@@ -9,11 +9,16 @@ steps and `step()` whenever `has_work`. Each step does, in order:
    (`[rows, 1]` tokens, per-row position ids, an additive mask over the shared
    left-padded `KvArena` window);
 3. prefill, FIFO, in chunks of `prefill_chunk_tokens`, up to
-   `prefill_tokens_per_step` prompt tokens per step. Each waiting sequence is
-   prefilled on its own (batch of one, its own `DynamicCache`), so a long prompt is
-   spread over several steps and never stalls the decode batch for longer than one
-   chunk; a sequence whose prompt is done samples its first token this step and is
-   copied into the arena as a new row;
+   `prefill_tokens_per_step` prompt tokens per step. Whole prompts waiting at the
+   head of the queue are packed into one forward (concatenated, no padding, a
+   block-diagonal causal mask, positions restarting per prompt) as long as their
+   total fits both the chunk and what is left of the step's budget (on CPU, 16
+   prompts of 17-32 tokens on the 0.5b model took half the CPU time of 16 forwards
+   of one, and a quarter less than a left-padded batch). Any other prompt is
+   prefilled on its own (its own `DynamicCache`), so a long prompt is spread over
+   several steps and never stalls the decode batch for longer than one chunk. A
+   sequence whose prompt is done samples its first token this step and is copied
+   into the arena as a new row;
 4. one vectorised sampling pass over the decode rows and the newly prefilled
    sequences together; then stop / length checks, and finished sequences leave the
    arena at once.
@@ -156,7 +161,9 @@ class _Sequence:
         self.reservation = reservation
         self.stop_ids = stop_ids
         self.prefilled = 0
-        self.prefill_cache: DynamicCache | None = None
+        self.prefill_cache: DynamicCache | None = None  # a prompt partly prefilled
+        # A finished prefill's K/V per layer (`[1, heads, prompt, dim]`), until it joins.
+        self.kv: list[tuple[torch.Tensor, torch.Tensor]] | None = None
         self.generated = 0
         self.pending: int | None = None  # last sampled token, not yet in the KV cache
         self.row: int | None = None
@@ -371,22 +378,40 @@ class Engine:
         return [logits], running
 
     def _prefill(self) -> tuple[list[torch.Tensor], list[_Sequence], int]:
-        budget, done, logits = self._per_step, [], []
+        budget, done, logits, tokens = self._per_step, [], [], 0
         started = time.perf_counter()
         while self._queue and budget > 0:
-            sequence = self._queue[0]
-            chunk = min(self._chunk, budget, len(sequence.prompt) - sequence.prefilled)
-            last = self._prefill_chunk(sequence, chunk)
-            budget -= chunk
-            if sequence.prefilled == len(sequence.prompt):
-                self._queue.popleft()
-                done.append(sequence)
-                logits.append(last)
-        used = self._per_step - budget
-        if used:
+            group = self._whole_prompts(budget)
+            if len(group) > 1:
+                logits.append(self._prefill_together(group))
+                used = sum(len(s.prompt) for s in group)
+                for _ in group:
+                    self._queue.popleft()
+                done.extend(group)
+            else:
+                sequence = self._queue[0]
+                used = min(self._chunk, budget, len(sequence.prompt) - sequence.prefilled)
+                last = self._prefill_chunk(sequence, used)
+                if sequence.prefilled == len(sequence.prompt):
+                    self._queue.popleft()
+                    done.append(sequence)
+                    logits.append(last)
+            budget -= used
+            tokens += used
+        if tokens:
             self._prefill_seconds += _elapsed(started, self._device)
-            self._prompt_tokens += used
-        return logits, done, used
+            self._prompt_tokens += tokens
+        return logits, done, tokens
+
+    def _whole_prompts(self, budget: int) -> list[_Sequence]:
+        """Unstarted prompts from the queue's head that fit `budget` and a chunk together."""
+        room, group = min(self._chunk, budget), []
+        for sequence in self._queue:
+            if sequence.prefilled or len(sequence.prompt) > room:
+                break
+            group.append(sequence)
+            room -= len(sequence.prompt)
+        return group
 
     def _prefill_chunk(self, sequence: _Sequence, chunk: int) -> torch.Tensor:
         model = self._model()
@@ -402,7 +427,44 @@ class Engine:
             logits_to_keep=1,
         )
         sequence.prefilled += chunk
+        if sequence.prefilled == len(sequence.prompt):
+            sequence.kv = [(layer.keys, layer.values) for layer in sequence.prefill_cache.layers]
+            sequence.prefill_cache = None
         return out.logits[:, -1]
+
+    def _prefill_together(self, group: list[_Sequence]) -> torch.Tensor:
+        """Whole prompts packed into one forward; each keeps a view of its own columns.
+
+        A prompt's tokens see only its own earlier tokens (block-diagonal causal mask)
+        at its own positions, so each view holds what a prefill on its own would have
+        produced, up to float rounding. The mask, and the attention masked by it, grow
+        with the square of the packed length, which the chunk bounds. Returns one
+        logits row per prompt."""
+        model, device = self._model(), self._device
+        lengths = [len(s.prompt) for s in group]
+        ends = torch.tensor(lengths).cumsum(0)
+        starts = ends - torch.tensor(lengths)
+        segment = torch.repeat_interleave(torch.arange(len(group)), torch.tensor(lengths))
+        column = torch.arange(int(ends[-1]))
+        visible = (segment[:, None] == segment[None, :]) & (column[None, :] <= column[:, None])
+        mask = torch.zeros(visible.shape, dtype=self._dtype)
+        mask.masked_fill_(~visible, torch.finfo(self._dtype).min)
+        cache = DynamicCache(config=model.config)
+        out = model(
+            input_ids=torch.tensor([[t for s in group for t in s.prompt]], device=device),
+            position_ids=(column - starts[segment]).unsqueeze(0).to(device),
+            attention_mask=mask[None, None].to(device),
+            past_key_values=cache,
+            use_cache=True,
+            logits_to_keep=(ends - 1).to(device),
+        )
+        for sequence, begin, end in zip(group, starts.tolist(), ends.tolist(), strict=True):
+            sequence.prefilled = len(sequence.prompt)
+            sequence.kv = [
+                (layer.keys[:, :, begin:end], layer.values[:, :, begin:end])
+                for layer in cache.layers
+            ]
+        return out.logits[0]
 
     # -- after sampling -----------------------------------------------------------------
 
@@ -430,17 +492,15 @@ class Engine:
         return None
 
     def _join(self, sequence: _Sequence) -> None:
-        cache = sequence.prefill_cache
-        assert cache is not None
-        layers = [(layer.keys, layer.values) for layer in cache.layers]
-        sequence.row = self._arena.insert(layers)
-        sequence.prefill_cache = None
+        assert sequence.kv is not None
+        sequence.row = self._arena.insert(sequence.kv)
+        sequence.kv = None
         self._running.append(sequence)
 
     def _retire(self, sequence: _Sequence) -> None:
         """Forget a sequence and free its KV: its arena row or its prefill cache."""
         self._live.pop(sequence.seq_id, None)
-        sequence.prefill_cache = None
+        sequence.prefill_cache = sequence.kv = None
         row = sequence.row
         if row is None:
             return

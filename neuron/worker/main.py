@@ -27,6 +27,7 @@ import logging
 import os
 import platform
 import select
+import signal
 import socket
 import sys
 import threading
@@ -59,6 +60,9 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parse_args(argv)
+    # A terminal's Ctrl-C reaches the whole process group; the parent decides
+    # when a worker stops (shutdown frame, then SIGTERM/SIGKILL), not the key.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     torch_device = _pin_device(args.device, args.threads)
     logging.basicConfig(
         level=os.environ.get("NEURON_WORKER_LOG_LEVEL", "WARNING"),

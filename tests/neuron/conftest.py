@@ -4,16 +4,28 @@ The demo model is `neuron.synth`'s tiny Qwen3 (`helexa/tiny-chat`, seed 0), buil
 once into pytest's cache directory (kept across runs; the builder's marker makes
 reuse safe) or, with the cache provider disabled, into a session temp dir. Tests that
 are about building itself build into `tmp_path`.
+
+`daemon_models` adds a tiny Qwen3 and a tiny Llama under one model root, and
+`neuron_daemon` is one real `neuron serve` process shared by the daemon test
+modules (tests/neuron/daemon_harness.py), stopped with SIGTERM at the end of
+the session — which asserts a clean exit and no surviving worker.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import pytest
+from daemon_harness import Models, RunningDaemon, start_daemon, synthesize_models
 
 from neuron.synth import DemoModels, ensure_demo_models
+
+# The shared daemon: small limits so the edge cases are cheap to reach.
+SHARED_DAEMON_SETTINGS = {
+    "http": {"max_body_bytes": 256 * 1024, "keepalive_interval": 0.2},
+    "timeouts": {"unload_drain": 3},
+}
 
 
 @pytest.fixture(scope="session")
@@ -28,6 +40,23 @@ def demo_cache_dir(request: pytest.FixtureRequest, tmp_path_factory) -> Path:
 def demo_models(demo_cache_dir: Path) -> DemoModels:
     """The tiny demo model, in both the plain and the HF cache layout."""
     return ensure_demo_models(demo_cache_dir)
+
+
+@pytest.fixture(scope="session")
+def daemon_models(demo_cache_dir: Path) -> Models:
+    return synthesize_models(demo_cache_dir / "daemon")
+
+
+@pytest.fixture(scope="session")
+def neuron_daemon(daemon_models: Models, tmp_path_factory) -> Iterator[RunningDaemon]:
+    """One `neuron serve` (2 CPU devices, Qwen3 loaded at start) for the session."""
+    daemon = start_daemon(
+        tmp_path_factory.mktemp("neuron-shared"), daemon_models, settings=SHARED_DAEMON_SETTINGS
+    )
+    try:
+        yield daemon
+    finally:
+        daemon.stop()
 
 
 @pytest.fixture(scope="session")

@@ -98,6 +98,36 @@ def test_chunked_prefill_spreads_a_prompt_over_steps(run_engine, alone):
     assert first_token_step[SeqId(3)] > 5  # 64 prompt tokens at <= 10 per step
 
 
+class _CountingModel:
+    """The model, recording the shape of every forward's input ids."""
+
+    def __init__(self, model) -> None:
+        self.model, self.config, self.shapes = model, model.config, []
+
+    def __call__(self, *args, **kwargs):
+        self.shapes.append(tuple(kwargs["input_ids"].shape))
+        return self.model(*args, **kwargs)
+
+
+def test_short_prompts_are_prefilled_packed_into_one_forward(tiny_model, alone):
+    # 3 + 11 tokens fit a 40-token chunk together; 3 + 11 + 29 would not.
+    config = EngineConfig(max_batch_size=8, max_seq_len=512, prefill_chunk_tokens=40,
+                          prefill_tokens_per_step=100)  # fmt: skip
+    engine = Engine(tiny_model, config)
+    counting = _CountingModel(tiny_model.model)
+    engine._model = lambda: counting
+    for seq_id in (SeqId(0), SeqId(1), SeqId(2)):
+        engine.add(seq_id, RAGGED[seq_id], GREEDY)
+    first = engine.step()
+    assert counting.shapes == [(1, 3 + 11), (1, 29)]
+    assert (first.prefill_tokens, len(first.outputs)) == (3 + 11 + 29, 3)
+    results = {o.seq_id: list(o.token_ids) for o in first.outputs}
+    while engine.has_work:
+        for output in engine.step().outputs:
+            results[output.seq_id].extend(output.token_ids)
+    assert results == {s: alone[s] for s in (SeqId(0), SeqId(1), SeqId(2))}
+
+
 def test_churn_with_a_small_batch_keeps_every_output(tiny_model, alone):
     """Sequences of different lengths come and go through a 2-row batch."""
     engine = Engine(tiny_model, EngineConfig(max_batch_size=2, max_seq_len=512))

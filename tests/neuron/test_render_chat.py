@@ -184,6 +184,17 @@ def test_stop_with_usage_details():
     ]
 
 
+def test_the_stop_string_that_matched_is_reported_streamed_and_collected():
+    """helexa's `stop_sequence` extra, so a translation to Anthropic can report it."""
+    events = [Started(5), ContentDelta("Hi"), Finished("stop", 5, 2, stop_sequence="END")]
+    final = _final("stop")
+    final["choices"][0]["stop_sequence"] = "END"
+    assert _payloads(_render(events))[2] == final
+    choice = _collect(events)["choices"][0]
+    assert (choice["finish_reason"], choice["stop_sequence"]) == ("stop", "END")
+    SdkChatCompletion.model_validate(_collect(events))
+
+
 def test_fail_mid_stream_reports_in_band():
     error = ServiceUnavailable("worker exited", code="worker_crashed")
     events = [Started(5), ContentDelta("Hel"), Failed(error, prompt_tokens=5, completion_tokens=1)]

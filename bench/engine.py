@@ -1,0 +1,498 @@
+"""Engine benchmark: a real device worker against in-process baselines, in one run.
+
+Builds (once, cached) a synthetic model with `neuron.synth` (default: the `0.5b` shape
+in bf16), starts one real CPU worker process (`python -m neuron.worker`) under an actor
+root, loads the same snapshot there and in this process, and runs the same greedy,
+fixed-length workloads (`ignore_eos`; `min_new_tokens` for `generate`) on each side:
+
+(a) single-stream decode tok/s, first token excluded: worker ÷ a manual KV-cache loop
+    (forward with `DynamicCache`, argmax), target ≥ 0.9;
+(b) aggregate tok/s, prefill included, with 1, 4 and 16 concurrent ragged prompts:
+    worker ÷ transformers' static, left-padded batch `generate`, target ≥ 1.0 at 16;
+(c) time to first token through the worker for a 32- and a 512-token prompt, next to
+    the bare prefill forward.
+
+Every section also runs the worker's `Engine` in this process, which splits the worker's
+gap into engine overhead (engine ÷ baseline) and process + IPC cost (worker ÷ engine);
+its aggregate at N ÷ at 1 is the engine's batching gain.
+
+Every side uses the same torch thread count (`--threads`, default all cores): the
+baselines in this process (on its main thread, like the worker's compute), the worker
+through `DeviceSpec.threads`. While the worker computes, this process (trio, frame
+decoding) competes with it for the cores; on a 2-core box that is part of what is
+measured. Figures are medians over `--repeats` rounds; each round runs every side once,
+starting with a different side each time. Not a test: compare figures from one run only.
+
+    python bench/engine.py --size tiny
+    python bench/engine.py                      # 0.5b, bf16: several minutes on 2 cores
+    python bench/engine.py --new-tokens 32 --batch-new-tokens 16 --repeats 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import math
+import os
+import statistics
+import time
+from collections import defaultdict
+from collections.abc import Awaitable, Callable, Sequence
+from functools import partial
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import attrs
+import psutil
+import torch
+import trio
+from transformers import DynamicCache, GenerationConfig
+
+import actors
+from neuron.devices import Device, DeviceSpec, ModelPlacement, WorkerTimeouts, start_devices
+from neuron.synth import ARCHS, SIZES, synthesize
+from neuron.worker.engine import Engine, EngineConfig, SeqId
+from neuron.worker.loader import LoadedModel, load_model
+from neuron.worker.sampler import SamplingParams
+from neuron.worker.snapshot import snapshot_at
+from protocol import worker as wire
+
+# The bench is not about the watchdog: while a baseline saturates the cores the
+# worker's heartbeats may lag, and that must not get it killed.
+TIMEOUTS = WorkerTimeouts(ready=300, heartbeat=120, step=600, load=600)
+_seq_ids = itertools.count(1)
+QUIET = 0.1  # cores other processes may use during a round that is kept
+RETRY_PAUSE = 5.0  # seconds before running a disturbed round again
+
+
+@attrs.frozen
+class Trace:
+    """When one run started, produced its first and last token, and how many."""
+
+    started: float
+    first: float  # nan where the side cannot observe it (`generate`)
+    ended: float
+    tokens: int
+    ids: tuple[int, ...] = ()  # single-sequence runs only
+
+    @property
+    def ttft(self) -> float:
+        return self.first - self.started
+
+    @property
+    def decode_rate(self) -> float:
+        """Tokens after the first, per second since the first: decode steps only."""
+        return (self.tokens - 1) / (self.ended - self.first)
+
+    @property
+    def aggregate_rate(self) -> float:
+        return self.tokens / (self.ended - self.started)
+
+
+# -- the sides ----------------------------------------------------------------------
+
+
+def manual_loop(model: torch.nn.Module, prompt: list[int], new_tokens: int) -> Trace:
+    """The baseline for (a) and (c): prefill, then one forward per token on a DynamicCache."""
+    started = time.perf_counter()
+    stamps, ids = [], []
+    with torch.no_grad():
+        cache = DynamicCache(config=model.config)
+        inputs = torch.tensor([prompt])
+        for _ in range(new_tokens):
+            out = model(input_ids=inputs, past_key_values=cache, use_cache=True, logits_to_keep=1)
+            token = int(out.logits[0, -1].argmax())
+            stamps.append(time.perf_counter())
+            ids.append(token)
+            inputs = torch.tensor([[token]])
+    return Trace(started, stamps[0], stamps[-1], len(ids), tuple(ids))
+
+
+def padded_generate(model: torch.nn.Module, prompts: list[list[int]], new_tokens: int) -> Trace:
+    """The baseline for (b): one static batch, left-padded, greedy, forced length."""
+    pad = model.config.pad_token_id
+    width = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), width), pad, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for row, prompt in enumerate(prompts):
+        ids[row, width - len(prompt) :] = torch.tensor(prompt)
+        mask[row, width - len(prompt) :] = 1
+    # The snapshot's generation_config samples (temperature 0.6, top-k 20); generate fills
+    # unset fields from it, so the greedy-neutral values are spelled out.
+    config = GenerationConfig(
+        do_sample=False, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
+        temperature=1.0, top_p=1.0, top_k=50,
+        pad_token_id=pad, eos_token_id=model.config.eos_token_id,
+    )  # fmt: skip
+    started = time.perf_counter()
+    with torch.no_grad():
+        out = model.generate(input_ids=ids, attention_mask=mask, generation_config=config)
+    ended = time.perf_counter()
+    assert out.shape[1] == width + new_tokens, "generate stopped early"
+    return Trace(started, math.nan, ended, len(prompts) * new_tokens)
+
+
+def engine_run(engine: Engine, prompts: list[list[int]], new_tokens: int) -> Trace:
+    """The worker's engine in this process: add everything, step until done."""
+    params = SamplingParams(max_tokens=new_tokens, temperature=0.0, ignore_eos=True)
+    started = time.perf_counter()
+    for prompt in prompts:
+        engine.add(SeqId(next(_seq_ids)), prompt, params)
+    stamps, ids = [], []
+    while engine.has_work:
+        outputs = engine.step().outputs
+        now = time.perf_counter()
+        for output in outputs:
+            stamps.extend([now] * len(output.token_ids))
+            ids.extend(output.token_ids)
+    return _trace(started, stamps, ids if len(prompts) == 1 else [])
+
+
+async def worker_run(
+    device: Device, model_id: str, prompts: list[list[int]], new_tokens: int
+) -> Trace:
+    """The worker process, driven like the serving layer does: one stream per prompt."""
+    sampling = wire.SamplingParams(max_tokens=new_tokens, temperature=0.0, ignore_eos=True)
+    stamps: list[float] = []
+    ids: list[int] = []
+
+    async def one(prompt: list[int]) -> None:
+        stream = await device.generate(model_id, tuple(prompt), sampling)
+        try:
+            async for step in stream:
+                stamps.extend([time.perf_counter()] * len(step.token_ids))
+                ids.extend(step.token_ids)
+        finally:
+            await stream.aclose()
+
+    started = time.perf_counter()
+    async with trio.open_nursery() as nursery:
+        for prompt in prompts:
+            nursery.start_soon(one, prompt)
+    return _trace(started, stamps, ids if len(prompts) == 1 else [])
+
+
+def _trace(started: float, stamps: list[float], ids: Sequence[int]) -> Trace:
+    return Trace(started, min(stamps), max(stamps), len(stamps), tuple(ids))
+
+
+class CpuMeter:
+    """How much CPU processes other than ours took since it was made (a shared box)."""
+
+    def __init__(self, pids: list[int]) -> None:
+        self._processes = [psutil.Process(pid) for pid in pids]
+        self._started = time.perf_counter()
+        self._foreign = self._foreign_seconds()
+
+    def foreign_load(self) -> float:
+        seconds = self._foreign_seconds() - self._foreign
+        return max(0.0, seconds / (time.perf_counter() - self._started))
+
+    def _foreign_seconds(self) -> float:
+        total = psutil.cpu_times()
+        busy = sum(total) - total.idle - getattr(total, "iowait", 0.0)
+        ours = sum(p.cpu_times().user + p.cpu_times().system for p in self._processes)
+        return busy - ours
+
+
+# -- one invocation -----------------------------------------------------------------
+
+
+class Samples:
+    """Figures by key, one per round; reported as medians."""
+
+    def __init__(self) -> None:
+        self._values: dict[str, list[float]] = defaultdict(list)
+        self.foreign_load = 0.0  # other processes' CPU, in cores, averaged over the run
+        self.retried = 0  # rounds run again because other processes were busy
+        self.disturbed = 0  # rounds kept although they were (out of retries)
+
+    def add(self, key: str, value: float) -> None:
+        self._values[key].append(value)
+
+    def __getitem__(self, key: str) -> float:
+        return statistics.median(self._values[key])
+
+
+class Bench:
+    """The four sides over one model: this process's copy, its engine, the worker."""
+
+    def __init__(
+        self, args: argparse.Namespace, loaded: LoadedModel, device: Device, samples: Samples
+    ) -> None:
+        self.args = args
+        self.model = loaded.model
+        self.engine = Engine(loaded, EngineConfig(max_batch_size=max(args.concurrency)))
+        self.device = device
+        self.model_id = loaded.info.snapshot.model_id
+        self.samples = samples
+
+    # The in-process sides run right on trio's (the main) thread, pausing the loop:
+    # torch on a second thread measured up to 40% slower here with 2 threads (another
+    # OpenMP team), while the worker computes on its main thread. The worker sits idle
+    # meanwhile; TIMEOUTS keeps its piled-up heartbeats from looking like a hang.
+
+    async def manual(self, prompt: list[int], new_tokens: int) -> Trace:
+        await trio.lowlevel.checkpoint()
+        return manual_loop(self.model, prompt, new_tokens)
+
+    async def generate(self, prompts: list[list[int]], new_tokens: int) -> Trace:
+        await trio.lowlevel.checkpoint()
+        return padded_generate(self.model, prompts, new_tokens)
+
+    async def in_process(self, prompts: list[list[int]], new_tokens: int) -> Trace:
+        await trio.lowlevel.checkpoint()
+        return engine_run(self.engine, prompts, new_tokens)
+
+    async def worker(self, prompts: list[list[int]], new_tokens: int) -> Trace:
+        return await worker_run(self.device, self.model_id, prompts, new_tokens)
+
+
+async def run_sections(bench: Bench, samples: Samples) -> None:
+    args = bench.args
+    single = make_prompt(args.prompt_tokens, args.seed)
+    batch = ragged_prompts(max(args.concurrency), args.prompt_tokens, args.seed + 1)
+    long_prompts = {n: make_prompt(n, args.seed + n) for n in args.ttft_prompts}
+    await warm_up(bench, single, batch, long_prompts)
+    for turn in range(args.repeats):
+        if "a" in args.sections:
+            await single_stream(bench, samples, turn, single)
+        for n in args.concurrency if "b" in args.sections else ():
+            await concurrent(bench, samples, turn, batch[:n])
+        for length, prompt in long_prompts.items() if "c" in args.sections else ():
+            await first_token(bench, samples, turn, length, prompt)
+
+
+async def warm_up(bench: Bench, single, batch, long_prompts) -> None:
+    """Every side and shape once, short: lazy inits and kernel choices happen here."""
+    for prompt in [single, *long_prompts.values()]:
+        await bench.manual(prompt, 2)
+        await bench.in_process([prompt], 2)
+        await bench.worker([prompt], 2)
+    await bench.generate(batch, 2)
+    await bench.in_process(batch, 2)
+    await bench.worker(batch, 2)
+
+
+async def in_turn(bench: Bench, turn: int, *runs: Callable[[], Awaitable[Trace]]) -> list[Trace]:
+    """One round: every side once, starting with a different one each turn.
+
+    On a shared box a round during which other processes were busy is run again,
+    up to `--retries` times, after a pause."""
+    for attempt in range(bench.args.retries + 1):
+        meter = CpuMeter([os.getpid(), bench.device.worker.pid])
+        traces: dict[int, Trace] = {}
+        for i in range(len(runs)):
+            index = (i + turn) % len(runs)
+            traces[index] = await runs[index]()
+        if meter.foreign_load() <= QUIET:
+            break
+        if attempt == bench.args.retries:
+            bench.samples.disturbed += 1
+        else:
+            bench.samples.retried += 1
+            await trio.sleep(RETRY_PAUSE)
+    return [traces[i] for i in range(len(runs))]
+
+
+async def single_stream(bench: Bench, samples: Samples, turn: int, prompt: list[int]) -> None:
+    n = bench.args.new_tokens
+    manual, engine, worker = await in_turn(
+        bench,
+        turn,
+        partial(bench.manual, prompt, n),
+        partial(bench.in_process, [prompt], n),
+        partial(bench.worker, [prompt], n),
+    )
+    for side, trace in (("manual", manual), ("engine", engine), ("worker", worker)):
+        assert trace.tokens == n, f"{side} produced {trace.tokens} tokens, not {n}"
+        samples.add(f"a/{side}", trace.decode_rate)
+    for side, trace in (("engine", engine), ("worker", worker)):
+        samples.add(f"a/{side}/same", _common_prefix(trace.ids, manual.ids))
+
+
+async def concurrent(bench: Bench, samples: Samples, turn: int, prompts: list[list[int]]) -> None:
+    n, count = bench.args.batch_new_tokens, len(prompts)
+    generate, engine, worker = await in_turn(
+        bench,
+        turn,
+        partial(bench.generate, prompts, n),
+        partial(bench.in_process, prompts, n),
+        partial(bench.worker, prompts, n),
+    )
+    for side, trace in (("generate", generate), ("engine", engine), ("worker", worker)):
+        assert trace.tokens == count * n, f"{side} produced {trace.tokens} tokens"
+        samples.add(f"b/{count}/{side}", trace.aggregate_rate)
+
+
+async def first_token(
+    bench: Bench, samples: Samples, turn: int, length: int, prompt: list[int]
+) -> None:
+    manual, engine, worker = await in_turn(
+        bench,
+        turn,
+        partial(bench.manual, prompt, 1),
+        partial(bench.in_process, [prompt], 1),
+        partial(bench.worker, [prompt], 1),
+    )
+    for side, trace in (("manual", manual), ("engine", engine), ("worker", worker)):
+        samples.add(f"c/{length}/{side}", trace.ttft)
+
+
+def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    pairs = enumerate(zip(a, b, strict=False))
+    return next((i for i, (x, y) in pairs if x != y), min(len(a), len(b)))
+
+
+def make_prompt(length: int, seed: int) -> list[int]:
+    # Below the synthetic vocabulary's special and tag tokens (ids 4087 and up).
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 4000, (length,), generator=generator).tolist()
+
+
+def ragged_prompts(count: int, longest: int, seed: int) -> list[list[int]]:
+    """Lengths spread evenly from `longest` down towards `longest / 2`."""
+    lengths = [max(1, longest - (i * longest) // (2 * count)) for i in range(count)]
+    return [make_prompt(n, seed + i) for i, n in enumerate(lengths)]
+
+
+# -- report -------------------------------------------------------------------------
+
+
+def report(args: argparse.Namespace, loaded: LoadedModel, samples: Samples) -> None:
+    r = loaded.report
+    print(
+        f"\nengine bench: {r.model_id} ({args.arch} {args.size}, {r.num_parameters / 1e6:.0f}M "
+        f"params, {r.dtype}), {args.threads} torch threads per side on {os.cpu_count()} cores, "
+        f"median of {args.repeats}"
+    )
+    if args.threads >= (os.cpu_count() or 1):
+        print("note: the worker's threads and this client process share the same cores")
+    print(f"other processes used {samples.foreign_load:.2f} of a core on average; "
+          f"{samples.retried} round(s) run again because of them, {samples.disturbed} kept "
+          f"disturbed{' (figures unreliable)' if samples.disturbed else ''}")  # fmt: skip
+    verdicts = []
+    if "a" in args.sections:
+        verdicts.append(report_single(args, samples))
+    if "b" in args.sections:
+        verdicts.append(report_concurrent(args, samples))
+    if "c" in args.sections:
+        report_first_token(args, samples)
+    print("\ntargets: " + "; ".join(verdicts))
+
+
+def report_single(args: argparse.Namespace, samples: Samples) -> str:
+    n = args.new_tokens
+    print(f"\n(a) single-stream decode, prompt {args.prompt_tokens}, {n} new tokens "
+          "(tok/s after the first token)")  # fmt: skip
+    print(f"  {'side':<30}{'tok/s':>9}{'÷ manual':>10}{'same tokens':>13}")
+    base = samples["a/manual"]
+    for side, label in (("manual", "manual DynamicCache loop"), ("engine", "engine, in-process"),
+                        ("worker", "worker process")):  # fmt: skip
+        rate = samples[f"a/{side}"]
+        same = "" if side == "manual" else f"{samples[f'a/{side}/same']:.0f}/{n}"
+        print(f"  {label:<30}{rate:>9.1f}{rate / base:>10.2f}{same:>13}")
+    return _verdict("(a) worker ÷ manual", samples["a/worker"] / base, 0.9)
+
+
+def report_concurrent(args: argparse.Namespace, samples: Samples) -> str:
+    longest = args.prompt_tokens
+    print(f"\n(b) aggregate tok/s, prefill included: prompts {longest}..{(longest + 1) // 2} "
+          f"tokens, {args.batch_new_tokens} new tokens each")  # fmt: skip
+    print(f"  {'seqs':>4}{'generate':>10}{'engine':>9}{'worker':>9}"
+          f"{'wrk÷gen':>9}{'eng÷gen':>9}{'wrk÷eng':>9}{'eng batching':>14}")  # fmt: skip
+    solo = samples[f"b/{min(args.concurrency)}/engine"]
+    for count in args.concurrency:
+        gen, eng, wrk = (samples[f"b/{count}/{s}"] for s in ("generate", "engine", "worker"))
+        print(f"  {count:>4}{gen:>10.1f}{eng:>9.1f}{wrk:>9.1f}{wrk / gen:>9.2f}"
+              f"{eng / gen:>9.2f}{wrk / eng:>9.2f}{eng / solo:>13.2f}x")  # fmt: skip
+    top = max(args.concurrency)
+    ratio = samples[f"b/{top}/worker"] / samples[f"b/{top}/generate"]
+    return _verdict(f"(b) worker ÷ generate at {top}", ratio, 1.0)
+
+
+def report_first_token(args: argparse.Namespace, samples: Samples) -> None:
+    print("\n(c) time to first token, ms (one sequence, idle worker)")
+    print(f"  {'prompt':>6}{'prefill fwd':>13}{'engine':>9}{'worker':>9}{'worker - fwd':>14}")
+    for length in args.ttft_prompts:
+        fwd, eng, wrk = (samples[f"c/{length}/{s}"] * 1e3 for s in ("manual", "engine", "worker"))
+        print(f"  {length:>6}{fwd:>13.1f}{eng:>9.1f}{wrk:>9.1f}{wrk - fwd:>14.1f}")
+
+
+def _verdict(what: str, ratio: float, target: float) -> str:
+    return f"{what} = {ratio:.2f} (≥ {target:.1f}: {'MET' if ratio >= target else 'MISSED'})"
+
+
+# -- main ---------------------------------------------------------------------------
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--size", default="0.5b", choices=list(SIZES))
+    parser.add_argument("--arch", default="qwen3", choices=list(ARCHS))
+    parser.add_argument("--dtype", default="bf16", choices=["bf16", "fp32"])
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1,
+                        help="torch threads for each side (default: all cores)")  # fmt: skip
+    parser.add_argument("--prompt-tokens", type=int, default=32,
+                        help="(a) prompt length; (b) longest prompt")  # fmt: skip
+    parser.add_argument("--new-tokens", type=int, default=64, help="(a) tokens per run")
+    parser.add_argument("--batch-new-tokens", type=int, default=32, help="(b) per sequence")
+    parser.add_argument("--concurrency", type=_int_list, default=[1, 4, 16])
+    parser.add_argument("--ttft-prompts", type=_int_list, default=[32, 512])
+    parser.add_argument("--repeats", type=int, help="rounds (default: 3 for 0.5b, else 5)")
+    parser.add_argument("--sections", default="abc", help="which of a, b, c to run")
+    parser.add_argument("--retries", type=int, default=5,
+                        help="times a round disturbed by other processes is run again")  # fmt: skip
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--cache", type=Path, default=Path.home() / ".cache/helexa/bench-models",
+                        help="where synthesized models are built and reused")  # fmt: skip
+    args = parser.parse_args(argv)
+    args.repeats = args.repeats or (3 if args.size == "0.5b" else 5)
+    if args.new_tokens < 2 or args.batch_new_tokens < 1 or args.repeats < 1:
+        parser.error("--new-tokens must be ≥ 2, --batch-new-tokens and --repeats ≥ 1")
+    return args
+
+
+def _int_list(text: str) -> list[int]:
+    values = [int(part) for part in text.split(",")]
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError("expected positive integers, comma-separated")
+    return sorted(set(values))
+
+
+def build_and_load(args: argparse.Namespace) -> tuple[Path, LoadedModel]:
+    name = f"helexa/bench-{args.arch}-{args.size}-{args.dtype}"
+    path = synthesize(args.cache, arch=args.arch, size=args.size, dtype=args.dtype, name=name)
+    return path, load_model(snapshot_at(name, path), dtype=args.dtype)
+
+
+async def bench_main(args: argparse.Namespace, path: Path, loaded: LoadedModel) -> Samples:
+    samples = Samples()
+    spec = DeviceSpec("cpu:0", threads=args.threads, max_batch_size=max(args.concurrency))
+    # Leaving the root's block, by any exit (^C included), stops the worker with the
+    # stop ladder: Shutdown, SIGTERM, SIGKILL; it also exits by itself on EOF.
+    async with actors.open_root("bench") as root:
+        device = Device(spec, TIMEOUTS)
+        await start_devices(root, [device])
+        model_id = loaded.info.snapshot.model_id
+        await device.load(ModelPlacement(model_id, str(path), dtype=args.dtype))
+        meter = CpuMeter([os.getpid(), device.worker.pid])
+        await run_sections(Bench(args, loaded, device, samples), samples)
+        samples.foreign_load = meter.foreign_load()
+    return samples
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    path, loaded = build_and_load(args)
+    print(f"model {path} loaded; starting the worker and running "
+          f"{args.repeats} round(s)", flush=True)  # fmt: skip
+    samples = trio.run(bench_main, args, path, loaded)
+    report(args, loaded, samples)
+
+
+if __name__ == "__main__":
+    main()

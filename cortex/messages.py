@@ -1,0 +1,238 @@
+"""Anthropic Messages through the fleet: translate, relay as chat, translate back.
+
+`create_message` serves `POST /v1/messages`. It parses the request (a 400
+when it is not one — `max_tokens` is required), resolves the model (aliases
+let an agent's `claude-…` name reach a local model), asks a node for the
+equivalent chat completion (`protocol.translate_anthropic`) and answers a
+`message`. A streaming request gets the node's chat stream re-framed as
+Anthropic events as it arrives: if the node has not answered within the
+keepalive interval (a cold load, a queue) the stream opens with
+`message_start` and `ping` events follow; a failure before that is a plain
+HTTP error, a failure after it one `error` event. `count_tokens` asks a node
+to render and tokenise the same chat request (`/v1/chat/tokenize`), so the
+count is the model's own.
+
+The meter sees the node's chat bytes, so time to first token and token
+counts are recorded as for any chat request. Errors are raised here and
+rendered in the Anthropic envelope by `cortex.http`.
+
+Not for: the translation rules (`protocol.translate_anthropic`) or choosing
+a node (`cortex.fleet`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import trio
+
+import actors
+from cortex.meter import Meter, outcome_for_status
+from cortex.relay import Broken, Chunk, Head, error_from_body, open_upstream
+from cortex.relay import stream_events as relay_stream
+from protocol import anthropic as an
+from protocol import encode_json, parse, sse
+from protocol.errors import ApiError, InternalError, UpstreamError
+from protocol.http import json_response
+from protocol.ids import ModelId
+from protocol.node import TokenCount
+from protocol.openai import ChatCompletion
+from protocol.translate_anthropic import (
+    ChatStreamToAnthropic,
+    chat_to_message,
+    count_tokens_to_chat,
+    messages_to_chat,
+)
+
+if TYPE_CHECKING:
+    from cortex.gateway import Gateway
+
+__all__ = ["COUNT_TOKENS_ROUTE", "MESSAGES_ROUTE", "count_tokens", "create_message"]
+
+T = TypeVar("T")
+
+MESSAGES_ROUTE = "/v1/messages"
+COUNT_TOKENS_ROUTE = "/v1/messages/count_tokens"
+_CHAT = "/v1/chat/completions"
+_TOKENIZE = "/v1/chat/tokenize"
+_PROMPT_TOKENS = "x-helexa-prompt-tokens"  # the node's stream head carries the prompt's size
+_STREAM_HEADERS = {"Content-Type": sse.CONTENT_TYPE, "Cache-Control": "no-cache",
+                   "X-Accel-Buffering": "no"}  # fmt: skip
+_END = object()  # the producer closed its channel
+
+
+async def create_message(gateway: Gateway, raw: bytes, headers: Mapping[str, str], rid: str):
+    gateway.check_admitting()
+    request = parse(raw, an.MessagesRequest)
+    model = gateway.fleet.resolve(request.model)
+    body = encode_json(messages_to_chat(request, model=model))
+    with _metering(gateway, MESSAGES_ROUTE, model) as meter:
+        if request.stream:
+            return await _stream(gateway, body, model, headers, rid, meter)
+        return await _once(gateway, body, model, headers, rid, meter)
+
+
+async def count_tokens(gateway: Gateway, raw: bytes, headers: Mapping[str, str], rid: str):
+    """The prompt tokens of the request on the model's own template and tokenizer."""
+    gateway.check_admitting()
+    request = parse(raw, an.CountTokensRequest)
+    model = gateway.fleet.resolve(request.model)
+    body = encode_json(count_tokens_to_chat(request, model=model))
+    with _metering(gateway, COUNT_TOKENS_ROUTE, model) as meter:
+        data = await _ask(gateway, _TOKENIZE, body, model, headers, rid, COUNT_TOKENS_ROUTE,
+                          meter)  # fmt: skip
+        counted = _node_reply(data, TokenCount)
+        meter.finish("ok")
+    return json_response(an.CountTokensResponse(input_tokens=counted.count))
+
+
+@contextlib.contextmanager
+def _metering(gateway: Gateway, route: str, model: ModelId) -> Iterator[Meter]:
+    """A meter for the request, finished here if it fails (a stream's body finishes it)."""
+    meter = Meter(gateway.metrics, route, model)
+    with gateway.metrics.track(route):
+        try:
+            yield meter
+        except ApiError as exc:
+            meter.finish(outcome_for_status(exc.status))
+            raise
+        except BaseException:
+            meter.finish("cancelled")
+            raise
+
+
+# -- one reply -----------------------------------------------------------------------------
+
+
+async def _once(gateway: Gateway, body: bytes, model: ModelId, headers: Mapping[str, str],
+                rid: str, meter: Meter):  # fmt: skip
+    data = await _ask(gateway, _CHAT, body, model, headers, rid, MESSAGES_ROUTE, meter)
+    meter.chunk(data)  # the node's usage, for the metrics
+    message = chat_to_message(_node_reply(data, ChatCompletion))
+    meter.finish("ok")
+    return json_response(message)
+
+
+async def _ask(gateway: Gateway, path: str, body: bytes, model: ModelId,
+               headers: Mapping[str, str], rid: str, route: str,
+               meter: Meter) -> bytes:  # fmt: skip
+    """POST `body` to a node serving `model` (as a request actor): its 200 body, or
+    its refusal raised as an ApiError."""
+    async with actors.open_task(gateway.requests, rid, kind="request") as task:
+        task.set_status(model=model, route=route, phase="placing")
+        acquired, response = await open_upstream(
+            gateway.fleet, model, path, body, headers, gateway.client,
+            retries=gateway.config.http.retries, status=task.set_status,
+        )  # fmt: skip
+        meter.answered(acquired.node.name, acquired.cold, acquired.load_wait or None)
+        try:
+            data = await response.aread()
+        finally:
+            await response.aclose()
+    if response.status_code != 200:
+        raise error_from_body(response.status_code, data, response.headers.get("retry-after"))
+    return data
+
+
+def _node_reply(data: bytes, cls: type[T]) -> T:
+    """The node's 200 body as `cls`; one we cannot read is the node's fault (502)."""
+    try:
+        return parse(data, cls)
+    except ApiError as exc:
+        raise UpstreamError(f"the node's reply is not a {cls.__name__}: {exc.message}",
+                            code="upstream_bad_reply") from exc  # fmt: skip
+
+
+# -- a stream ------------------------------------------------------------------------------
+
+
+async def _stream(gateway: Gateway, body: bytes, model: ModelId, headers: Mapping[str, str],
+                  rid: str, meter: Meter):  # fmt: skip
+    send, receive = trio.open_memory_channel[Any](64)
+    ref = await gateway.requests.start_task(_produce, gateway, body, model, headers, send,
+                                            name=rid, kind="request")  # fmt: skip
+    keepalive = gateway.config.http.keepalive_interval
+    try:
+        first = await _next_event(receive, keepalive)
+    except BaseException:
+        ref.cancel_nowait()
+        raise
+    if first is _END:
+        raise InternalError("the relay ended before the node answered")
+    if isinstance(first, Broken):
+        raise first.error
+    if isinstance(first, Head) and first.status != 200:
+        meter.answered(first.node, first.cold, first.load_wait or None)
+        raise await _refusal(first, receive)
+    translator = ChatStreamToAnthropic(model=model, input_tokens=_prompt_tokens(first))
+    return _body(first, receive, ref, keepalive, meter, translator), 200, _STREAM_HEADERS
+
+
+def _prompt_tokens(first: Any) -> int:
+    """The prompt's size from the node's stream head, if it came before any keepalive."""
+    value = first.headers.get(_PROMPT_TOKENS, "") if isinstance(first, Head) else ""
+    return int(value) if value.isdigit() else 0
+
+
+async def _produce(task: Any, gateway: Gateway, body: bytes, model: ModelId,
+                   headers: Mapping[str, str], send: trio.MemorySendChannel) -> None:  # fmt: skip
+    task.set_status(model=model, route=MESSAGES_ROUTE, phase="placing")
+    with contextlib.suppress(trio.BrokenResourceError):  # the client went away
+        await relay_stream(send, gateway.fleet, model, _CHAT, body, headers, gateway.client,
+                           retries=gateway.config.http.retries, status=task.set_status)  # fmt: skip
+
+
+async def _next_event(receive: trio.MemoryReceiveChannel, wait: float) -> Any:
+    """The producer's next event; None after `wait` seconds of silence; `_END` at the end."""
+    with trio.move_on_after(wait):
+        try:
+            return await receive.receive()
+        except trio.EndOfChannel:
+            return _END
+    return None
+
+
+async def _refusal(head: Head, receive: trio.MemoryReceiveChannel) -> ApiError:
+    rest = b"".join([c.data async for c in receive if isinstance(c, Chunk)])
+    return error_from_body(head.status, rest, head.headers.get("retry-after"))
+
+
+async def _body(
+    first: Any,
+    receive: trio.MemoryReceiveChannel,
+    ref: Any,
+    keepalive: float,
+    meter: Meter,
+    translator: ChatStreamToAnthropic,
+) -> AsyncIterator[bytes]:
+    try:
+        async with receive:
+            event = first
+            while not translator.ended:
+                out = await _translate(event, receive, meter, translator)
+                if out:
+                    yield out
+                event = await _next_event(receive, keepalive)
+    finally:
+        ref.cancel_nowait()
+        meter.finish(translator.outcome or "cancelled")  # no outcome: the client went away
+
+
+async def _translate(event: Any, receive: trio.MemoryReceiveChannel, meter: Meter,
+                     translator: ChatStreamToAnthropic) -> bytes:  # fmt: skip
+    """The client's bytes for one relay event (None: still waiting)."""
+    if event is None:
+        return translator.ping()  # waiting for a load or a queue: the Anthropic keepalive
+    if event is _END:
+        return translator.close()
+    if isinstance(event, Head):
+        meter.answered(event.node, event.cold, event.load_wait or None)
+        return b"" if event.status == 200 else translator.fail(await _refusal(event, receive))
+    if isinstance(event, Chunk):
+        meter.chunk(event.data)
+        return translator.feed(event.data)
+    if isinstance(event, Broken):
+        return translator.fail(event.error)
+    raise TypeError(f"not a relay event: {event!r}")
