@@ -30,6 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     status = commands.add_parser("status", help="show the fleet")
     status.add_argument("--url", default=os.environ.get("CORTEX_URL", "http://localhost:31313"))
     status.add_argument("--json", action="store_true", help="print the raw fleet view")
+    commands.add_parser("inspect", help="the live actor tree (= python -m cortex.inspect)")
     up = commands.add_parser("up", help="run a local fleet: a neuron and the gateway")
     up.add_argument("--model", action="append", default=[], help="model id or snapshot path "
                     "(repeatable; default: a synthesized demo model)")  # fmt: skip
@@ -46,6 +47,11 @@ def _version() -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["inspect"]:  # its own parser: every option passes through
+        from cortex.inspect.__main__ import main as inspect_main
+
+        sys.exit(inspect_main(argv[1:]))
     args = build_parser().parse_args(argv)
     match args.command:
         case "serve":
