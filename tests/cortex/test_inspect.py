@@ -148,9 +148,13 @@ def device_line(text: str) -> str:
 
 @real
 async def test_once_prints_the_gateway_tree_with_each_node_beneath(gateway):
-    done = await inspect_cli("--once", "--url", gateway.url)
-    assert done.returncode == 0, done.stderr
-    out = done.stdout.decode()
+    with trio.fail_after(30):  # device fields follow worker heartbeats: wait for the model
+        while True:
+            done = await inspect_cli("--once", "--url", gateway.url)
+            assert done.returncode == 0, done.stderr
+            out = done.stdout.decode()
+            if f"{QWEN} (" in device_line(out):
+                break
     assert out.startswith(f"helexa inspect {gateway.url}  gateway")
     assert "fleet supervisor" in out and "requests supervisor" in out
     assert "alpha node  up  polled" in out
