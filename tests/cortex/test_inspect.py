@@ -376,9 +376,8 @@ async def test_a_cold_load_shows_in_the_tree_and_in_both_logs(gateway, neuron):
                     client.post, "/v1/chat/completions", json=chat_body(max_tokens=1),
                     headers={"x-request-id": rid},
                 ))  # fmt: skip
-                text = await frame_until(board, lambda t: "load helexa--qwen3-tiny load" in t,
-                                         "the gateway's load actor")  # fmt: skip
-        line = next(line for line in text.splitlines() if "load helexa--qwen3-tiny" in line)
+                text = await frame_until(board, _load_line_with_phase, "the gateway's load actor")
+        line = _load_line(text)
         assert QWEN in line and ("loading" in line or "waiting for node" in line), line
         await frame_until(board, lambda t: f"{QWEN} (" in device_line(t), "the model reloaded")
     started = [e for e in json_lines(log.getvalue()) if e["msg"].startswith("loading model")]
@@ -386,6 +385,15 @@ async def test_a_cold_load_shows_in_the_tree_and_in_both_logs(gateway, neuron):
     assert any(e["msg"].startswith("model loaded") for e in json_lines(log.getvalue()))
     on_node = [e["msg"] for e in json_lines(neuron.log()) if e["logger"] == "neuron.registry"]
     assert any(m.startswith(f"loading model={QWEN}") and "weight_bytes=" in m for m in on_node)
+
+
+def _load_line(text: str) -> str:
+    return next((line for line in text.splitlines() if "load helexa--qwen3-tiny" in line), "")
+
+
+def _load_line_with_phase(text: str) -> bool:
+    """The load actor has reported what it loads (not just "starting")."""
+    return QWEN in _load_line(text)
 
 
 # ------------------------------------------------------------------ pure parts
