@@ -89,7 +89,7 @@ async def _activation_states(client: httpx.AsyncClient) -> set[tuple]:
 
 
 async def _sigterm_lets_the_stream_finish(daemon) -> None:
-    body = chat_body(max_tokens=400, stream=True, logit_bias=NO_EOS)
+    body = chat_body(max_tokens=2000, stream=True, logit_bias=NO_EOS)  # outlives the checks
     async with (
         daemon.async_http(timeout=30) as client,
         open_sse(client, "/v1/chat/completions", body) as (_, lines),
@@ -111,7 +111,7 @@ async def _sigterm_lets_the_stream_finish(daemon) -> None:
     chunks = [json.loads(e) for e in events if e.startswith("{")]
     assert all("error" not in c for c in chunks)
     assert chunks[-2]["choices"][0]["finish_reason"] == "length"
-    assert chunks[-1]["usage"]["completion_tokens"] == 400
+    assert chunks[-1]["usage"]["completion_tokens"] == 2000
 
 
 async def test_sigterm_past_the_drain_timeout(daemon_models, tmp_path):
