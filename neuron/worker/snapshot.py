@@ -14,6 +14,7 @@ This module must never import torch: the neuron parent process uses it.
 
 from __future__ import annotations
 
+import difflib
 import json
 import os
 import re
@@ -31,6 +32,7 @@ SnapshotLayout = Literal["plain", "hf-cache", "absolute"]
 _SEGMENT = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*")
 _REVISION = re.compile(r"[A-Za-z0-9._-]+")
 _MAX_ID_CHARS = 256
+_MAX_LISTED = 10_000  # directory entries scanned per root for near-miss suggestions
 _MAX_SNAPSHOT_ENTRIES = 10_000
 
 
@@ -112,7 +114,59 @@ def resolve_snapshot(
         if found is not None:
             return found
     searched = ", ".join(str(r) for r in roots) or "(no model roots configured)"
-    raise ModelNotFound(f"model {model_id!r} not found under the model roots: {searched}")
+    hint = _did_you_mean(model_id, available_model_ids(roots))
+    raise ModelNotFound(f"model {model_id!r} not found under the model roots: {searched}{hint}")
+
+
+def available_model_ids(roots: Sequence[Path], *, limit: int = _MAX_LISTED) -> list[str]:
+    """The ids a root holds, in either layout, sorted: `name`, `org/name` and the
+    `models--org--name` HF cache entries with at least one snapshot. Stops after
+    `limit` directory entries per root so a huge or hostile root stays cheap."""
+    found: set[str] = set()
+    for root in roots:
+        found.update(_ids_in_root(Path(root), limit))
+    return sorted(found)
+
+
+def _ids_in_root(root: Path, limit: int) -> Iterable[str]:
+    for entry in _entries(root, limit):
+        name = entry.name
+        if name.startswith("models--"):
+            parts = name.removeprefix("models--").split("--")
+            if 1 <= len(parts) <= 2 and _hf_cache_snapshot(entry) is not None:
+                yield "/".join(parts)
+        elif (entry / "config.json").is_file():
+            yield name
+        else:
+            for inner in _entries(entry, limit):
+                if (inner / "config.json").is_file():
+                    yield f"{name}/{inner.name}"
+
+
+def _entries(directory: Path, limit: int) -> list[Path]:
+    try:
+        with os.scandir(directory) as it:
+            entries = []
+            for entry in it:
+                if len(entries) >= limit:
+                    break
+                if not entry.name.startswith(".") and entry.is_dir():
+                    entries.append(Path(entry.path))
+            return entries
+    except OSError:
+        return []
+
+
+def _did_you_mean(model_id: str, candidates: Sequence[str]) -> str:
+    """`; did you mean 'a' or 'b'?` for near misses (case, a typo, a missing org), or ''."""
+    folded = {c.lower(): c for c in candidates}
+    close = [folded[m] for m in difflib.get_close_matches(model_id.lower(), folded, n=3,
+                                                          cutoff=0.75)]  # fmt: skip
+    tail = model_id.rsplit("/", 1)[-1].lower()
+    close += [c for c in candidates if c.rsplit("/", 1)[-1].lower() == tail and c not in close]
+    if not close:
+        return ""
+    return "; did you mean " + " or ".join(repr(c) for c in close[:3]) + "?"
 
 
 def snapshot_at(model_id: str, path: Path) -> ResolvedSnapshot:

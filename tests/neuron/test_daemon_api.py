@@ -151,6 +151,14 @@ def test_load_refuses_unsafe_and_unknown_ids(neuron_daemon, model_id, status, co
     neuron_daemon.assert_serving()
 
 
+def test_a_near_miss_id_names_the_model_meant(neuron_daemon):
+    with neuron_daemon.http() as client:
+        response = client.post("/models/load", json={"model_id": "helexa/llama-tiy"})
+    body = assert_flat_error(response, 404, "model_not_found")
+    assert body["error"].endswith(f"did you mean {LLAMA!r}?")
+    neuron_daemon.assert_serving()
+
+
 @pytest.mark.parametrize(
     ("body", "status", "code"),
     [

@@ -12,7 +12,12 @@ from pathlib import Path
 import pytest
 
 from neuron.worker.errors import InvalidSnapshot, ModelNotFound, UnsafeModelId
-from neuron.worker.snapshot import inspect_model, resolve_snapshot, snapshot_at
+from neuron.worker.snapshot import (
+    available_model_ids,
+    inspect_model,
+    resolve_snapshot,
+    snapshot_at,
+)
 
 
 def _fake_snapshot(path: Path, **config) -> Path:
@@ -188,3 +193,31 @@ def test_the_parent_side_never_imports_torch():
         "assert not heavy, heavy\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_missing_models_suggest_near_misses(demo_models, tmp_path):
+    plain = tmp_path / "acme" / "Llama-Tiny"
+    plain.mkdir(parents=True)
+    (plain / "config.json").write_text("{}")
+    roots = [demo_models.hf_cache_root, tmp_path]
+    assert available_model_ids(roots) == ["acme/Llama-Tiny", "helexa/tiny-chat"]
+    cases = {
+        "helexa/tiny-caht": "'helexa/tiny-chat'",  # a typo
+        "acme/llama-tiny": "'acme/Llama-Tiny'",  # case
+        "tiny-chat": "'helexa/tiny-chat'",  # the org left out
+        "other/Llama-Tiny": "'acme/Llama-Tiny'",  # the wrong org
+    }
+    for wrong, suggestion in cases.items():
+        with pytest.raises(ModelNotFound) as caught:
+            resolve_snapshot(wrong, roots)
+        assert str(caught.value).endswith(f"; did you mean {suggestion}?"), wrong
+    with pytest.raises(ModelNotFound) as caught:
+        resolve_snapshot("org/unrelated", roots)
+    assert "did you mean" not in str(caught.value)
+
+
+def test_listing_ignores_hidden_entries_and_unreadable_roots(tmp_path):
+    (tmp_path / ".cache" / "x").mkdir(parents=True)
+    (tmp_path / ".cache" / "x" / "config.json").write_text("{}")
+    (tmp_path / "models--org--empty" / "snapshots").mkdir(parents=True)
+    assert available_model_ids([tmp_path, tmp_path / "absent"]) == []
