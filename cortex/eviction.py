@@ -10,8 +10,11 @@ The rules:
 
 * A resident is *displaceable* by an incoming model when it is `loaded` and
   its residency priority is at most the incoming model's (equal ranks
-  displace each other: upstream's cold-swap rule). Pinning gives no immunity
-  of its own; a pinned profile's default priority of 1000 does.
+  displace each other: upstream's cold-swap rule). The catalogue's
+  `pinned_on` gives no immunity of its own (it is affinity); a pinned
+  profile's default priority of 1000 does. A resident its node pins
+  (`Residency.pinned`, the neuron's `[[models]] pinned`) is never
+  displaceable: that node refuses to unload it.
 * It is *evictable* when it is also idle — nothing in flight or queued, a
   rule nothing overrides — and settled: loaded at least
   `min_residency_seconds` ago, which stops two models from swapping each
@@ -105,12 +108,14 @@ def eviction_key(
 def displaceable(
     snapshot: FleetSnapshot, node: NodeSnapshot, incoming: ModelId
 ) -> tuple[Residency, ...]:
-    """Residents of `node` that `incoming` outranks or equals, busy or not."""
+    """Residents of `node` that `incoming` outranks or equals, busy or not; never one
+    the node itself pins."""
     rank = priority_of(snapshot, incoming)
     return tuple(
         r
         for r in node.residencies
         if r.status is ResidencyStatus.LOADED
+        and not r.pinned
         and r.model != incoming
         and may_displace(rank, priority_of(snapshot, r.model))
     )

@@ -99,8 +99,8 @@ class Residency:
 
     `loaded_at` None means it was loaded before the gateway was watching (so
     it counts as long settled); `last_used_at` None means never used since.
-    `pinned` means the operator wants it resident on this node (a node
-    default, or the catalogue's `pinned_on`); see `cortex.eviction`.
+    `pinned` means the node's own config pins it there (`[[models]] pinned`
+    on the neuron, which then refuses to unload it); see `cortex.eviction`.
     """
 
     model: ModelId

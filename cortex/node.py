@@ -259,7 +259,7 @@ class Node:
                 servable=_servable(info), memory_mb=_memory_mb(info), devices=info.devices,
                 in_flight=load.in_flight if load else 0, queued=load.queue_depth if load else 0,
                 last_used_at=self.last_used_at.get(info.id),
-                loaded_at=self.loaded_at.get(info.id),
+                loaded_at=self.loaded_at.get(info.id), pinned=info.pinned,
             )  # fmt: skip
         for model in self._flights:
             out.setdefault(model, Residency(model=model, status=ResidencyStatus.LOADING))

@@ -135,8 +135,9 @@ class Neuron:
             self._activation(pending, model.id, completed, failed)
             sdnotify.status(f"loading {model.id} ({len(wanted) - len(pending)}/{len(wanted)})")
             try:
-                await self.registry.load(LoadRequest(model.id, model.dtype, devices or None,
-                                                     model.max_in_flight))  # fmt: skip
+                request = LoadRequest(model.id, model.dtype, devices or None,
+                                      model.max_in_flight, pinned=model.pinned)  # fmt: skip
+                await self.registry.load(request)
                 completed.append(model.id)
             except ModelAlreadyLoaded:  # loaded through the API meanwhile
                 completed.append(model.id)

@@ -50,6 +50,14 @@ class ModelAlreadyLoaded(InvalidRequest):
     code = "model_already_loaded"
 
 
+class ModelPinned(ApiError):
+    """An unload through the API of a model the node's config pins."""
+
+    status = 409
+    type = "invalid_request_error"
+    code = "model_pinned"
+
+
 @attrs.frozen
 class RegistryLimits:
     """How models are admitted and where they may come from."""
@@ -69,6 +77,7 @@ class LoadRequest:
     dtype: str | None = None
     devices: tuple[int, ...] | None = None  # device indices, as on /discovery
     max_in_flight: int | None = None
+    pinned: bool = False  # `[[models]] pinned`: the API may not unload it
 
     @classmethod
     def from_spec(cls, spec: node.ModelSpec) -> LoadRequest:
@@ -100,6 +109,7 @@ class ServedModel:
     load_seconds: float = 0.0
     loaded_at: float = attrs.field(factory=time.time)
     status: str = "loaded"
+    pinned: bool = False
 
     @property
     def context_length(self) -> int:
@@ -214,6 +224,7 @@ class ModelRegistry:
         return ServedModel(
             request.model_id, info, tokenizer, device, index, admission, dtype,
             memory_bytes=loaded.memory_bytes, load_seconds=loaded.load_seconds,
+            pinned=request.pinned,
         )  # fmt: skip
 
     def _inspect(self, model_id: ModelId) -> SnapshotInfo:
@@ -245,10 +256,17 @@ class ModelRegistry:
 
     # -- unloading -------------------------------------------------------------------------
 
-    async def unload(self, model_id: str) -> ServedModel:
+    async def unload(self, model_id: str, *, force: bool = False) -> ServedModel:
+        """Unload `model_id`; a pinned model only with `force` (the node's own shutdown)."""
         model = self.models.get(ModelId(model_id))
         if model is None:
             raise ModelNotLoaded(f"model {model_id!r} not loaded", extra={"model_id": model_id})
+        if model.pinned and not force:
+            raise ModelPinned(
+                f"model {model_id!r} is pinned on this node ([[models]] pinned = true);"
+                " unpin it in the node's configuration to unload it",
+                extra={"model_id": model_id},
+            )
         model.status = "unloading"
         model.admission.close("unloading")
         with trio.move_on_after(self.limits.unload_drain_timeout):
@@ -278,7 +296,7 @@ class ModelRegistry:
     async def unload_all(self) -> None:
         for model_id in list(self.models):
             try:
-                await self.unload(model_id)
+                await self.unload(model_id, force=True)
             except ApiError as exc:
                 log.warning("unload failed model=%s: %s", model_id, exc)
 
@@ -307,6 +325,7 @@ def _model_info(model: ServedModel) -> node.ModelInfo:
         reasoning=_has_markers(model.tokenizer, "<think>", "</think>"),
         memory_bytes=model.memory_bytes,
         dtype=model.dtype,
+        pinned=model.pinned,
     )
 
 

@@ -235,6 +235,7 @@ class ModelInfo:
     memory_bytes: int | None = None  # measured after load
     dtype: str | None = None
     error: str | None = None  # why the status is "failed" or "poisoned"
+    pinned: bool = False  # the node's config pins it: its API refuses to unload it
 
 
 @attrs.frozen

@@ -124,9 +124,11 @@ def test_evictable_excludes_busy_and_young_unless_forced_young():
     assert models_of(forced) == ["idle", "young", "just-settled", "unknown-age"]
 
 
-def test_pinned_residency_has_no_immunity_of_its_own():
-    n = node("a", res("pinned", pinned=True))
-    assert models_of(evictable(fleet(n), n, ModelId("new"), NOW, LRU)) == ["pinned"]
+def test_a_resident_its_node_pins_is_never_displaced():
+    n = node("a", res("pinned", pinned=True), res("free"))
+    snapshot = fleet(n, models=[profile("new", residency_priority=5000)])
+    assert models_of(displaceable(snapshot, n, ModelId("new"))) == ["free"]
+    assert models_of(evictable(snapshot, n, ModelId("new"), NOW, LRU, force=True)) == ["free"]
 
 
 def test_eviction_keys_order_lru_and_priority():

@@ -581,7 +581,7 @@ def test_equal_priority_models_displace_each_other():
     assert decide(snapshot).evict == ("x",)
 
 
-def test_pinned_models_are_protected_only_by_their_priority():
+def test_catalogue_pins_protect_by_priority_node_pins_absolutely():
     def with_resident(x: ModelProfile, *, pinned: bool = False) -> FleetSnapshot:
         resident = res("x", memory_mb=20_000, pinned=pinned)
         return fleet(node("a", resident, devices=[(24_000, 4_000)]), models=[M, x])
@@ -590,8 +590,8 @@ def test_pinned_models_are_protected_only_by_their_priority():
     assert isinstance(decide(default_pinned), Wait)
     demoted = with_resident(profile("x", pinned_on=["a"], residency_priority=100))
     assert decide(demoted).evict == ("x",)
-    node_pinned = with_resident(profile("x"), pinned=True)
-    assert decide(node_pinned).evict == ("x",)
+    node_pinned = with_resident(profile("x", residency_priority=1), pinned=True)
+    assert isinstance(decide(node_pinned), Wait)
 
 
 def test_a_pinned_incoming_model_outranks_unpinned_residents():
@@ -800,6 +800,7 @@ class Oracle:
         young = r.loaded_at is not None and NOW - r.loaded_at < self.policy.min_residency_seconds
         return (
             r.status is LOADED
+            and not r.pinned  # the node refuses to unload it
             and r.model != self.model
             and r.in_flight == 0
             and r.queued == 0

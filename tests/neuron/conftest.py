@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import pytest
-from daemon_harness import Models, RunningDaemon, start_daemon, synthesize_models
+from daemon_harness import QWEN, Models, RunningDaemon, start_daemon, synthesize_models
 
 from neuron.synth import DemoModels, ensure_demo_models
 
@@ -49,9 +49,12 @@ def daemon_models(demo_cache_dir: Path) -> Models:
 
 @pytest.fixture(scope="session")
 def neuron_daemon(daemon_models: Models, tmp_path_factory) -> Iterator[RunningDaemon]:
-    """One `neuron serve` (2 CPU devices, Qwen3 loaded at start) for the session."""
+    """One `neuron serve` (2 CPU devices, Qwen3 loaded and pinned at start) for the session."""
     daemon = start_daemon(
-        tmp_path_factory.mktemp("neuron-shared"), daemon_models, settings=SHARED_DAEMON_SETTINGS
+        tmp_path_factory.mktemp("neuron-shared"),
+        daemon_models,
+        default_models=({"id": QWEN, "pinned": True},),
+        settings=SHARED_DAEMON_SETTINGS,
     )
     try:
         yield daemon

@@ -77,13 +77,17 @@ BASE_SETTINGS: Settings = {
 }
 
 
-def neuron_toml(models: Models, default_models: Iterable[str], settings: Settings) -> str:
+def neuron_toml(
+    models: Models, default_models: Iterable[str | dict[str, Any]], settings: Settings
+) -> str:
+    """The config file; a default model is an id or a whole `[[models]]` table."""
     lines = [f"model_roots = [{json.dumps(str(models.root))}]"]
     for section, keys in settings.items():
         lines += ["", f"[{section}]"]
         lines += [f"{key} = {json.dumps(value)}" for key, value in keys.items()]
-    for model_id in default_models:
-        lines += ["", "[[models]]", f"id = {json.dumps(model_id)}"]
+    for model in default_models:
+        table = {"id": model} if isinstance(model, str) else model
+        lines += ["", "[[models]]"] + [f"{k} = {json.dumps(v)}" for k, v in table.items()]
     return "\n".join(lines) + "\n"
 
 
@@ -224,7 +228,7 @@ def start_daemon(
     tmp: Path,
     models: Models,
     *,
-    default_models: Iterable[str] = (QWEN,),
+    default_models: Iterable[str | dict[str, Any]] = (QWEN,),
     settings: Settings | None = None,
     token: str | None = None,
     wait_ready: bool = True,

@@ -125,6 +125,16 @@ def test_load_of_a_loaded_model_is_refused(neuron_daemon):
     neuron_daemon.assert_serving()
 
 
+def test_a_pinned_model_refuses_unloads_through_the_api(neuron_daemon):
+    with neuron_daemon.http() as client:
+        response = client.post("/models/unload", json={"model_id": QWEN})
+    body = assert_flat_error(response, 409, "model_pinned")
+    assert "pinned on this node" in body["error"]
+    [model] = [m for m in neuron_daemon.get("/models") if m["id"] == QWEN]
+    assert (model["status"], model["pinned"]) == ("loaded", True)
+    neuron_daemon.assert_serving()
+
+
 def test_unload_of_an_unknown_model_is_404(neuron_daemon):
     with neuron_daemon.http() as client:
         response = client.post("/models/unload", json={"model_id": "helexa/nope"})
