@@ -59,7 +59,8 @@ def main(argv: list[str] | None = None) -> None:
         case "status":
             from cortex.status import run as status_run
 
-            sys.exit(status_run(args.url, as_json=args.json))
+            sys.exit(status_run(args.url, as_json=args.json,
+                                api_key=os.environ.get("CORTEX_API_KEY")))  # fmt: skip
         case "up":
             sys.exit(_up(args))
 

@@ -15,7 +15,7 @@ to log as warnings (this module runs before logging is set up). A malformed
 models.toml is fatal; a missing one is an empty catalogue and a note.
 
 Not for: watching files (the catalogue is read once at start, like
-upstream), enforcing entitlements (the keys are parsed and kept), or
+upstream), enforcing entitlements (`cortex.auth` does), or
 anything `neuron` — cortex never imports it, so the few schema-walking
 helpers below are this module's own. It is longer than most because it is
 two schemas with their one loader.
@@ -28,6 +28,7 @@ import functools
 import math
 import os
 import re
+import stat
 import tomllib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -57,6 +58,7 @@ __all__ = [
     "Http",
     "Log",
     "Neuron",
+    "RateLimit",
     "Window",
     "find_config_path",
     "load_catalogue",
@@ -182,11 +184,13 @@ class Eviction:
 
 @attrs.frozen
 class Neuron:
-    """One `[[neurons]]` entry: `name` (unique) and `endpoint` (base URL;
-    a trailing slash is dropped)."""
+    """One `[[neurons]]` entry: `name` (unique), `endpoint` (base URL; a
+    trailing slash is dropped) and `token` (the neuron's `[auth] token`, sent
+    as a bearer; default `[fleet] neuron_token`; never shown in repr)."""
 
     name: NodeName = _setting(check=_word)  # noqa: RUF009 -- an attrs field, not a default
     endpoint: str = _setting(check=_url)
+    token: str | None = _setting(None, _word, repr=False)
 
 
 @attrs.frozen
@@ -198,12 +202,14 @@ class Fleet:
     failure_threshold  3   consecutive failed polls before a node is down
                            (fewer make it suspect)
     backoff_max        30  longest gap between polls of a down node
+    neuron_token       —   the token of every neuron without its own `token`
     """
 
     poll_interval: float = _setting(5.0, _positive)
     poll_timeout: float = _setting(5.0, _positive)
     failure_threshold: int = _setting(3, _at_least(1))
     backoff_max: float = _setting(30.0, _positive)
+    neuron_token: str | None = _setting(None, _word, repr=False)
 
 
 @attrs.frozen
@@ -247,20 +253,42 @@ class Window:
 @attrs.frozen
 class ApiKey:
     """One `[[entitlements.keys]]` entry. `key` is the bearer secret (never
-    shown in repr or errors); `key_id` defaults to `account_id`."""
+    shown in repr or errors); `key_id` defaults to `account_id`. Ours:
+    `admin` (may use `/admin/*`), `models` (allowed names; None = all) and
+    `rate_limit`."""
 
     key: str = _setting(check=_word, repr=False)
     account_id: str = _setting(check=_word)
     key_id: str | None = _setting(None, _word)
     hard_cap: int | None = _setting(None, _at_least(0))
     window: Window = attrs.field(factory=Window)
+    admin: bool = False
+    models: tuple[str, ...] | None = None
+    rate_limit: RateLimit | None = None
+
+
+@attrs.frozen
+class RateLimit:
+    """A key's `rate_limit = {requests = N, tokens = N, seconds = 60}` (ours):
+    at most `requests` requests and `tokens` tokens per window of `seconds`."""
+
+    requests: int | None = _setting(None, _at_least(1))
+    tokens: int | None = _setting(None, _at_least(1))
+    seconds: float = _setting(60.0, _positive)
 
 
 @attrs.frozen
 class Entitlements:
-    """`[entitlements]` (also spelt `[auth]`) — require_auth false, keys []."""
+    """`[entitlements]` (also spelt `[auth]`) — require_auth false, keys [],
+    keys_file (ours: a TOML file of more `[[keys]]`, relative to cortex.toml)."""
 
     require_auth: bool = False
+    keys: tuple[ApiKey, ...] = ()
+    keys_file: str | None = None
+
+
+@attrs.frozen
+class _KeysFile:
     keys: tuple[ApiKey, ...] = ()
 
 
@@ -568,17 +596,23 @@ def _translate(raw: dict[str, Any], source: str, origins: dict[tuple, str]) -> t
 
 
 def _cross_checks(config: CortexConfig) -> Iterator[Problem]:
+    if isinstance(config, _KeysFile):
+        yield from _key_checks(config.keys, ("keys",))
+        return
     yield from _duplicates([n.name for n in config.neurons], ("neurons",), "name")
-    keys = config.entitlements.keys
-    yield from _duplicates([k.key for k in keys], ("entitlements", "keys"), "key", secret=True)
-    for i, key in enumerate(keys):
-        if key.window.kind == "rolling" and key.window.seconds is None:
-            yield ("entitlements", "keys", i, "window", "seconds"), "required for a rolling window"
+    yield from _key_checks(config.entitlements.keys, ("entitlements", "keys"))
     if config.gateway.listen == config.gateway.metrics_listen:
         yield ("gateway", "metrics_listen"), "must differ from listen"
     if config.fleet.backoff_max < config.fleet.poll_interval:
         yield ("fleet", "backoff_max"), (f"must be at least poll_interval "
                                          f"({config.fleet.poll_interval:g})")  # fmt: skip
+
+
+def _key_checks(keys: Sequence[ApiKey], path: tuple) -> Iterator[Problem]:
+    yield from _duplicates([k.key for k in keys], path, "key", secret=True)
+    for i, key in enumerate(keys):
+        if key.window.kind == "rolling" and key.window.seconds is None:
+            yield (*path, i, "window", "seconds"), "required for a rolling window"
 
 
 def _duplicates(values: list, path: tuple, key: str, *, secret: bool = False) -> Iterator[Problem]:
@@ -638,7 +672,7 @@ def _structured(raw: dict, cls: type, origins: Mapping[tuple, str], source: str)
         found = list(_structure_problems(exc))
     else:
         found = list(_check_values(value))
-        if isinstance(value, CortexConfig):
+        if isinstance(value, CortexConfig | _KeysFile):
             found += _cross_checks(value)
     if found:
         raise ConfigError([f"{_where(p, origins, source)}: {m}" for p, m in found])
@@ -668,6 +702,8 @@ def load_config(
         raise ConfigError(env_problems + problems)
     base = path.parent if path is not None and ("models_config",) not in origins else Path.cwd()
     config = _normalised(config, base, str(path) if path is not None else None)
+    from_file = path is not None and ("entitlements", "keys_file") not in origins
+    config = _with_keys_file(config, path.parent if from_file else Path.cwd(), notes)
     cat_notes: list[str] = []
     loaded = load_catalogue(config.models_path, cat_notes) if catalogue else Catalogue()
     notes += env_notes + cat_notes + list(_advisories(config, loaded))
@@ -684,6 +720,44 @@ def _normalised(config: CortexConfig, base: Path, source: str | None) -> CortexC
     return attrs.evolve(
         config, models_config=models, neurons=neurons, entitlements=entitlements, source=source
     )
+
+
+def _with_keys_file(config: CortexConfig, base: Path, notes: list[str]) -> CortexConfig:
+    """`keys_file`'s `[[keys]]` appended to the inline keys (key ids filled), and a
+    note for each file holding secrets that every user on the host can read."""
+    entitlements = config.entitlements
+    tokens = config.fleet.neuron_token or any(n.token for n in config.neurons)
+    holds_secrets = entitlements.keys or tokens
+    if config.source and holds_secrets:
+        notes.extend(_world_readable(Path(config.source), "API keys or neuron tokens"))
+    if entitlements.keys_file is None:
+        return config
+    path = Path(os.path.normpath(base / Path(entitlements.keys_file).expanduser()))
+    raw = _read_toml(path)
+    notes += [f"{path}: {_render_path(p)}: {m}" for p, m in _unknown_keys(raw, _KeysFile)]
+    added = _structured(raw, _KeysFile, {}, str(path)).keys
+    notes.extend(_world_readable(path, "API keys"))
+    keys = (*entitlements.keys, *(attrs.evolve(k, key_id=k.key_id or k.account_id)
+                                  for k in added))  # fmt: skip
+    inline = {k.key for k in entitlements.keys}
+    clashes = [f"{path}: [[keys]] #{i + 1} key: the same as a key in [entitlements]"
+               for i, k in enumerate(added) if k.key in inline]  # fmt: skip
+    if clashes:
+        raise ConfigError(clashes)
+    return attrs.evolve(config, entitlements=attrs.evolve(
+        entitlements, keys=keys, keys_file=str(path)))  # fmt: skip
+
+
+def _world_readable(path: Path, what: str) -> list[str]:
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return []
+    if not mode & stat.S_IROTH:
+        return []
+    return [f"{path}: readable by every user on this host (mode {stat.S_IMODE(mode):04o}) "
+            f"and it holds {what}: chmod o-r it (e.g. 0640, owned by the service's "
+            "group)"]  # fmt: skip
 
 
 def load_catalogue(path: Path, notes: list[str] | None = None) -> Catalogue:

@@ -26,6 +26,7 @@ from quart import Response, request
 from quart_trio import QuartTrio
 
 import actors
+from cortex.auth import Keyring, NeuronTokens, open_warning
 from cortex.config import CortexConfig, split_listen
 from cortex.eviction import EvictionPolicy
 from cortex.fleet import Fleet, start_fleet
@@ -46,6 +47,7 @@ class Gateway:
     def __init__(self, config: CortexConfig) -> None:
         self.config = config
         self.catalogue: Catalogue = config.catalogue
+        self.keyring = Keyring(config.entitlements, config.catalogue)
         self.draining = False
         self.url = ""
         self.metrics_url = ""
@@ -66,8 +68,9 @@ class Gateway:
         http = self.config.http
         timeout = httpx.Timeout(connect=5.0, read=http.upstream_idle_timeout, write=60, pool=60)
         limits = httpx.Limits(max_connections=1024, max_keepalive_connections=256)
+        tokens = NeuronTokens(self.config.neurons, self.config.fleet.neuron_token)
         async with (
-            httpx.AsyncClient(timeout=timeout, limits=limits) as client,
+            httpx.AsyncClient(timeout=timeout, limits=limits, auth=tokens or None) as client,
             actors.open_root("cortex") as root,
             trio.open_nursery() as nursery,
         ):
@@ -83,6 +86,8 @@ class Gateway:
             self.metrics_url = await self._bind(nursery, self._metrics_app(),
                                                 self.config.gateway.metrics_listen)  # fmt: skip
             log.info("cortex listening url=%s metrics=%s", self.url, self.metrics_url)
+            if warning := open_warning(self.config, self.url):
+                log.warning("%s", warning)
             sdnotify.ready(f"listening on {self.url}; metrics on {self.metrics_url}")
             task_status.started(self.url)
             await self._stop.wait()

@@ -39,6 +39,7 @@ from quart_trio import QuartTrio
 
 import actors
 from cortex import messages
+from cortex.auth import Principal, with_usage
 from cortex.messages import COUNT_TOKENS_ROUTE, MESSAGES_ROUTE
 from cortex.meter import Meter, outcome_for_status
 from cortex.relay import Broken, Chunk, Head, error_from_body, open_upstream, response_headers
@@ -48,6 +49,7 @@ from protocol.errors import ApiError, InternalError, InvalidRequest, NotFound, U
 from protocol.http import Dialect, error_response, json_response, prepare_app, read_body
 from protocol.ids import NodeName
 from protocol.logs import set_request_id
+from protocol.node import ACCOUNT_ID_HEADER, KEY_ID_HEADER
 
 if TYPE_CHECKING:
     from cortex.gateway import Gateway
@@ -89,13 +91,25 @@ async def _bind_request_id() -> None:
     set_request_id(request_id())  # this request's task and the tasks it starts
 
 
+def _authorizer(gateway: Gateway):
+    async def authorize() -> None:  # cortex.auth: 401/403 here, before any route runs
+        request.helexa_principal = gateway.keyring.authenticate(request.headers, request.path)
+
+    return authorize
+
+
+def principal() -> Principal | None:
+    return getattr(request, "helexa_principal", None)
+
+
 async def _stamp_request_id(response: Response) -> Response:
     response.headers["x-request-id"] = request_id()
     if _dialect() == "anthropic":
         response.headers["request-id"] = request_id()  # where the Anthropic SDK looks
     level = logging.DEBUG if request.method == "GET" else logging.INFO  # polls stay quiet
-    log.log(level, "answered method=%s path=%s status=%s", request.method, request.path,
-            response.status_code)  # fmt: skip
+    caller = principal()
+    log.log(level, "answered method=%s path=%s status=%s key=%s", request.method, request.path,
+            response.status_code, caller.key_id if caller else "-")  # fmt: skip
     return response
 
 
@@ -138,7 +152,8 @@ def _proxy_view(gateway: Gateway, path: str):
 
 
 def _peek(raw: bytes, gateway: Gateway) -> tuple[bytes, str, bool]:
-    """(body with the concrete model id, that id, stream?) — 400 without a model."""
+    """(body with the concrete model id, that id, stream?) — 400 without a model;
+    admitted for the caller's key (cortex.auth), which may refuse it."""
     try:
         data = decode_json(raw)
     except ApiError:
@@ -148,16 +163,24 @@ def _peek(raw: bytes, gateway: Gateway) -> tuple[bytes, str, bool]:
         raise InvalidRequest("missing 'model' field in request body", param="model",
                              code="missing_model_field")  # fmt: skip
     concrete = gateway.fleet.resolve(model)
+    request.helexa_grant = gateway.keyring.admit(principal(), model, concrete,
+                                                 estimate=max(1, len(raw) // 4))  # fmt: skip
     if concrete != model:
         data["model"] = concrete
         raw = encode_json(data)
+    if request.helexa_grant is not None and request.helexa_grant.metered:
+        raw = with_usage(raw)
     return raw, concrete, data.get("stream") is True
 
 
 def _upstream_headers() -> dict[str, str]:
+    """Built afresh (nothing of the client's but `accept`): the node's token is added by
+    the client's auth (cortex.auth.NeuronTokens); the key's name rides as gateway headers."""
     headers = {"content-type": "application/json", "x-request-id": request_id()}
     if accept := request.headers.get("accept"):
         headers["accept"] = accept
+    if caller := principal():
+        headers[KEY_ID_HEADER], headers[ACCOUNT_ID_HEADER] = caller.key_id, caller.account_id
     return headers
 
 
@@ -165,6 +188,7 @@ async def _proxy(gateway: Gateway, path: str):
     gateway.check_admitting()
     raw, model, stream = _peek(await read_body(request), gateway)
     meter = Meter(gateway.metrics, path, model)
+    meter.grant = request.helexa_grant
     with gateway.metrics.track(path):
         try:
             if stream:
@@ -286,12 +310,14 @@ def _messages_routes(app: QuartTrio, gateway: Gateway) -> None:
     @app.post(MESSAGES_ROUTE)
     async def create_message():
         return await messages.create_message(gateway, await read_body(request),
-                                              _upstream_headers(), request_id())  # fmt: skip
+                                              _upstream_headers(), request_id(),
+                                              principal())  # fmt: skip
 
     @app.post(COUNT_TOKENS_ROUTE)
     async def count_tokens():
         return await messages.count_tokens(gateway, await read_body(request),
-                                           _upstream_headers(), request_id())  # fmt: skip
+                                           _upstream_headers(), request_id(),
+                                           principal())  # fmt: skip
 
 
 # -- info ----------------------------------------------------------------------------------

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import trio
 
 import actors
+from cortex.auth import Grant, Principal
 from cortex.meter import Meter, outcome_for_status
 from cortex.relay import Broken, Chunk, Head, error_from_body, open_upstream
 from cortex.relay import stream_events as relay_stream
@@ -63,24 +64,28 @@ _STREAM_HEADERS = {"Content-Type": sse.CONTENT_TYPE, "Cache-Control": "no-cache"
 _END = object()  # the producer closed its channel
 
 
-async def create_message(gateway: Gateway, raw: bytes, headers: Mapping[str, str], rid: str):
+async def create_message(gateway: Gateway, raw: bytes, headers: Mapping[str, str], rid: str,
+                         principal: Principal | None = None):  # fmt: skip
     gateway.check_admitting()
     request = parse(raw, an.MessagesRequest)
     model = gateway.fleet.resolve(request.model)
     body = encode_json(messages_to_chat(request, model=model))
-    with _metering(gateway, MESSAGES_ROUTE, model) as meter:
+    grant = gateway.keyring.admit(principal, request.model, model, estimate=max(1, len(body) // 4))
+    with _metering(gateway, MESSAGES_ROUTE, model, grant) as meter:
         if request.stream:
             return await _stream(gateway, body, model, headers, rid, meter)
         return await _once(gateway, body, model, headers, rid, meter)
 
 
-async def count_tokens(gateway: Gateway, raw: bytes, headers: Mapping[str, str], rid: str):
+async def count_tokens(gateway: Gateway, raw: bytes, headers: Mapping[str, str], rid: str,
+                       principal: Principal | None = None):  # fmt: skip
     """The prompt tokens of the request on the model's own template and tokenizer."""
     gateway.check_admitting()
     request = parse(raw, an.CountTokensRequest)
     model = gateway.fleet.resolve(request.model)
     body = encode_json(count_tokens_to_chat(request, model=model))
-    with _metering(gateway, COUNT_TOKENS_ROUTE, model) as meter:
+    grant = gateway.keyring.admit(principal, request.model, model)  # counting costs no tokens
+    with _metering(gateway, COUNT_TOKENS_ROUTE, model, grant) as meter:
         data = await _ask(gateway, _TOKENIZE, body, model, headers, rid, COUNT_TOKENS_ROUTE,
                           meter)  # fmt: skip
         counted = _node_reply(data, TokenCount)
@@ -89,9 +94,12 @@ async def count_tokens(gateway: Gateway, raw: bytes, headers: Mapping[str, str],
 
 
 @contextlib.contextmanager
-def _metering(gateway: Gateway, route: str, model: ModelId) -> Iterator[Meter]:
-    """A meter for the request, finished here if it fails (a stream's body finishes it)."""
+def _metering(gateway: Gateway, route: str, model: ModelId,
+              grant: Grant | None) -> Iterator[Meter]:  # fmt: skip
+    """A meter for the request, finished here if it fails (a stream's body finishes it);
+    it settles the key's `grant` with the usage it reads."""
     meter = Meter(gateway.metrics, route, model)
+    meter.grant = grant
     with gateway.metrics.track(route):
         try:
             yield meter

@@ -6,7 +6,9 @@ is forwarded (only the first byte's time and a bounded tail are kept, never
 the whole body), and how it ended. `finish` turns that into one
 `cortex.metrics.RequestRecord`, reading token usage from the tail (the
 usage chunk of a chat/completions stream, `response.completed` of a
-Responses stream, or the JSON body of a non-streaming answer).
+Responses stream, or the JSON body of a non-streaming answer). When the
+caller's key is metered, `grant` (a `cortex.auth.Grant`) is settled with those
+tokens — only if a node answered: a request refused before that used none.
 
 Not for: changing what is relayed — the meter only looks.
 """
@@ -14,11 +16,14 @@ Not for: changing what is relayed — the meter only looks.
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 
 from cortex.metrics import CortexMetrics, RequestRecord
+
+if TYPE_CHECKING:
+    from cortex.auth import Grant
 
 TAIL_BYTES = 64 * 1024
 
@@ -36,6 +41,7 @@ class Meter:
         self.first_byte: float | None = None
         self._tail = bytearray()
         self._done = False
+        self.grant: Grant | None = None
 
     def answered(self, node: str, cold: bool, load_wait: float | None = None) -> None:
         self.node, self.cold, self.load_wait = node, cold, load_wait
@@ -54,6 +60,8 @@ class Meter:
         self._done = True
         now = trio.current_time()
         usage = _usage(bytes(self._tail))
+        if self.grant is not None and self.node is not None:
+            self.grant.settle(usage.get("prompt", 0) + usage.get("completion", 0), outcome)
         first = None if self.first_byte is None else self.first_byte - self.started
         overhead = None
         if self.upstream_at is not None:

@@ -12,6 +12,11 @@ client's, or a new one), and everything logged while handling the request
 carries it as `request_id`; a stream's head also carries the prompt's size
 (`X-Helexa-Prompt-Tokens`). With an auth token configured, every route but
 `/health` needs `Authorization: Bearer <token>` or `x-api-key: <token>`.
+The gateway names the API key a request came with in gateway-only headers
+(`protocol.node.GATEWAY_HEADERS`); they are honoured — the request's log
+lines name the key — only on a request that carried the valid token. Without
+a token configured the node cannot tell the gateway from a client, so it
+ignores them.
 While draining for shutdown, inference and loads answer 503 `shutting_down`
 with Retry-After.
 
@@ -40,6 +45,7 @@ from protocol.errors import ApiError, AuthenticationFailed, InternalError, NotFo
 from protocol.errors import ServiceUnavailable as Unavailable
 from protocol.http import error_response, json_response, parse_body, prepare_app
 from protocol.logs import set_request_id
+from protocol.node import GATEWAY_HEADERS, KEY_ID_HEADER
 from protocol.openai import ChatCompletionRequest
 from protocol.responses import ResponsesRequest
 from protocol.translate_responses import responses_to_chat
@@ -95,6 +101,7 @@ def request_id() -> str:
 def _authorize(neuron: Neuron) -> None:
     token = neuron.config.auth.token
     if not token or request.path in _PUBLIC:
+        request.helexa_key = _gateway_key(trusted=False)
         return
     given = request.headers.get("x-api-key") or ""
     bearer = request.headers.get("authorization", "")
@@ -103,6 +110,16 @@ def _authorize(neuron: Neuron) -> None:
     if not hmac.compare_digest(given.encode(), token.encode()):
         raise AuthenticationFailed("missing or invalid API key; send 'Authorization: Bearer "
                                    "<key>' or 'x-api-key: <key>'")  # fmt: skip
+    request.helexa_key = _gateway_key(trusted=True)
+
+
+def _gateway_key(*, trusted: bool) -> str | None:
+    """The gateway's name for the caller's API key; only from a holder of the token."""
+    sent = [name for name in GATEWAY_HEADERS if name in request.headers]
+    if sent and not trusted:
+        log.info("ignored gateway-only headers from a caller without the node's token: %s",
+                 ", ".join(sent))  # fmt: skip
+    return request.headers.get(KEY_ID_HEADER) if sent and trusted else None
 
 
 async def _bind_request_id() -> None:
@@ -112,8 +129,8 @@ async def _bind_request_id() -> None:
 async def _stamp_request_id(response: Response) -> Response:
     response.headers["x-request-id"] = request_id()
     level = logging.DEBUG if request.method == "GET" else logging.INFO  # polls stay quiet
-    log.log(level, "answered method=%s path=%s status=%s", request.method, request.path,
-            response.status_code)  # fmt: skip
+    log.log(level, "answered method=%s path=%s status=%s key=%s", request.method, request.path,
+            response.status_code, getattr(request, "helexa_key", None) or "-")  # fmt: skip
     return response
 
 

@@ -11,10 +11,12 @@ an `ApiError` to a response exactly once, with `to_openai()` or
     │   ├── InvalidRequest             400 invalid_request_error
     │   │   ├── MalformedJson          400 malformed_json
     │   │   └── ValidationFailed       400 invalid_request_body, param = path
-    │   ├── AuthenticationFailed       401 invalid_api_key
+    │   ├── AuthenticationFailed       401 invalid_api_key (+ WWW-Authenticate)
+    │   ├── PermissionDenied           403 permission_denied
     │   ├── NotFound                   404 (model_not_found, route_not_found…)
     │   ├── PayloadTooLarge            413 request_too_large
     │   ├── RateLimited                429 rate_limit_exceeded (+ Retry-After)
+    │   ├── QuotaExceeded              429 insufficient_quota (no Retry-After)
     │   ├── InternalError              500 api_error
     │   ├── UpstreamError              502 upstream_* (gateway → node)
     │   └── ServiceUnavailable         503 service_unavailable (+ Retry-After)
@@ -38,7 +40,9 @@ __all__ = [
     "MalformedJson",
     "NotFound",
     "PayloadTooLarge",
+    "PermissionDenied",
     "ProtocolError",
+    "QuotaExceeded",
     "RateLimited",
     "ServiceUnavailable",
     "UpstreamError",
@@ -119,10 +123,12 @@ class ApiError(ProtocolError):
         return self.retry_after is not None or self.status in (502, 503)
 
     def headers(self) -> dict[str, str]:
-        """HTTP headers that belong with this error (`Retry-After`)."""
-        if self.retry_after is None:
-            return {}
-        return {"Retry-After": str(max(1, math.ceil(self.retry_after)))}
+        """HTTP headers that belong with this error: `Retry-After`, and on a 401 the
+        scheme to authenticate with (RFC 6750's `WWW-Authenticate: Bearer`)."""
+        headers = {"WWW-Authenticate": "Bearer"} if self.status == 401 else {}
+        if self.retry_after is not None:
+            headers["Retry-After"] = str(max(1, math.ceil(self.retry_after)))
+        return headers
 
     def to_openai(self) -> dict[str, Any]:
         """`{"error": {"message", "type", "code", "param", **extra}}`."""
@@ -155,9 +161,19 @@ class ValidationFailed(InvalidRequest):
 
 
 class AuthenticationFailed(ApiError):
+    """No key, or one that is not known; the response names the scheme (RFC 6750)."""
+
     status = 401
     type = "invalid_request_error"
     code = "invalid_api_key"
+
+
+class PermissionDenied(ApiError):
+    """A known key that may not do this (an admin route without an admin key)."""
+
+    status = 403
+    type = "permission_error"
+    code = "permission_denied"
 
 
 class NotFound(ApiError):
@@ -176,6 +192,14 @@ class RateLimited(ApiError):
     status = 429
     type = "rate_limit_error"
     code = "rate_limit_exceeded"
+
+
+class QuotaExceeded(ApiError):
+    """A key's token budget is spent: retrying will not help until it is raised."""
+
+    status = 429
+    type = "insufficient_quota"
+    code = "insufficient_quota"
 
 
 class InternalError(ApiError):

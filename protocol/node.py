@@ -37,6 +37,9 @@ from protocol._converter import parse
 from protocol.ids import ModelId
 
 __all__ = [
+    "ACCOUNT_ID_HEADER",
+    "GATEWAY_HEADERS",
+    "KEY_ID_HEADER",
     "Activation",
     "ActivationFailure",
     "ActivationState",
@@ -301,3 +304,12 @@ class ErrorBody:
 
     error: str | dict[str, Any]
     code: str | None = None
+
+
+# Headers only the gateway may set on a request it relays to a node: which of its
+# API keys the request came with. A node honours them only from a caller that
+# proved it holds the node's token (see neuron.http); the gateway never relays a
+# client's own copy.
+KEY_ID_HEADER = "x-helexa-key-id"
+ACCOUNT_ID_HEADER = "x-helexa-account-id"
+GATEWAY_HEADERS = (KEY_ID_HEADER, ACCOUNT_ID_HEADER)
