@@ -241,6 +241,7 @@ class Neuron:
         return ServingSettings(
             keepalive_interval=self.config.http.keepalive_interval,
             default_max_tokens=self.config.limits.default_max_tokens,
+            idle_timeout=self.config.timeouts.request_idle,
         )
 
 

@@ -18,6 +18,7 @@ away or the job was cancelled). Not for: prompt building or wire formats.
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any
 
 import attrs
@@ -52,6 +53,7 @@ class GenerationJob:
     metrics: NeuronMetrics | None = None  # where the outcome is counted (optional)
     task: Any = None  # the request's task actor, for status fields (optional)
     arrived_at: float = attrs.field(factory=trio.current_time)
+    idle_timeout: float = math.inf  # `[timeouts] request_idle`: longest wait for a step
 
     def status(self, **fields: Any) -> None:
         if self.task is not None:
@@ -174,13 +176,34 @@ async def generate(job: GenerationJob, send: trio.MemorySendChannel[GenerationEv
         await send.send(Failed(exc, len(job.prompt_ids)))
 
 
+class RequestIdle(ApiError):
+    """A sequence went `[timeouts] request_idle` without a step: it is cancelled."""
+
+    status = 504
+    type = "api_error"
+    code = "request_idle_timeout"
+
+
+async def _next_step(stream: Any, idle_timeout: float) -> Any:
+    """The stream's next step, None at its end; RequestIdle after `idle_timeout` of nothing."""
+    with trio.move_on_after(idle_timeout):
+        try:
+            return await anext(stream)
+        except StopAsyncIteration:
+            return None
+    raise RequestIdle(
+        f"no token for {idle_timeout:g} s: the generation stalled and was cancelled"
+        " ([timeouts] request_idle)"
+    )
+
+
 async def _relay(
     job: GenerationJob, progress: _Progress, stream: Any, send: trio.MemorySendChannel
 ) -> str:
     """Relay the sequence's steps as events; return how it ended."""
     worker_reason: str | None = None
     try:
-        async for step in stream:
+        while (step := await _next_step(stream, job.idle_timeout)) is not None:
             for event in progress.step(step.token_ids):
                 await send.send(event)
             job.status(phase="streaming", tokens=progress.completion_tokens)

@@ -55,6 +55,7 @@ class ServingSettings:
     keepalive_interval: float = 1.0  # SSE comment while a stream is idle
     default_max_tokens: int = 8192
     stream_buffer: int = 256  # events between actor and body: backpressure past this
+    idle_timeout: float = math.inf  # `[timeouts] request_idle`: a sequence's longest silence
 
 
 class Serving:
@@ -85,7 +86,8 @@ class Serving:
         prompt = ChatPrompt.build(request, model.tokenizer, markers, model_id=model.id)
         sampling = self._sampling(model, SamplingRequest.from_chat(request), prompt.token_ids)
         parser = prompt.output_parser(model.tokenizer, markers)
-        return GenerationJob(model, prompt.token_ids, sampling, parser, self.metrics)
+        return GenerationJob(model, prompt.token_ids, sampling, parser, self.metrics,
+                             idle_timeout=self.settings.idle_timeout)  # fmt: skip
 
     def count_chat_tokens(self, request: ChatCompletionRequest) -> TokenCount:
         """The prompt tokens `request` costs, rendered exactly as `chat_job` renders it."""
@@ -102,7 +104,8 @@ class Serving:
             model.tokenizer, Markers(), context=prompt_ids[-4:],
             hidden_ids=model.tokenizer.eos_token_ids,
         )  # fmt: skip
-        return GenerationJob(model, prompt_ids, sampling, parser, self.metrics)
+        return GenerationJob(model, prompt_ids, sampling, parser, self.metrics,
+                             idle_timeout=self.settings.idle_timeout)  # fmt: skip
 
     def _sampling(self, model: ServedModel, request: SamplingRequest, prompt: tuple[int, ...]):
         return resolve_sampling(
