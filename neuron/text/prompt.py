@@ -56,10 +56,10 @@ class ChatPrompt:
         messages = chat_messages(request.messages, vision=vision, model_id=model_id)
         tools = chat_tools(request.tools)
         kwargs = {**(default_template_kwargs or {}), **(request.chat_template_kwargs or {})}
-        text = tokenizer.render_chat(messages, tools, template_kwargs=kwargs)
+        text, token_ids = tokenizer.chat_prompt(messages, tools, template_kwargs=kwargs)
         return cls(
             text=text,
-            token_ids=tuple(tokenizer.encode(text)),
+            token_ids=tuple(token_ids),
             tools=None if tools is None else tuple(tools),
             parse_tool_calls=tools is not None and request.tool_choice != "none",
             opens_reasoning=prompt_opens_reasoning(text, markers),

@@ -33,6 +33,7 @@ from tokenizers import Tokenizer
 from neuron.text import chat_template as ct
 from neuron.text import tokenizer_files as files
 from neuron.text.errors import InvalidParameter, TemplateRenderFailed
+from neuron.text.special_text import SpecialTextGuard
 
 __all__ = ["ModelTokenizer"]
 
@@ -49,6 +50,8 @@ class ModelTokenizer:
     templates: Mapping[str, jinja2.Template]  # "default", maybe "tool_use"
     added_token_ids: frozenset[int]
     special_token_ids: frozenset[int]
+    # the same tokenizer with special-token text encoded as plain text (client text)
+    plain: Tokenizer
 
     @classmethod
     def from_snapshot(cls, path: Path, *, eos_token_ids: Iterable[int] = ()) -> ModelTokenizer:
@@ -61,6 +64,8 @@ class ModelTokenizer:
         added = tokenizer.get_added_tokens_decoder()
         eos = {tokenizer.token_to_id(special["eos_token"])} if "eos_token" in special else set()
         eos |= set(eos_token_ids) | files.config_eos_ids(path)
+        plain = Tokenizer.from_str(tokenizer.to_str())
+        plain.encode_special_tokens = True
         return cls(
             tokenizer=tokenizer,
             special_tokens=special,
@@ -68,6 +73,7 @@ class ModelTokenizer:
             templates=files.load_templates(path, config),
             added_token_ids=frozenset(added),
             special_token_ids=frozenset(i for i, t in added.items() if t.special),
+            plain=plain,
         )
 
     # -- tokens ------------------------------------------------------------------
@@ -84,6 +90,15 @@ class ModelTokenizer:
         prompts never want that, since their template writes them.
         """
         return self.tokenizer.encode(text, add_special_tokens=add_special_tokens).ids
+
+    def encode_plain(self, text: str) -> list[int]:
+        """Token ids of `text` with special-token text in it encoded as ordinary text."""
+        return self.plain.encode(text, add_special_tokens=False).ids
+
+    def special_texts(self) -> list[str]:
+        """The text of every special (control) token."""
+        decoder = self.tokenizer.get_added_tokens_decoder()
+        return [decoder[i].content for i in self.special_token_ids]
 
     def decode(self, ids: Sequence[int], *, skip_special_tokens: bool = True) -> str:
         return self.tokenizer.decode(list(ids), skip_special_tokens=skip_special_tokens)
@@ -135,6 +150,26 @@ class ModelTokenizer:
             log.warning("chat template failed, using the ChatML fallback error=%r", failure)
         return ct.chatml_prompt(prepared, add_generation_prompt=add_generation_prompt)
 
+    def chat_prompt(
+        self,
+        messages: Sequence[Mapping[str, Any]],
+        tools: Sequence[Mapping[str, Any]] | None = None,
+        *,
+        template_kwargs: Mapping[str, Any] | None = None,
+    ) -> tuple[str, list[int]]:
+        """The rendered prompt and its ids, with the client's text guarded: special-token
+        text inside messages, tools or template kwargs is tokenised as plain text, never
+        as the control token it spells (`neuron.text.special_text`)."""
+        guard = SpecialTextGuard(self.special_texts())
+        rendered = self.render_chat(
+            guard.neutralise(list(messages)),
+            guard.neutralise(list(tools)) if tools else tools,
+            template_kwargs=guard.neutralise(dict(template_kwargs or {})),
+        )
+        if not guard.replaced:
+            return rendered, self.encode(rendered)
+        return guard.restore(rendered), guard.encode(rendered, self.encode, self.encode_plain)
+
     def count_chat_tokens(
         self,
         messages: Sequence[Mapping[str, Any]],
@@ -143,8 +178,7 @@ class ModelTokenizer:
         template_kwargs: Mapping[str, Any] | None = None,
     ) -> int:
         """Prompt tokens this conversation costs (with the generation prompt)."""
-        text = self.render_chat(messages, tools, template_kwargs=template_kwargs)
-        return len(self.encode(text))
+        return len(self.chat_prompt(messages, tools, template_kwargs=template_kwargs)[1])
 
     def _try_render(self, messages: list[dict], kwargs: dict) -> str | Exception | None:
         """The rendered text, or the failure (None when there is no template)."""
