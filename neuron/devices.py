@@ -193,7 +193,12 @@ class WorkerProcess:
             child_sock.close()
         self._stream = trio.SocketStream(trio.socket.from_stdlib_socket(parent_sock))
         self._reader = wire.MessageReader(self._stream)
-        return await self._handshake()
+        try:
+            return await self._handshake()
+        except BaseException:  # cancelled (the daemon stopping) before ready: no orphan
+            with trio.CancelScope(shield=True), trio.move_on_after(self.timeouts.terminate):
+                await self.kill_and_reap()
+            raise
 
     def _command(self, fd: int) -> list[str]:
         return [
@@ -269,8 +274,14 @@ class WorkerProcess:
     async def _watchdog(self, scope: trio.CancelScope) -> None:
         period = min(self.timeouts.heartbeat, self.timeouts.step) / 4
         while True:
-            await trio.sleep(period)
+            due = trio.current_time() + period
+            await trio.sleep_until(due)
             now = trio.current_time()
+            if now - due > period:
+                # This process itself did not run for a while (stopped, suspended,
+                # starved): the worker's frames of that time are unread, not missing.
+                # Judge at the next tick, once the reader has caught up.
+                continue
             if now - self._last_frame > self.timeouts.heartbeat:
                 reason = f"silent for {now - self._last_frame:.1f}s"
             elif self._sequences and now - self._last_progress > self.timeouts.step:

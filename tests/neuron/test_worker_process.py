@@ -15,7 +15,14 @@ import pytest
 import trio
 
 import actors
-from neuron.devices import Device, DeviceSpec, ModelPlacement, WorkerTimeouts, start_devices
+from neuron.devices import (
+    Device,
+    DeviceSpec,
+    ModelPlacement,
+    WorkerProcess,
+    WorkerTimeouts,
+    start_devices,
+)
 from neuron.errors import WorkerDied, WorkerUnavailable
 from protocol import worker as wire
 
@@ -150,6 +157,29 @@ async def test_sigstop_is_caught_by_the_watchdog(cpu0):
         await collect(stream)
     await wait_until(lambda: cpu0.worker is not None and cpu0_model(cpu0) in cpu0.resident)
     assert cpu0.worker.pid != old_pid
+
+
+async def test_a_pause_of_the_parent_is_not_a_silent_worker(cpu0):
+    """The parent stopped or starved (here: its loop blocked) past the heartbeat bound:
+    the worker's heartbeats wait unread in the socket; the watchdog must not kill it."""
+    old_pid = cpu0.worker.pid
+    long = wire.SamplingParams(max_tokens=5000, temperature=0.0, ignore_eos=True)
+    stream = await cpu0.generate(cpu0_model(cpu0), tuple(prompts(1)[0]), long)
+    await stream.__anext__()
+    time.sleep(TIMEOUTS.heartbeat * 2)  # noqa: ASYNC251 - the point: the loop does not run
+    await trio.sleep(TIMEOUTS.heartbeat)  # a few watchdog periods with the loop running
+    assert (cpu0.worker.pid, cpu0.incarnations) == (old_pid, 1)
+    assert (await stream.__anext__()).token_ids  # the sequence still runs
+    await stream.aclose()
+
+
+async def test_a_start_cancelled_before_ready_leaves_no_process():
+    """Cancelled while the worker imports torch (the daemon stopping mid-restart)."""
+    worker = WorkerProcess(DeviceSpec("cpu:0"), TIMEOUTS)
+    with trio.move_on_after(0.3) as cancelled:
+        await worker.start()
+    assert cancelled.cancelled_caught
+    assert worker.process is not None and worker.process.returncode is not None
 
 
 async def test_cancel_frees_the_slot(cpu0):
