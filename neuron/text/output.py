@@ -179,13 +179,17 @@ class OutputParser:
         *,
         schemas: ToolSchemas | None = None,
         starts_in_reasoning: bool = False,
+        starts_in_tool_call: bool = False,
         skip_special_tokens: bool = True,
         context: Sequence[int] = (),
         hidden_ids: Iterable[int] = (),
         new_id: Callable[[], str] = new_call_id,
     ) -> None:
-        """`context`: prompt-tail ids for spacing; `hidden_ids`: never shown (EOS)."""
+        """`context`: prompt-tail ids for spacing; `hidden_ids`: never shown (EOS);
+        `starts_in_tool_call`: the prompt ended with an open tool-call marker."""
         self._router = _Router(markers, schemas or ToolSchemas(), starts_in_reasoning, new_id)
+        if starts_in_tool_call and markers.tool_call is not None:
+            self._router.marker("open_tool")
         self._roles = markers.by_id()
         self._hidden = frozenset(hidden_ids)
         self._decoder, self._skip = decoder, skip_special_tokens

@@ -7,6 +7,13 @@ calls parsed only when the request has tools and `tool_choice` is not `none`,
 EOS ids hidden, the prompt's tail as detokenizer context). The serving code
 adds sampling (`neuron.text.sampling`) and stop strings (`neuron.text.stop`).
 
+`tool_choice` `"required"` and a named function are enforced by the prompt:
+the generation is started inside a tool-call block (the model's `<tool_call>`
+marker is appended to the prompt, after closing a reasoning block the
+template left open), so the first thing the model writes is a call's body; a named choice also renders only that function. Without a tool-call
+marker in the vocabulary neither can be honoured, and the request is refused
+(400) rather than answered with prose.
+
 Not for: policy such as upstream's "thinking off unless asked" — the caller
 passes `default_template_kwargs`, which the request's `chat_template_kwargs`
 override.
@@ -19,12 +26,13 @@ from typing import Any
 
 import attrs
 
+from neuron.text.errors import InvalidParameter, UnsupportedValue
 from neuron.text.messages import chat_messages, chat_tools
 from neuron.text.output import OutputParser
 from neuron.text.reasoning import Markers, prompt_opens_reasoning
 from neuron.text.tokenizer import ModelTokenizer
 from neuron.text.tool_calls import ToolSchemas
-from protocol.openai import ChatCompletionRequest
+from protocol.openai import ChatCompletionRequest, NamedToolChoice
 
 __all__ = ["ChatPrompt"]
 
@@ -39,6 +47,7 @@ class ChatPrompt:
     tools: tuple[dict[str, Any], ...] | None  # template-ready; None when none apply
     parse_tool_calls: bool
     opens_reasoning: bool
+    opens_tool_call: bool = False  # `tool_choice` forced a call: output starts inside one
 
     @classmethod
     def build(
@@ -54,15 +63,21 @@ class ChatPrompt:
         """Raises the content errors of `messages` and the template errors of
         `ModelTokenizer.render_chat`."""
         messages = chat_messages(request.messages, vision=vision, model_id=model_id)
-        tools = chat_tools(request.tools)
+        tools = _chosen_tools(chat_tools(request.tools), request.tool_choice)
         kwargs = {**(default_template_kwargs or {}), **(request.chat_template_kwargs or {})}
         text, token_ids = tokenizer.chat_prompt(messages, tools, template_kwargs=kwargs)
+        opens_reasoning = prompt_opens_reasoning(text, markers)
+        forced = tools is not None and request.tool_choice not in (None, "auto", "none")
+        if forced:
+            prefix = _forced_call_prefix(markers, opens_reasoning)
+            text, token_ids = text + prefix, [*token_ids, *tokenizer.encode(prefix)]
         return cls(
             text=text,
             token_ids=tuple(token_ids),
             tools=None if tools is None else tuple(tools),
             parse_tool_calls=tools is not None and request.tool_choice != "none",
-            opens_reasoning=prompt_opens_reasoning(text, markers),
+            opens_reasoning=opens_reasoning and not forced,
+            opens_tool_call=forced,
         )
 
     def output_parser(
@@ -74,7 +89,44 @@ class ChatPrompt:
             markers if self.parse_tool_calls else markers.without_tool_calls(),
             schemas=ToolSchemas.from_tools(self.tools),
             starts_in_reasoning=self.opens_reasoning,
+            starts_in_tool_call=self.opens_tool_call,
             context=self.token_ids[-_CONTEXT_IDS:],
             hidden_ids=tokenizer.eos_token_ids,
             **kwargs,
         )
+
+
+def _chosen_tools(
+    tools: list[dict[str, Any]] | None, choice: object
+) -> list[dict[str, Any]] | None:
+    """The tools to render: all of them, or only the one a named `tool_choice` picks."""
+    if choice in (None, "auto", "none"):
+        return tools
+    if tools is None:
+        raise InvalidParameter("tool_choice", f"{_describe(choice)} needs function tools")
+    if not isinstance(choice, NamedToolChoice):
+        return tools
+    chosen = [t for t in tools if t["function"]["name"] == choice.function.name]
+    if not chosen:
+        names = ", ".join(repr(t["function"]["name"]) for t in tools)
+        raise InvalidParameter(
+            "tool_choice", f"no tool named {choice.function.name!r}; the tools are {names}"
+        )
+    return chosen
+
+
+def _forced_call_prefix(markers: Markers, opens_reasoning: bool) -> str:
+    if markers.tool_call is None:
+        raise UnsupportedValue(
+            "tool_choice",
+            "this model's vocabulary has no tool-call marker, so a call cannot be forced;"
+            " use tool_choice 'auto'",
+        )
+    close = f"\n{markers.reasoning.close_text}\n\n" if opens_reasoning and markers.reasoning else ""
+    return f"{close}{markers.tool_call.open_text}"
+
+
+def _describe(choice: object) -> str:
+    if isinstance(choice, NamedToolChoice):
+        return f"tool_choice naming {choice.function.name!r}"
+    return f"tool_choice {choice!r}"

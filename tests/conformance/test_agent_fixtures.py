@@ -69,10 +69,13 @@ def _accumulate(body: str) -> ant.Message:
     for frame in body.split("\n\n"):
         if frame:
             name, data = frame.split("\n")
-            event = EVENTS.validate_python(json.loads(data.removeprefix("data: ")))
+            payload = json.loads(data.removeprefix("data: "))
+            if payload == {"type": "ping"}:  # the keepalive; not in the SDK's event union
+                assert name == "event: ping"
+                continue
+            event = EVENTS.validate_python(payload)
             assert name == f"event: {event.type}"
             events.append(event)
-    events = [e for e in events if e.type != "ping"]
     assert events[0].type == "message_start" and events[-1].type == "message_stop"
     message, open_index = events[0].message.model_dump(), None
     for event in events[1:-1]:

@@ -3,17 +3,20 @@ messages → prompt → ids, then model-like output ids → events → stop stri
 
 from __future__ import annotations
 
+import json
 import shutil
 
+import attrs
 import pytest
 
 from neuron.text.output import ContentDelta, ParsedOutput, ToolCallParsed
-from neuron.text.prompt import ChatPrompt
-from neuron.text.reasoning import probe_markers
+from neuron.text.prompt import ChatPrompt, _forced_call_prefix
+from neuron.text.reasoning import Markers, probe_markers
 from neuron.text.sampling import SamplingRequest, resolve_sampling
 from neuron.text.stop import StopMatcher
 from neuron.text.tokenizer import ModelTokenizer
 from protocol._converter import structure
+from protocol.errors import InvalidRequest
 from protocol.openai import ChatCompletionRequest
 
 TOOLS = [
@@ -157,3 +160,78 @@ def test_prompts_without_special_text_tokenise_as_before(tokenizer):
     assert tokenizer.count_chat_tokens(messages) == len(ids)
     assert "<think>" not in tokenizer.special_texts()  # ordinary added vocabulary
     assert sorted(tokenizer.special_texts()) == ["<|endoftext|>", "<|im_end|>", "<|im_start|>"]
+
+
+# -- tool_choice "required" and a named function ---------------------------------------------
+
+TWO_TOOLS = [
+    *TOOLS,
+    {"type": "function", "function": {"name": "get_time", "parameters": {"type": "object"}}},
+]
+CALL_BODY = (
+    "\n<function=get_weather>\n<parameter=days>\n2\n</parameter>\n</function>\n</tool_call><|im_end|>"
+)
+NO_THINKING = {"enable_thinking": False}
+
+
+@pytest.mark.parametrize("thinking", [False, True])
+def test_a_required_tool_call_starts_the_output_inside_a_call(tokenizer, thinking):
+    request = _request(tools=TWO_TOOLS, tool_choice="required",
+                       chat_template_kwargs={"enable_thinking": thinking})  # fmt: skip
+    unforced = ChatPrompt.build(attrs.evolve(request, tool_choice="auto"), tokenizer,
+                                probe_markers(tokenizer))  # fmt: skip
+    prompt = ChatPrompt.build(request, tokenizer, probe_markers(tokenizer))
+    assert prompt.text == unforced.text + "<tool_call>"
+    assert prompt.token_ids[: len(unforced.token_ids)] == unforced.token_ids
+    assert prompt.token_ids[len(unforced.token_ids)] == tokenizer.token_to_id("<tool_call>")
+    assert prompt.opens_tool_call and not prompt.opens_reasoning
+    assert "get_time" in prompt.text and "get_weather" in prompt.text
+    parsed = _run(tokenizer, prompt, CALL_BODY)
+    assert [(c.name, json.loads(c.arguments_json)) for c in parsed.tool_calls] == [
+        ("get_weather", {"days": 2})
+    ]
+    assert (parsed.content, parsed.reasoning_content) == ("", "")
+
+
+def test_a_forced_call_closes_a_reasoning_block_the_prompt_opened(tokenizer):
+    markers = probe_markers(tokenizer)
+    assert _forced_call_prefix(markers, opens_reasoning=True) == "\n</think>\n\n<tool_call>"
+    assert _forced_call_prefix(markers, opens_reasoning=False) == "<tool_call>"
+
+
+def test_a_named_tool_choice_renders_only_that_tool(tokenizer):
+    choice = {"type": "function", "function": {"name": "get_weather"}}
+    request = _request(tools=TWO_TOOLS, tool_choice=choice, chat_template_kwargs=NO_THINKING)
+    prompt = ChatPrompt.build(request, tokenizer, probe_markers(tokenizer))
+    assert "get_weather" in prompt.text and "get_time" not in prompt.text
+    assert prompt.text.endswith("</think>\n\n<tool_call>") and prompt.opens_tool_call
+    assert [c.name for c in _run(tokenizer, prompt, CALL_BODY).tool_calls] == ["get_weather"]
+
+
+@pytest.mark.parametrize(
+    ("fields", "code", "message"),
+    [
+        ({"tool_choice": {"type": "function", "function": {"name": "nope"}}, "tools": TWO_TOOLS},
+         "invalid_value", "no tool named 'nope'; the tools are 'get_weather', 'get_time'"),
+        ({"tool_choice": "required"}, "invalid_value", "tool_choice 'required' needs function"),
+        ({"tool_choice": "required", "tools": TOOLS, "markers": "none"}, "unsupported_value",
+         "no tool-call marker"),
+    ],
+)  # fmt: skip
+def test_a_tool_choice_that_cannot_be_honoured_is_refused(tokenizer, fields, code, message):
+    markers = Markers() if fields.pop("markers", None) else probe_markers(tokenizer)
+    with pytest.raises(InvalidRequest) as caught:
+        ChatPrompt.build(_request(**fields), tokenizer, markers)
+    assert (caught.value.code, caught.value.param) == (code, "tool_choice")
+    assert message in caught.value.message
+
+
+def test_tool_choice_auto_and_none_change_nothing_in_the_prompt(tokenizer):
+    markers = probe_markers(tokenizer)
+    prompts = [
+        ChatPrompt.build(_request(tools=TOOLS, tool_choice=choice), tokenizer, markers)
+        for choice in ("auto", "none")
+    ]
+    assert prompts[0].text == prompts[1].text
+    assert not any(p.opens_tool_call for p in prompts)
+    assert [p.parse_tool_calls for p in prompts] == [True, False]
