@@ -5,8 +5,10 @@ At start-up the daemon calls `probe_host()` once (a few short subprocesses —
 never waits on them), turns the configured devices into `DeviceSpec`s, and
 builds the `/discovery` body with `build_discovery()`. A missing
 `nvidia-smi` means "no GPUs", not an error; a driver/library version mismatch
-sets `cuda_unavailable_reason`, which makes the node refuse every load (503)
-until the host is rebooted. `HealthSampler` produces the per-device part of
+sets `cuda_unavailable_reason`, which is logged as an error and reported on
+`/discovery` (the GPUs are not listed, so `devices = "auto"` falls back to
+CPU devices; configured `cuda:N` workers fail to start and are restarted
+with backoff) until the host is rebooted. `HealthSampler` produces the per-device part of
 `/health`: `nvidia-smi` readings for GPUs, and for CPU devices the resident
 memory and CPU use of that device's worker process.
 

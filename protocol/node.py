@@ -133,7 +133,7 @@ class Discovery:
     driver_version: str | None = None
     devices: tuple[DeviceInfo, ...] = ()
     harnesses: tuple[str, ...] = ()
-    cuda_unavailable_reason: str | None = None  # set → every load is refused (503)
+    cuda_unavailable_reason: str | None = None  # set → the GPUs are unusable (driver mismatch)
     max_prompt_tokens: int = 0  # upstream's poller re-fetches until this is > 0
 
 
