@@ -224,6 +224,12 @@ class Http:
                                    before any byte reached the client
     drain_timeout          30 s    on SIGTERM, requests in flight get this
                                    long to finish before they are cancelled
+    body_timeout           60 s    a request body not received in full within
+                                   this long gets 408
+    idle_timeout           75 s    a connection with no request in progress
+                                   (idle, or still sending its head:
+                                   slow-loris) is closed
+    max_header_bytes       65536   a larger request head gets 431
     """
 
     max_body_bytes: int = _setting(32 * MIB, _at_least(1024))
@@ -232,6 +238,9 @@ class Http:
     load_timeout: float = _setting(1800.0, _positive)
     retries: int = _setting(2, _at_least(0))
     drain_timeout: float = _setting(30.0, _at_least(0))
+    body_timeout: float = _setting(60.0, _positive)
+    idle_timeout: float = _setting(75.0, _positive)
+    max_header_bytes: int = _setting(64 * 1024, _at_least(1024))
 
 
 @attrs.frozen

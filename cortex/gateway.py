@@ -96,7 +96,10 @@ class Gateway:
 
     async def _bind(self, nursery: trio.Nursery, app: QuartTrio, listen: str) -> str:
         host, port = split_listen(listen)
-        config = make_config(host, port, graceful_timeout=self.config.http.drain_timeout)
+        http = self.config.http
+        config = make_config(host, port, graceful_timeout=http.drain_timeout,
+                             keep_alive_timeout=http.idle_timeout,
+                             max_header_bytes=http.max_header_bytes)  # fmt: skip
         urls = await nursery.start(functools.partial(serve, app, config,
                                                      shutdown_trigger=self._stop.wait))  # fmt: skip
         return urls[0]

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import uuid
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
@@ -36,9 +35,10 @@ import httpx
 import trio
 from quart import Response, request
 from quart_trio import QuartTrio
+from werkzeug.exceptions import HTTPException
 
 import actors
-from cortex import messages
+from cortex import messages, openapi
 from cortex.auth import Principal, with_usage
 from cortex.messages import COUNT_TOKENS_ROUTE, MESSAGES_ROUTE
 from cortex.meter import Meter, outcome_for_status
@@ -46,7 +46,16 @@ from cortex.relay import Broken, Chunk, Head, error_from_body, open_upstream, re
 from cortex.relay import stream_events as relay_stream
 from protocol import decode_json, encode_json, sse, unstructure
 from protocol.errors import ApiError, InternalError, InvalidRequest, NotFound, UpstreamError
-from protocol.http import Dialect, error_response, json_response, prepare_app, read_body
+from protocol.http import (
+    Dialect,
+    error_response,
+    http_exception_error,
+    json_response,
+    prepare_app,
+    read_body,
+    request_id_from,
+    request_id_in_use,
+)
 from protocol.ids import NodeName
 from protocol.logs import set_request_id
 from protocol.node import ACCOUNT_ID_HEADER, KEY_ID_HEADER
@@ -60,12 +69,16 @@ INFERENCE_ROUTES = ("/v1/chat/completions", "/v1/completions", "/v1/responses")
 
 
 def create_app(gateway: Gateway) -> QuartTrio:
-    app = prepare_app(QuartTrio("cortex"), max_body_bytes=gateway.config.http.max_body_bytes)
+    http = gateway.config.http
+    app = prepare_app(QuartTrio("cortex"), max_body_bytes=http.max_body_bytes,
+                      body_timeout=http.body_timeout)  # fmt: skip
     app.before_request(_bind_request_id)
     app.after_request(_stamp_request_id)
     app.register_error_handler(ApiError, _api_error)
     app.register_error_handler(404, _not_found)
     app.register_error_handler(405, _method_not_allowed)
+    app.register_error_handler(HTTPException, _http_exception)
+    app.register_error_handler(actors.NameTaken, _request_id_taken)
     app.register_error_handler(Exception, _unexpected)
     for path in INFERENCE_ROUTES:
         app.add_url_rule(path, path, _proxy_view(gateway, path), methods=["POST"])
@@ -81,8 +94,7 @@ def create_app(gateway: Gateway) -> QuartTrio:
 def request_id() -> str:
     rid = getattr(request, "helexa_request_id", None)
     if rid is None:
-        given = request.headers.get("x-request-id", "")
-        rid = given if 0 < len(given) <= 128 and given.isprintable() else uuid.uuid4().hex
+        rid = request_id_from(request.headers.get("x-request-id", ""))
         request.helexa_request_id = rid
     return rid
 
@@ -130,6 +142,14 @@ async def _method_not_allowed(_: Exception) -> Response:
                                    code="method_not_allowed"), _dialect())  # fmt: skip
 
 
+async def _http_exception(error: HTTPException) -> Response:
+    return await _api_error(http_exception_error(error))
+
+
+async def _request_id_taken(_: actors.NameTaken) -> Response:
+    return await _api_error(request_id_in_use(request_id()))
+
+
 async def _unexpected(error: Exception) -> Response:
     log.exception("unexpected error path=%s", request.path)
     return error_response(InternalError(f"internal error: {type(error).__name__}"), _dialect())
@@ -154,10 +174,7 @@ def _proxy_view(gateway: Gateway, path: str):
 def _peek(raw: bytes, gateway: Gateway) -> tuple[bytes, str, bool]:
     """(body with the concrete model id, that id, stream?) — 400 without a model;
     admitted for the caller's key (cortex.auth), which may refuse it."""
-    try:
-        data = decode_json(raw)
-    except ApiError:
-        data = None
+    data = decode_json(raw)  # not JSON: 400 malformed_json, saying why
     model = data.get("model") if isinstance(data, dict) else None
     if not isinstance(model, str) or not model:
         raise InvalidRequest("missing 'model' field in request body", param="model",
@@ -332,6 +349,12 @@ def _info_routes(app: QuartTrio, gateway: Gateway) -> None:
     @app.get("/version")
     async def version():
         return json_response(gateway.build_info())
+
+    description = openapi.description()
+
+    @app.get("/openapi.json")
+    async def openapi_json():
+        return json_response(description)
 
     @app.get("/v1/models")
     async def models():

@@ -164,10 +164,19 @@ class Http:
     max_body_bytes      33554432 (32 MiB)  larger request bodies get 413
     keepalive_interval  1.0 s              SSE comment while a stream waits
                                            (queue, load, prefill)
+    body_timeout        60 s               a request body not received in full
+                                           within this long gets 408
+    idle_timeout        75 s               a connection with no request in
+                                           progress (idle, or still sending its
+                                           head: slow-loris) is closed
+    max_header_bytes    65536 (64 KiB)     a larger request head gets 431
     """
 
     max_body_bytes: int = _setting(32 * MIB, _at_least(1024))
     keepalive_interval: float = _setting(1.0, _positive)
+    body_timeout: float = _setting(60.0, _positive)
+    idle_timeout: float = _setting(75.0, _positive)
+    max_header_bytes: int = _setting(64 * 1024, _at_least(1024))
 
 
 @attrs.frozen

@@ -114,7 +114,10 @@ class Neuron:
         from neuron.http import create_app
 
         listen = self.config.listen
-        config = make_config(listen.host, listen.port, graceful_timeout=_FLUSH_TIMEOUT)
+        http = self.config.http
+        config = make_config(listen.host, listen.port, graceful_timeout=_FLUSH_TIMEOUT,
+                             keep_alive_timeout=http.idle_timeout,
+                             max_header_bytes=http.max_header_bytes)  # fmt: skip
         app = create_app(self)
         try:
             async with trio.open_nursery() as nursery:

@@ -35,15 +35,25 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import trio
 from quart import Response, request
 from quart_trio import QuartTrio
+from werkzeug.exceptions import HTTPException
 
-from neuron import render
+from actors import NameTaken
+from neuron import openapi, render
 from neuron.daemon import SHUTDOWN_RETRY_AFTER
 from neuron.metrics import OTHER, refusal_reason
 from protocol import node, sse, unstructure
 from protocol.completions import CompletionRequest
 from protocol.errors import ApiError, AuthenticationFailed, InternalError, NotFound
 from protocol.errors import ServiceUnavailable as Unavailable
-from protocol.http import error_response, json_response, parse_body, prepare_app
+from protocol.http import (
+    error_response,
+    http_exception_error,
+    json_response,
+    parse_body,
+    prepare_app,
+    request_id_from,
+    request_id_in_use,
+)
 from protocol.logs import set_request_id
 from protocol.node import GATEWAY_HEADERS, KEY_ID_HEADER
 from protocol.openai import ChatCompletionRequest
@@ -65,7 +75,9 @@ _GENERATION_ROUTES = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/
 
 
 def create_app(neuron: Neuron) -> QuartTrio:
-    app = prepare_app(QuartTrio("neuron"), max_body_bytes=neuron.config.http.max_body_bytes)
+    http = neuron.config.http
+    app = prepare_app(QuartTrio("neuron"), max_body_bytes=http.max_body_bytes,
+                      body_timeout=http.body_timeout)  # fmt: skip
     app.before_request(_bind_request_id)
 
     @app.before_request
@@ -80,6 +92,8 @@ def create_app(neuron: Neuron) -> QuartTrio:
     app.register_error_handler(ApiError, api_error)
     app.register_error_handler(404, _not_found)
     app.register_error_handler(405, _method_not_allowed)
+    app.register_error_handler(HTTPException, _http_exception)
+    app.register_error_handler(NameTaken, _request_id_taken)
     app.register_error_handler(Exception, _unexpected)
     _management_routes(app, neuron)
     _inference_routes(app, neuron)
@@ -92,8 +106,7 @@ def create_app(neuron: Neuron) -> QuartTrio:
 def request_id() -> str:
     rid = getattr(request, "helexa_request_id", None)
     if rid is None:
-        given = request.headers.get("x-request-id", "")
-        rid = given if 0 < len(given) <= 128 and given.isprintable() else uuid.uuid4().hex
+        rid = request_id_from(request.headers.get("x-request-id", ""))
         request.helexa_request_id = rid
     return rid
 
@@ -158,6 +171,14 @@ async def _method_not_allowed(_: Exception) -> Response:
                                      code="method_not_allowed"))  # fmt: skip
 
 
+async def _http_exception(error: HTTPException) -> Response:
+    return await _api_error(http_exception_error(error))
+
+
+async def _request_id_taken(_: NameTaken) -> Response:
+    return await _api_error(request_id_in_use(request_id()))
+
+
 async def _unexpected(error: Exception) -> Response:
     log.exception("unexpected error path=%s", request.path)
     return await _api_error(InternalError(f"internal error: {type(error).__name__}"))
@@ -199,6 +220,12 @@ def _management_routes(app: QuartTrio, neuron: Neuron) -> None:
     @app.get("/version")
     async def version():
         return json_response(neuron.build_info)
+
+    description = openapi.description()
+
+    @app.get("/openapi.json")
+    async def openapi_json():
+        return json_response(description)
 
     @app.get("/models")
     async def models():

@@ -242,4 +242,7 @@ def api_error_from_envelope(
             extra=extra if body.get("type") != "error" else None,
         )
     message = error if isinstance(error, str) else f"upstream returned {status}"
-    return ApiError(message, status=status, retry_after=retry_after)
+    code = body.get("code") if isinstance(body, dict) else None  # the node API's flat body
+    return ApiError(message, status=status, retry_after=retry_after,
+                    type="invalid_request_error" if status < 500 else None,
+                    code=code if isinstance(code, str) else None)  # fmt: skip

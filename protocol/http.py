@@ -10,7 +10,10 @@ This module holds what is the same for both at the edge of the wire:
 * `read_body` / `parse_body` read a request body under a size limit and turn
   it into a protocol type, raising the protocol's `ApiError`s;
 * `error_response` renders an `ApiError` in the OpenAI or Anthropic envelope,
-  the one place where errors become HTTP.
+  the one place where errors become HTTP; `http_exception_error` maps the
+  framework's own refusals (a body that arrives too slowly, a malformed
+  request) into that tree, so they get the envelope too instead of Werkzeug's
+  HTML page or a 500.
 
 Routes and serving logic live in the daemons; nothing here knows a route.
 """
@@ -18,6 +21,7 @@ Routes and serving logic live in the daemons; nothing here knows a route.
 from __future__ import annotations
 
 import functools
+import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any, Literal, TypeVar
 
@@ -26,7 +30,7 @@ from hypercorn.config import Config
 from hypercorn.trio import serve as hypercorn_serve
 from hypercorn.trio.tcp_server import TCPServer
 from quart import Quart, Request, Response
-from werkzeug.exceptions import RequestEntityTooLarge
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from protocol._converter import encode_json, parse
 from protocol.errors import ApiError, InvalidRequest, PayloadTooLarge
@@ -34,12 +38,15 @@ from protocol.errors import ApiError, InvalidRequest, PayloadTooLarge
 __all__ = [
     "DEFAULT_MAX_BODY_BYTES",
     "error_response",
+    "http_exception_error",
     "json_response",
     "make_config",
     "parse_body",
     "patch_hypercorn",
     "prepare_app",
     "read_body",
+    "request_id_from",
+    "request_id_in_use",
     "serve",
 ]
 
@@ -48,6 +55,14 @@ Dialect = Literal["openai", "anthropic"]
 
 # Large enough for a few base64 images in one chat request.
 DEFAULT_MAX_BODY_BYTES = 32 * 1024 * 1024
+
+
+def request_id_from(given: str) -> str:
+    """The client's `x-request-id` if it can name a request (printable, at most 128
+    characters, no `/`: it names the request's actor), else a fresh 32-hex-digit id."""
+    if 0 < len(given) <= 128 and given.isprintable() and "/" not in given:
+        return given
+    return uuid.uuid4().hex
 
 
 def patch_hypercorn() -> None:
@@ -76,6 +91,8 @@ def prepare_app(
     app.config["RESPONSE_TIMEOUT"] = None  # streams get idle timeouts, never a total one
     app.config["BODY_TIMEOUT"] = body_timeout  # a slow-loris body upload is cut off
     app.config["MAX_CONTENT_LENGTH"] = max_body_bytes
+    # `//` in a path would be answered by an HTML redirect; an API answers 404 instead.
+    app.url_map.merge_slashes = False
     return app
 
 
@@ -87,6 +104,9 @@ def make_config(
     keep_alive_timeout: float = 75.0,
     max_header_bytes: int = 64 * 1024,
 ) -> Config:
+    """hypercorn's settings. `keep_alive_timeout` closes a connection that has no
+    request in progress — idle between requests, or still sending its request head
+    (a slow-loris client) — after that long; a head over `max_header_bytes` gets 431."""
     config = Config()
     config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
     config.graceful_timeout = graceful_timeout
@@ -137,6 +157,28 @@ def json_response(data: Any, status: int = 200, headers: dict[str, str] | None =
     return Response(
         encode_json(data), status=status, headers=headers, content_type="application/json"
     )
+
+
+_STATUS_CODES = {400: "invalid_request", 408: "request_timeout", 413: "request_too_large",
+                 415: "unsupported_media_type", 431: "request_header_fields_too_large"}  # fmt: skip
+
+
+def http_exception_error(exc: HTTPException) -> ApiError:
+    """The `ApiError` for a refusal raised by Quart/Werkzeug (`RequestTimeout` when
+    a body is slower than `BODY_TIMEOUT`, `BadRequest`, …): same status, our envelope."""
+    status = exc.code or 500
+    code = _STATUS_CODES.get(status) or (exc.name or "http_error").lower().replace(" ", "_")
+    kind = "invalid_request_error" if status < 500 else "api_error"
+    message = exc.description or exc.name or f"HTTP {status}"
+    return ApiError(f"{exc.name}: {message}", status=status, type=kind, code=code)
+
+
+def request_id_in_use(request_id: str) -> ApiError:
+    """Two requests in flight with one client-chosen `x-request-id` cannot both be named
+    by it (it names the request's actor): the second is refused, saying why."""
+    return ApiError(f"a request with x-request-id {request_id!r} is already in flight; "
+                    "send a unique id per request", status=409, type="invalid_request_error",
+                    code="request_id_in_use", param="x-request-id")  # fmt: skip
 
 
 def error_response(error: ApiError, dialect: Dialect = "openai") -> Response:
