@@ -193,7 +193,10 @@ class Node:
             self._notify()
 
     async def _load(self, model: ModelId, devices: tuple[int, ...]) -> None:
-        spec = wire.ModelSpec(model_id=model, devices=devices or None)
+        # the node's first harness: upstream neurons require the field, ours default it
+        harnesses = self.discovery.harnesses if self.discovery else ()
+        spec = wire.ModelSpec(model_id=model, harness=harnesses[0] if harnesses else None,
+                              devices=devices or None)  # fmt: skip
         started = time.monotonic()
         with trio.fail_after(self.settings.load_timeout):
             response = await self.client.post(

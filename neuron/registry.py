@@ -40,6 +40,7 @@ from protocol.ids import ModelId
 log = logging.getLogger(__name__)
 
 DEFAULT_CONTEXT = 4096  # for configs that do not say
+HARNESS = "transformers"  # the one harness this node has (upstream's `harness` field)
 
 
 class ModelNotLoaded(NotFound):
@@ -81,6 +82,11 @@ class LoadRequest:
 
     @classmethod
     def from_spec(cls, spec: node.ModelSpec) -> LoadRequest:
+        if spec.harness not in (None, HARNESS):
+            raise InvalidRequest(
+                f"unknown harness: {spec.harness}; this node serves {HARNESS!r}",
+                param="harness", code="unknown_harness",
+            )  # fmt: skip
         if spec.tensor_parallel not in (None, 1):
             raise InvalidRequest(
                 "tensor_parallel > 1 is not supported by this neuron yet",
@@ -315,7 +321,7 @@ def _model_info(model: ServedModel) -> node.ModelInfo:
     context = model.info.max_position_embeddings
     return node.ModelInfo(
         id=model.id,
-        harness="transformers",
+        harness=HARNESS,
         status=model.current_status(),
         devices=(model.device_index,),
         vram_used_mb=model.memory_bytes // (1 << 20),

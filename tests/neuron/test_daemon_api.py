@@ -179,6 +179,7 @@ def test_a_near_miss_id_names_the_model_meant(neuron_daemon):
         (b'{"model_id": "helexa/llama-tiny", "tensor_parallel": 2}', 400, "unsupported_parameter"),
         (b'{"model_id": "helexa/llama-tiny", "quant": "q4_k_m"}', 400, "unsupported_parameter"),
         (b'{"model_id": "helexa/llama-tiny", "devices": [5]}', 400, "invalid_request"),
+        (b'{"model_id": "helexa/llama-tiny", "harness": "candle"}', 400, "unknown_harness"),
     ],
 )
 def test_load_refuses_bad_bodies(neuron_daemon, body, status, code):
@@ -234,7 +235,8 @@ async def test_unload_waits_for_a_request_in_flight(neuron_daemon):
     """An unload stops admitting at once, lets the running stream finish, then unloads."""
     load(neuron_daemon, LLAMA)
     unload_status: list[int] = []
-    body = chat_body(model=LLAMA, max_tokens=300, stream=True, logit_bias=NO_EOS)
+    # short enough to finish within the daemon's 3 s unload_drain on a loaded machine
+    body = chat_body(model=LLAMA, max_tokens=120, stream=True, logit_bias=NO_EOS)
 
     async def unload(client: httpx.AsyncClient) -> None:
         reply = await client.post("/models/unload", json={"model_id": LLAMA})
@@ -259,8 +261,8 @@ async def test_unload_waits_for_a_request_in_flight(neuron_daemon):
     events = list(sse_events(rest))
     assert events[-1] == "[DONE]"
     chunks = [json.loads(e) for e in events if e.startswith("{")]
-    assert chunks[-2]["choices"][0]["finish_reason"] == "length"  # the whole 300 tokens
-    assert chunks[-1]["usage"]["completion_tokens"] == 300
+    assert chunks[-2]["choices"][0]["finish_reason"] == "length"  # the whole 120 tokens
+    assert chunks[-1]["usage"]["completion_tokens"] == 120
     assert finished_at - unloading < 3  # the stream was not held up by the unload
     assert {m["id"] for m in neuron_daemon.get("/models")} == {QWEN}
 
