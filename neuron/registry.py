@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_CONTEXT = 4096  # for configs that do not say
 HARNESS = "transformers"  # the one harness this node has (upstream's `harness` field)
+UPSTREAM_HARNESS = "candle"  # what an upstream cortex's catalogue must say; accepted as ours
 
 
 class ModelNotLoaded(NotFound):
@@ -82,9 +83,10 @@ class LoadRequest:
 
     @classmethod
     def from_spec(cls, spec: node.ModelSpec) -> LoadRequest:
-        if spec.harness not in (None, HARNESS):
+        if spec.harness not in (None, HARNESS, UPSTREAM_HARNESS):
             raise InvalidRequest(
-                f"unknown harness: {spec.harness}; this node serves {HARNESS!r}",
+                f"unknown harness: {spec.harness}; this node serves {HARNESS!r}"
+                f" (upstream's {UPSTREAM_HARNESS!r} is taken as the same)",
                 param="harness", code="unknown_harness",
             )  # fmt: skip
         if spec.tensor_parallel not in (None, 1):

@@ -179,7 +179,7 @@ def test_a_near_miss_id_names_the_model_meant(neuron_daemon):
         (b'{"model_id": "helexa/llama-tiny", "tensor_parallel": 2}', 400, "unsupported_parameter"),
         (b'{"model_id": "helexa/llama-tiny", "quant": "q4_k_m"}', 400, "unsupported_parameter"),
         (b'{"model_id": "helexa/llama-tiny", "devices": [5]}', 400, "invalid_request"),
-        (b'{"model_id": "helexa/llama-tiny", "harness": "candle"}', 400, "unknown_harness"),
+        (b'{"model_id": "helexa/llama-tiny", "harness": "vllm"}', 400, "unknown_harness"),
     ],
 )
 def test_load_refuses_bad_bodies(neuron_daemon, body, status, code):
