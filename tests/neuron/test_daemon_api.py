@@ -295,8 +295,9 @@ async def test_unload_past_its_drain_timeout_fails_the_stream_in_band(neuron_dae
 
 
 def load(daemon, model_id: str) -> None:
+    """Load as an upstream cortex does: with upstream's harness name."""
     with daemon.http(timeout=120) as client:
-        response = client.post("/models/load", json={"model_id": model_id})
+        response = client.post("/models/load", json={"model_id": model_id, "harness": "candle"})
     assert response.status_code == 200, response.text
 
 
