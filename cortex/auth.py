@@ -91,6 +91,7 @@ class Principal:
     account_id: str
     admin: bool = False
     models: frozenset[ModelId] | None = None
+    slot: int = attrs.field(default=0, repr=False)  # which configured key: its own counts
 
 
 def presented_key(headers: Mapping[str, str]) -> str | None:
@@ -210,18 +211,18 @@ class Keyring:
         self.enforcing = entitlements.require_auth or bool(entitlements.keys)
         self._catalogue = catalogue
         self._keys: list[tuple[bytes, Principal]] = []
-        self._ledgers: dict[str, _Ledger] = {}
-        for key in entitlements.keys:
-            principal = self._principal(key)
+        self._ledgers: list[_Ledger] = []  # by slot: keys sharing a key_id count apart
+        for slot, key in enumerate(entitlements.keys):
+            principal = self._principal(key, slot)
             self._keys.append((_digest(key.key), principal))
-            self._ledgers[principal.key_id] = _Ledger(key, principal.key_id)
+            self._ledgers.append(_Ledger(key, principal.key_id))
 
-    def _principal(self, key: ApiKey) -> Principal:
+    def _principal(self, key: ApiKey, slot: int) -> Principal:
         models = None
         if key.models is not None:
             models = frozenset(resolve_alias(self._catalogue, m) for m in key.models)
         return Principal(key_id=key.key_id or key.account_id, account_id=key.account_id,
-                         admin=key.admin, models=models)  # fmt: skip
+                         admin=key.admin, models=models, slot=slot)  # fmt: skip
 
     @property
     def has_admin(self) -> bool:
@@ -264,7 +265,7 @@ class Keyring:
         if not self.allows(principal, model):
             raise NotFound(f"model {requested!r} not found on any node and not in catalogue",
                            code="model_not_found")  # fmt: skip
-        ledger = self._ledgers[principal.key_id]
+        ledger = self._ledgers[principal.slot]
         ledger.admit(trio.current_time())
         return Grant(ledger, estimate)
 

@@ -199,13 +199,18 @@ async def test_an_abandoned_stream_is_charged_its_prompt_estimate(autojump_clock
 
 
 async def test_keys_keep_separate_accounts(autojump_clock):
-    ring = keyring(ApiKey(key="sk-a", account_id="a", hard_cap=1), ApiKey(key="sk-b",
-                   account_id="b", hard_cap=1))  # fmt: skip
+    # two keys with the same key_id: each has its own counts and limits
+    ring = keyring(
+        ApiKey(key="sk-a", account_id="a", hard_cap=1), ApiKey(key="sk-b", account_id="a")
+    )
     a = ring.authenticate(bearer("sk-a"), "/v1/chat/completions")
     ring.admit(a, QWEN, QWEN).settle(1, "ok")
     with pytest.raises(QuotaExceeded):
         ring.admit(a, QWEN, QWEN)
-    ring.admit(ring.authenticate(bearer("sk-b"), "/v1/models"), QWEN, QWEN)
+    b = ring.authenticate(bearer("sk-b"), "/v1/models")
+    assert b.key_id == a.key_id == "a"
+    ring.admit(b, QWEN, QWEN).settle(10, "ok")
+    ring.admit(b, QWEN, QWEN)  # uncapped
 
 
 def test_with_usage_turns_the_usage_chunk_back_on():
