@@ -53,6 +53,7 @@ class Acquired:
     model: ModelId
     cold: bool  # a load happened (or was awaited) for this request
     load_wait: float  # seconds spent waiting for loads
+    head_wait: float = 0.0  # set by the relay: seconds from sending to the node's head
 
 
 class Fleet:

@@ -33,6 +33,7 @@ from cortex.fleet import Fleet, start_fleet
 from cortex.fleet_snapshot import Catalogue, NodeState, ResidencyStatus
 from cortex.node import Node, PollSettings
 from cortex.placement import feasible_nodes
+from cortex.transport import Transport
 from protocol import sdnotify
 from protocol.buildinfo import build_info
 from protocol.errors import InvalidRequest, NotFound, ServiceUnavailable
@@ -67,10 +68,10 @@ class Gateway:
         self.metrics = CortexMetrics.for_config(self.config)
         http = self.config.http
         timeout = httpx.Timeout(connect=5.0, read=http.upstream_idle_timeout, write=60, pool=60)
-        limits = httpx.Limits(max_connections=1024, max_keepalive_connections=256)
+        transport = Transport(httpx.Limits(max_connections=1024, max_keepalive_connections=256))
         tokens = NeuronTokens(self.config.neurons, self.config.fleet.neuron_token)
         async with (
-            httpx.AsyncClient(timeout=timeout, limits=limits, auth=tokens or None) as client,
+            httpx.AsyncClient(timeout=timeout, transport=transport, auth=tokens or None) as client,
             actors.open_root("cortex") as root,
             trio.open_nursery() as nursery,
         ):

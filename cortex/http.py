@@ -226,7 +226,8 @@ async def _proxy_once(gateway: Gateway, path: str, raw: bytes, model: str, meter
             gateway.fleet, model, path, raw, _upstream_headers(), gateway.client,
             retries=gateway.config.http.retries, status=task.set_status,
         )  # fmt: skip
-        meter.answered(acquired.node.name, acquired.cold, acquired.load_wait or None)
+        meter.answered(acquired.node.name, acquired.cold, acquired.load_wait or None,
+                       acquired.head_wait)  # fmt: skip
         try:
             body = await response.aread()
         finally:
@@ -253,7 +254,7 @@ async def _proxy_stream(gateway: Gateway, path: str, raw: bytes, model: str, met
         raise first.error
     if isinstance(first, Head) and first.status != 200:
         body = b"".join([c.data async for c in receive if isinstance(c, Chunk)])
-        meter.answered(first.node, first.cold, first.load_wait or None)
+        meter.head(first)
         meter.finish(outcome_for_status(first.status))
         return Response(body, first.status, dict(first.headers))
     headers = {"Content-Type": sse.CONTENT_TYPE, "Cache-Control": "no-cache",
@@ -275,6 +276,12 @@ _END = object()  # the producer closed its channel
 
 async def _first_event(receive: trio.MemoryReceiveChannel, wait: float) -> Any:
     """The producer's next event; None if it takes longer than `wait`; `_END` at the end."""
+    try:
+        return receive.receive_nowait()  # already there: no timer (the common case)
+    except trio.WouldBlock:
+        pass
+    except trio.EndOfChannel:
+        return _END
     with trio.move_on_after(wait):
         try:
             return await receive.receive()
@@ -293,15 +300,19 @@ async def _stream_body(first: Any, receive: trio.MemoryReceiveChannel, ref: Any,
                 if event is None:
                     yield sse.KEEPALIVE  # waiting for a load or a queue: keep the client
                 elif isinstance(event, Head):
-                    meter.answered(event.node, event.cold, event.load_wait or None)
+                    meter.head(event)
                     if event.status != 200:
                         rest = b"".join([c.data async for c in receive if isinstance(c, Chunk)])
                         outcome = outcome_for_status(event.status)
                         yield _in_band(error_from_body(event.status, rest, None))
                         return
                 elif isinstance(event, Chunk):
-                    meter.chunk(event.data)
-                    yield event.data
+                    data, pending = _ready_chunks(event, receive)
+                    meter.chunk(data)
+                    yield data
+                    if pending is not None:
+                        event = pending
+                        continue
                 elif isinstance(event, Broken):
                     outcome = "stream_error"
                     yield _in_band(event.error)
@@ -313,6 +324,27 @@ async def _stream_body(first: Any, receive: trio.MemoryReceiveChannel, ref: Any,
     finally:
         ref.cancel_nowait()
         meter.finish(outcome)
+
+
+def _ready_chunks(first: Chunk, receive: trio.MemoryReceiveChannel) -> tuple[bytes, Any]:
+    """`first` and the chunks already waiting behind it, as one write, and the next
+    event if it is not a chunk. Nothing is waited for: a client that keeps up gets each
+    chunk as it came; one that falls behind gets fewer, larger writes (which is what
+    lets the gateway catch up), the same bytes either way."""
+    parts, size = [first.data], len(first.data)
+    while size < _COALESCE_BYTES:
+        try:
+            event = receive.receive_nowait()
+        except (trio.WouldBlock, trio.EndOfChannel):  # the end is seen again by the caller
+            break
+        if not isinstance(event, Chunk):
+            return b"".join(parts), event
+        parts.append(event.data)
+        size += len(event.data)
+    return (parts[0] if len(parts) == 1 else b"".join(parts)), None
+
+
+_COALESCE_BYTES = 64 * 1024
 
 
 def _in_band(error: ApiError) -> bytes:

@@ -134,7 +134,8 @@ async def _ask(gateway: Gateway, path: str, body: bytes, model: ModelId,
             gateway.fleet, model, path, body, headers, gateway.client,
             retries=gateway.config.http.retries, status=task.set_status,
         )  # fmt: skip
-        meter.answered(acquired.node.name, acquired.cold, acquired.load_wait or None)
+        meter.answered(acquired.node.name, acquired.cold, acquired.load_wait or None,
+                       acquired.head_wait)  # fmt: skip
         try:
             data = await response.aread()
         finally:
@@ -172,7 +173,7 @@ async def _stream(gateway: Gateway, body: bytes, model: ModelId, headers: Mappin
     if isinstance(first, Broken):
         raise first.error
     if isinstance(first, Head) and first.status != 200:
-        meter.answered(first.node, first.cold, first.load_wait or None)
+        meter.head(first)
         raise await _refusal(first, receive)
     translator = ChatStreamToAnthropic(model=model, input_tokens=_prompt_tokens(first))
     return _body(first, receive, ref, keepalive, meter, translator), 200, _STREAM_HEADERS
@@ -236,7 +237,7 @@ async def _translate(event: Any, receive: trio.MemoryReceiveChannel, meter: Mete
     if event is _END:
         return translator.close()
     if isinstance(event, Head):
-        meter.answered(event.node, event.cold, event.load_wait or None)
+        meter.head(event)
         return b"" if event.status == 200 else translator.fail(await _refusal(event, receive))
     if isinstance(event, Chunk):
         meter.chunk(event.data)

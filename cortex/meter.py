@@ -1,7 +1,9 @@
 """Watching one relayed request go by, for the metrics: times, outcome, tokens.
 
 A `Meter` is created when a request arrives and told what happens to it —
-which node answered and whether a load was waited for, each body chunk as it
+which node answered, whether a load was waited for and how long the node
+took to answer (a stream's head comes once the node admitted the request, so
+for a stream that is the wait in the node's queue), each body chunk as it
 is forwarded (only the first byte's time and a bounded tail are kept, never
 the whole body), and how it ended. `finish` turns that into one
 `cortex.metrics.RequestRecord`, reading token usage from the tail (the
@@ -24,6 +26,7 @@ from cortex.metrics import CortexMetrics, RequestRecord
 
 if TYPE_CHECKING:
     from cortex.auth import Grant
+    from cortex.relay import Head
 
 TAIL_BYTES = 64 * 1024
 
@@ -37,15 +40,24 @@ class Meter:
         self.node: str | None = None
         self.cold = False
         self.load_wait: float | None = None
-        self.upstream_at: float | None = None
+        self.queue_wait: float | None = None
+        self.upstream_at: float | None = None  # when the request went to the node
         self.first_byte: float | None = None
         self._tail = bytearray()
         self._done = False
         self.grant: Grant | None = None
 
-    def answered(self, node: str, cold: bool, load_wait: float | None = None) -> None:
-        self.node, self.cold, self.load_wait = node, cold, load_wait
-        self.upstream_at = trio.current_time()
+    def answered(self, node: str, cold: bool, load_wait: float | None = None,
+                 head_wait: float = 0.0, queue_wait: float | None = None) -> None:  # fmt: skip
+        """`node` answered, `head_wait` seconds after the request was sent to it."""
+        self.node, self.cold, self.load_wait, self.queue_wait = node, cold, load_wait, queue_wait
+        self.upstream_at = trio.current_time() - head_wait
+
+    def head(self, head: Head) -> None:
+        """A stream's head. A node starts a stream once the request holds one of its
+        slots, so the wait for a 200 head is the request's wait in the node's queue."""
+        queued = head.head_wait if head.status == 200 else None
+        self.answered(head.node, head.cold, head.load_wait or None, head.head_wait, queued)
 
     def chunk(self, data: bytes) -> None:
         if self.first_byte is None:
@@ -69,7 +81,7 @@ class Meter:
         self.metrics.request_finished(RequestRecord(
             route=self.route, model=self.model, node=self.node, outcome=outcome,
             duration=now - self.started, first_token=first, load_wait=self.load_wait,
-            overhead=overhead, cold_start=self.cold,
+            queue_wait=self.queue_wait, overhead=overhead, cold_start=self.cold,
             decode=None if self.first_byte is None else now - self.first_byte,
             prompt_tokens=usage.get("prompt", 0), completion_tokens=usage.get("completion", 0),
             cached_prompt_tokens=usage.get("cached", 0),

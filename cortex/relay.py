@@ -48,6 +48,7 @@ class Head:
     node: NodeName
     cold: bool
     load_wait: float = 0.0
+    head_wait: float = 0.0  # request sent → this head (a stream's: the node admitted it)
 
 
 @attrs.frozen
@@ -88,6 +89,7 @@ async def open_upstream(
             status(phase="upstream", node=node.name)
         request = client.build_request("POST", node.endpoint + path, content=body,
                                        headers=dict(headers))  # fmt: skip
+        sent = trio.current_time()
         try:
             response = await client.send(request, stream=True)
         except httpx.TransportError as exc:
@@ -101,7 +103,7 @@ async def open_upstream(
             exclude.add(node.name)
             last = None
             continue
-        return acquired, response
+        return attrs.evolve(acquired, head_wait=trio.current_time() - sent), response
     raise last or UpstreamError("no replica could take the request", code="upstream_error")
 
 
@@ -145,7 +147,7 @@ async def stream_events(
             return
         try:
             head = Head(response.status_code, response_headers(response), acquired.node.name,
-                        acquired.cold, acquired.load_wait)  # fmt: skip
+                        acquired.cold, acquired.load_wait, acquired.head_wait)  # fmt: skip
             await send.send(head)
             if status is not None:
                 status(phase="streaming")

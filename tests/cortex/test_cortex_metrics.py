@@ -278,3 +278,34 @@ def test_the_operations_guide_lists_every_metric():
     for name in EXPECTED:
         family = re.sub(r"_(bucket|total)$", "", name)
         assert family in text, f"{family} missing from docs/operations.md"
+
+
+def _observed(m: CortexMetrics, name: str, labels: dict[str, str]) -> float | None:
+    return m.registry.get_sample_value(name, labels)
+
+
+async def test_meter_observes_a_streams_queue_wait_only(autojump_clock):
+    """A 200 stream head's wait is the node's queue wait; a whole non-streamed answer, or
+    a refusal, is not: those requests add nothing to `cortex_queue_wait_seconds`."""
+    from cortex.meter import Meter
+    from cortex.relay import Head
+
+    m = CortexMetrics(nodes=["beast"], models=["org/a"])
+    labels = {"model": "org/a", "node": "beast"}
+    stream = Meter(m, CHAT, "org/a")
+    await trio.sleep(0.3)
+    stream.head(Head(200, {}, "beast", cold=False, head_wait=0.25))
+    stream.chunk(b"data: {}\n\n")
+    stream.finish("ok")
+    whole = Meter(m, CHAT, "org/a")
+    await trio.sleep(2)
+    whole.answered("beast", False, None, head_wait=2)
+    whole.finish("ok")
+    refused = Meter(m, CHAT, "org/a")
+    refused.head(Head(503, {}, "beast", cold=False, head_wait=0.01))
+    refused.finish("unavailable")
+    assert _observed(m, "cortex_queue_wait_seconds_count", labels) == 1
+    assert _observed(m, "cortex_queue_wait_seconds_sum", labels) == 0.25
+    # the waits for the node are not the gateway's overhead
+    overhead = _observed(m, "cortex_gateway_overhead_seconds_sum", {"route": CHAT})
+    assert overhead is not None and overhead < 0.1

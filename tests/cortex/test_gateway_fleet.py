@@ -264,6 +264,61 @@ async def test_unknown_model_and_missing_model(gateway):
     assert missing.json()["error"]["code"] == "missing_model_field"
 
 
+async def test_queue_wait_after_known_traffic(gateway):
+    """Streams observe the wait for the node's head (the node starts a stream once the
+    request holds a slot); non-streamed requests observe none. It is part of TTFT."""
+    gw = await gateway()
+    assert (await post(gw, chat(QWEN))).status_code == 200  # the cold load; no queue wait
+    node = _node_of(gw, QWEN)
+    async with httpx.AsyncClient(base_url=gw.url, timeout=60) as client:
+        for _ in range(3):
+            response = await client.post("/v1/chat/completions", json=chat(QWEN, stream=True))
+            assert response.status_code == 200 and response.text.endswith("data: [DONE]\n\n")
+    samples = await _metrics(gw)
+    labels = f'model="{QWEN}",node="{node}"'
+    assert samples[f"cortex_queue_wait_seconds_count{{{labels}}}"] == 3
+    waited = samples[f"cortex_queue_wait_seconds_sum{{{labels}}}"]
+    assert 0 < waited < samples[f"cortex_time_to_first_token_seconds_sum{{{labels}}}"]
+
+
+async def test_drain_and_undrain_a_node(gateway):
+    gw = await gateway()
+    assert (await post(gw, chat(QWEN))).status_code == 200
+    drained = _node_of(gw, QWEN)
+    other = "beta" if drained == "alpha" else "alpha"
+    body = chat(QWEN, stream=True, max_tokens=64, logit_bias=EOS_BANNED)
+    async with (
+        httpx.AsyncClient(base_url=gw.url, timeout=60) as client,
+        client.stream("POST", "/v1/chat/completions", json=body) as in_flight,
+    ):
+        lines = in_flight.aiter_lines()
+        assert (await anext(lines)).startswith("data:")  # generating on `drained`
+        answer = await client.post(f"/admin/nodes/{drained}/drain")
+        assert answer.status_code == 200
+        assert answer.json()["node"] == drained
+        assert answer.json()["state"] in ("draining", "drained")  # busy as of the last poll
+        assert _fleet_node(await _get(gw, "/admin/fleet"), drained)["draining"] is True
+        # new requests go elsewhere: the model is loaded on the other node for them
+        assert (await post(gw, chat(QWEN))).status_code == 200
+        assert QWEN in where_loaded(gw)[other]
+        # the request in flight on the drained node finishes normally
+        rest = [line async for line in lines if line]
+    assert rest[-1] == "data: [DONE]" and any('"finish_reason":"length"' in r for r in rest)
+    assert QWEN in where_loaded(gw)[drained]  # draining unloads nothing
+
+    async with httpx.AsyncClient(base_url=gw.url, timeout=60) as client:
+        await client.post(f"/admin/nodes/{other}/drain")
+        refused = await client.post("/v1/chat/completions", json=chat(QWEN))
+        assert refused.status_code == 503, refused.text  # every node drained: a clear 503
+        assert refused.headers.get("retry-after")
+        answer = await client.post(f"/admin/nodes/{drained}/undrain")
+    assert answer.json() == {"node": drained, "state": "active", "in_flight": 0}
+    assert _fleet_node(await _get(gw, "/admin/fleet"), drained)["draining"] is False
+    before = await _served_by(gw, drained)
+    assert (await post(gw, chat(QWEN))).status_code == 200  # the undrained node serves again
+    assert await _served_by(gw, drained) == before + 1
+
+
 async def test_zz_node_killed_requests_go_to_the_other_node(gateway, neurons):
     """Runs last in the module: it kills alpha for good."""
     gw = await gateway(catalogue(pin_third=False))
@@ -300,6 +355,15 @@ async def _metrics(gw: CortexGateway) -> dict[str, float]:
             labels = ",".join(f'{k}="{v}"' for k, v in sorted(sample.labels.items()))
             samples[f"{sample.name}{{{labels}}}"] = sample.value
     return samples
+
+
+def _fleet_node(view: dict, name: str) -> dict:
+    return next(n for n in view["nodes"] if n["name"] == name)
+
+
+async def _served_by(gw: CortexGateway, node: str) -> float:
+    labels = f'model="{QWEN}",node="{node}",outcome="ok",route="/v1/chat/completions"'
+    return (await _metrics(gw)).get(f"cortex_requests_total{{{labels}}}", 0.0)
 
 
 def _node_of(gw: CortexGateway, model: str) -> str:
