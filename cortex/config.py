@@ -260,6 +260,16 @@ class Window:
 
 
 @attrs.frozen
+class RateLimit:
+    """A key's `rate_limit = {requests = N, tokens = N, seconds = 60}` (ours):
+    at most `requests` requests and `tokens` tokens per window of `seconds`."""
+
+    requests: int | None = _setting(None, _at_least(1))
+    tokens: int | None = _setting(None, _at_least(1))
+    seconds: float = _setting(60.0, _positive)
+
+
+@attrs.frozen
 class ApiKey:
     """One `[[entitlements.keys]]` entry. `key` is the bearer secret (never
     shown in repr or errors); `key_id` defaults to `account_id`. Ours:
@@ -274,16 +284,6 @@ class ApiKey:
     admin: bool = False
     models: tuple[str, ...] | None = None
     rate_limit: RateLimit | None = None
-
-
-@attrs.frozen
-class RateLimit:
-    """A key's `rate_limit = {requests = N, tokens = N, seconds = 60}` (ours):
-    at most `requests` requests and `tokens` tokens per window of `seconds`."""
-
-    requests: int | None = _setting(None, _at_least(1))
-    tokens: int | None = _setting(None, _at_least(1))
-    seconds: float = _setting(60.0, _positive)
 
 
 @attrs.frozen

@@ -73,6 +73,7 @@ def create_app(gateway: Gateway) -> QuartTrio:
     app = prepare_app(QuartTrio("cortex"), max_body_bytes=http.max_body_bytes,
                       body_timeout=http.body_timeout)  # fmt: skip
     app.before_request(_bind_request_id)
+    app.before_request(_authorizer(gateway))
     app.after_request(_stamp_request_id)
     app.register_error_handler(ApiError, _api_error)
     app.register_error_handler(404, _not_found)
@@ -390,7 +391,7 @@ def _info_routes(app: QuartTrio, gateway: Gateway) -> None:
 
     @app.get("/v1/models")
     async def models():
-        return json_response(gateway.model_list())
+        return json_response(gateway.keyring.visible(principal(), gateway.model_list()))
 
 
 # -- admin ---------------------------------------------------------------------------------
