@@ -27,6 +27,7 @@ from typing import Any, Literal, TypeVar
 
 import trio
 from hypercorn.config import Config
+from hypercorn.events import Event, Updated
 from hypercorn.trio import serve as hypercorn_serve
 from hypercorn.trio.tcp_server import TCPServer
 from quart import Quart, Request, Response
@@ -66,22 +67,33 @@ def request_id_from(given: str) -> str:
 
 
 def patch_hypercorn() -> None:
-    """Shield `TCPServer._close` so a `Connection: close` really closes.
+    """Shield two steps hypercorn runs inside the app's `send()`, which quart-trio
+    has already cancelled (stack notes §2). Idempotent.
 
-    quart-trio cancels its nursery while hypercorn's close runs inside the
-    app's `send()`, so the EOF never went out (stack notes §2). Idempotent.
+    * `TCPServer._close`: without the shield a `Connection: close` never sent its EOF;
+    * the `Updated(idle=True)` that re-arms the keep-alive timer after a response:
+      without the shield the timer never restarted, so a keep-alive connection that
+      had served one request was never closed however long it sat idle.
     """
-    original = TCPServer._close
-    if getattr(original, "_helexa_shielded", False):
+    if getattr(TCPServer._close, "_helexa_shielded", False):
         return
+    original_close, original_send = TCPServer._close, TCPServer.protocol_send
 
-    @functools.wraps(original)
+    @functools.wraps(original_close)
     async def _close(self: TCPServer) -> None:
         with trio.CancelScope(shield=True), trio.move_on_after(5):
-            await original(self)
+            await original_close(self)
+
+    @functools.wraps(original_send)
+    async def protocol_send(self: TCPServer, event: Event) -> None:
+        if not isinstance(event, Updated):
+            return await original_send(self, event)
+        with trio.CancelScope(shield=True), trio.move_on_after(5):
+            await original_send(self, event)
 
     _close._helexa_shielded = True  # type: ignore[attr-defined]
     TCPServer._close = _close  # type: ignore[method-assign]
+    TCPServer.protocol_send = protocol_send  # type: ignore[method-assign]
 
 
 def prepare_app(

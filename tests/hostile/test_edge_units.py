@@ -1,0 +1,75 @@
+"""The HTTP edge's hostile-input rules in-process: keep-alive expiry, request ids,
+framework refusals and node errors mapped into the error tree."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import trio
+from quart_trio import QuartTrio
+from werkzeug.exceptions import BadRequest, RequestTimeout
+
+from protocol.errors import api_error_from_envelope
+from protocol.http import (
+    http_exception_error,
+    json_response,
+    make_config,
+    prepare_app,
+    request_id_from,
+    serve,
+)
+
+
+async def test_a_keep_alive_connection_is_closed_after_its_idle_timeout():
+    """hypercorn re-arms its keep-alive timer from inside the app's cancelled send();
+    unshielded, a connection that had served one request was never closed."""
+    app = prepare_app(QuartTrio("edge"))
+
+    @app.get("/ping")
+    async def ping():
+        return json_response({"ok": True})
+
+    async with trio.open_nursery() as nursery:
+        urls = await nursery.start(serve, app, make_config("127.0.0.1", 0, keep_alive_timeout=1))
+        port = int(urls[0].rsplit(":", 1)[1])
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        await stream.send_all(b"GET /ping HTTP/1.1\r\nHost: x\r\n\r\n")
+        started, received = time.monotonic(), b""
+        with trio.fail_after(10):
+            while data := await stream.receive_some(65536):
+                received += data
+        await stream.aclose()
+        assert received.startswith(b"HTTP/1.1 200")
+        assert 0.9 <= time.monotonic() - started < 5
+        nursery.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize(
+    ("given", "kept"),
+    [("abc-123", True), ("a/b", False), ("", False), ("x" * 129, False), ("tab\there", False),
+     ("ünïcode ok", True)],
+)  # fmt: skip
+def test_a_client_request_id_is_kept_only_if_it_can_name_an_actor(given, kept):
+    rid = request_id_from(given)
+    assert (rid == given) == kept
+    if not kept:
+        assert len(rid) == 32 and "/" not in rid
+
+
+def test_framework_refusals_become_envelopes_with_their_status():
+    timeout = http_exception_error(RequestTimeout())
+    assert (timeout.status, timeout.code, timeout.type) == (408, "request_timeout",
+                                                            "invalid_request_error")  # fmt: skip
+    assert timeout.to_anthropic()["error"]["type"] == "invalid_request_error"
+    bad = http_exception_error(BadRequest("nope"))
+    assert (bad.status, bad.code) == (400, "invalid_request")
+    assert "nope" in bad.message
+
+
+def test_a_nodes_flat_error_keeps_its_code_through_the_gateway():
+    error = api_error_from_envelope(400, {"error": "refusing model id '../x'",
+                                          "code": "invalid_model_id"})  # fmt: skip
+    assert (error.status, error.code, error.type) == (400, "invalid_model_id",
+                                                      "invalid_request_error")  # fmt: skip
+    assert error.to_openai()["error"]["message"] == "refusing model id '../x'"
