@@ -54,6 +54,7 @@ class Acquired:
     cold: bool  # a load happened (or was awaited) for this request
     load_wait: float  # seconds spent waiting for loads
     head_wait: float = 0.0  # set by the relay: seconds from sending to the node's head
+    retried_on: tuple[NodeName, ...] = ()  # set by the relay: nodes that failed it first
 
 
 class Fleet:

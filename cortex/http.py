@@ -228,7 +228,7 @@ async def _proxy_once(gateway: Gateway, path: str, raw: bytes, model: str, meter
             retries=gateway.config.http.retries, status=task.set_status,
         )  # fmt: skip
         meter.answered(acquired.node.name, acquired.cold, acquired.load_wait or None,
-                       acquired.head_wait)  # fmt: skip
+                       acquired.head_wait, retried_on=acquired.retried_on)  # fmt: skip
         try:
             body = await response.aread()
         finally:

@@ -135,7 +135,7 @@ async def _ask(gateway: Gateway, path: str, body: bytes, model: ModelId,
             retries=gateway.config.http.retries, status=task.set_status,
         )  # fmt: skip
         meter.answered(acquired.node.name, acquired.cold, acquired.load_wait or None,
-                       acquired.head_wait)  # fmt: skip
+                       acquired.head_wait, retried_on=acquired.retried_on)  # fmt: skip
         try:
             data = await response.aread()
         finally:

@@ -4,8 +4,10 @@ A `Meter` is created when a request arrives and told what happens to it —
 which node answered, whether a load was waited for and how long the node
 took to answer (a stream's head comes once the node admitted the request, so
 for a stream that is the wait in the node's queue), each body chunk as it
-is forwarded (only the first byte's time and a bounded tail are kept, never
-the whole body), and how it ended. `finish` turns that into one
+is forwarded (only the time of the first chunk that carries generated
+content — text, reasoning or a tool call, not a stream's opening role chunk
+or a keepalive — and a bounded tail are kept, never the whole body), and
+how it ended. `finish` turns that into one
 `cortex.metrics.RequestRecord`, reading token usage from the tail (the
 usage chunk of a chat/completions stream, `response.completed` of a
 Responses stream, or the JSON body of a non-streaming answer). When the
@@ -18,6 +20,7 @@ Not for: changing what is relayed — the meter only looks.
 from __future__ import annotations
 
 import json
+import re
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -29,6 +32,12 @@ if TYPE_CHECKING:
     from cortex.relay import Head
 
 TAIL_BYTES = 64 * 1024
+
+# A chunk with generated content in any of the node's dialects: a non-empty chat
+# `content` / `reasoning_content`, `tool_calls`, a completion's `text`, or a
+# Responses `…delta` event. A stream's first chunk (the role, empty content) and
+# SSE comments do not match.
+_GENERATED = re.compile(rb'"(?:content|reasoning_content|text|delta)":"[^"]|"tool_calls":\[')
 
 
 class Meter:
@@ -42,26 +51,31 @@ class Meter:
         self.load_wait: float | None = None
         self.queue_wait: float | None = None
         self.upstream_at: float | None = None  # when the request went to the node
-        self.first_byte: float | None = None
+        self.first_token_at: float | None = None  # first chunk with generated content
+        self.retried_on: tuple[str, ...] = ()
         self._tail = bytearray()
         self._done = False
         self.grant: Grant | None = None
 
     def answered(self, node: str, cold: bool, load_wait: float | None = None,
-                 head_wait: float = 0.0, queue_wait: float | None = None) -> None:  # fmt: skip
-        """`node` answered, `head_wait` seconds after the request was sent to it."""
+                 head_wait: float = 0.0, queue_wait: float | None = None,
+                 retried_on: tuple[str, ...] = ()) -> None:  # fmt: skip
+        """`node` answered, `head_wait` seconds after the request was sent to it, after
+        the nodes `retried_on` failed it."""
         self.node, self.cold, self.load_wait, self.queue_wait = node, cold, load_wait, queue_wait
         self.upstream_at = trio.current_time() - head_wait
+        self.retried_on = retried_on
 
     def head(self, head: Head) -> None:
         """A stream's head. A node starts a stream once the request holds one of its
         slots, so the wait for a 200 head is the request's wait in the node's queue."""
         queued = head.head_wait if head.status == 200 else None
-        self.answered(head.node, head.cold, head.load_wait or None, head.head_wait, queued)
+        self.answered(head.node, head.cold, head.load_wait or None, head.head_wait, queued,
+                      head.retried_on)  # fmt: skip
 
     def chunk(self, data: bytes) -> None:
-        if self.first_byte is None:
-            self.first_byte = trio.current_time()
+        if self.first_token_at is None and _GENERATED.search(data):
+            self.first_token_at = trio.current_time()
         self._tail += data
         if len(self._tail) > TAIL_BYTES:
             del self._tail[: len(self._tail) - TAIL_BYTES]
@@ -74,7 +88,7 @@ class Meter:
         usage = _usage(bytes(self._tail))
         if self.grant is not None and self.node is not None:
             self.grant.settle(usage.get("prompt", 0) + usage.get("completion", 0), outcome)
-        first = None if self.first_byte is None else self.first_byte - self.started
+        first = None if self.first_token_at is None else self.first_token_at - self.started
         overhead = None
         if self.upstream_at is not None:
             overhead = max(0.0, self.upstream_at - self.started - (self.load_wait or 0.0))
@@ -82,7 +96,8 @@ class Meter:
             route=self.route, model=self.model, node=self.node, outcome=outcome,
             duration=now - self.started, first_token=first, load_wait=self.load_wait,
             queue_wait=self.queue_wait, overhead=overhead, cold_start=self.cold,
-            decode=None if self.first_byte is None else now - self.first_byte,
+            decode=None if self.first_token_at is None else now - self.first_token_at,
+            retried_on=self.retried_on,
             prompt_tokens=usage.get("prompt", 0), completion_tokens=usage.get("completion", 0),
             cached_prompt_tokens=usage.get("cached", 0),
         ))  # fmt: skip

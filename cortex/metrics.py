@@ -110,7 +110,7 @@ class RequestRecord:
     overhead: float | None = None
     decode: float | None = None
     cold_start: bool = False
-    retries: int = 0
+    retried_on: tuple[str, ...] = ()  # nodes that failed before `node` answered
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cached_prompt_tokens: int = 0
@@ -327,8 +327,8 @@ class CortexMetrics:
         self.requests.labels(route, model, node, outcome).inc()
         if outcome in ERROR_OUTCOMES:
             self.request_errors.labels(route, model, node, outcome).inc()
-        if record.retries:
-            self.request_retries.labels(route, model, node).inc(record.retries)
+        for failed in record.retried_on:
+            self.request_retries.labels(route, model, self._node(failed)).inc()
         if record.cold_start:
             self.cold_starts.labels(model, node).inc()
         self._timings(record, model, node, route)

@@ -49,6 +49,7 @@ class Head:
     cold: bool
     load_wait: float = 0.0
     head_wait: float = 0.0  # request sent → this head (a stream's: the node admitted it)
+    retried_on: tuple[NodeName, ...] = ()  # nodes that failed the request before this one
 
 
 @attrs.frozen
@@ -80,10 +81,10 @@ async def open_upstream(
     status: Any = None,
 ) -> tuple[Acquired, httpx.Response]:
     """The node's response (body unread: the caller closes it) or an ApiError."""
-    exclude: set[NodeName] = set()
+    failed: list[NodeName] = []  # in order; none is tried again
     last: ApiError | None = None
     for attempt in range(retries + 1):
-        acquired = await fleet.acquire(model, status=status, exclude=frozenset(exclude))
+        acquired = await fleet.acquire(model, status=status, exclude=frozenset(failed))
         node = acquired.node
         if status is not None:
             status(phase="upstream", node=node.name)
@@ -96,14 +97,15 @@ async def open_upstream(
             node.mark_unreachable(exc)
             last = UpstreamError(f"node {node.name} unreachable: {type(exc).__name__}",
                                  code="upstream_connection_error")  # fmt: skip
-            exclude.add(node.name)
+            failed.append(node.name)
             continue
         if attempt < retries and await _retriable(response):
             log.warning("retrying elsewhere node=%s status=%s", node.name, response.status_code)
-            exclude.add(node.name)
+            failed.append(node.name)
             last = None
             continue
-        return attrs.evolve(acquired, head_wait=trio.current_time() - sent), response
+        head_wait = trio.current_time() - sent
+        return attrs.evolve(acquired, head_wait=head_wait, retried_on=tuple(failed)), response
     raise last or UpstreamError("no replica could take the request", code="upstream_error")
 
 
@@ -147,7 +149,8 @@ async def stream_events(
             return
         try:
             head = Head(response.status_code, response_headers(response), acquired.node.name,
-                        acquired.cold, acquired.load_wait, acquired.head_wait)  # fmt: skip
+                        acquired.cold, acquired.load_wait, acquired.head_wait,
+                        acquired.retried_on)  # fmt: skip
             await send.send(head)
             if status is not None:
                 status(phase="streaming")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
 import trio
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_om
 from prometheus_client.parser import text_string_to_metric_families as parse_text
@@ -31,7 +32,7 @@ def record(**overrides) -> RequestRecord:
     fields = dict(
         route=CHAT, model="org/a", node="beast", outcome="ok", duration=2.0,
         first_token=0.8, queue_wait=0.1, load_wait=0.5, overhead=0.002, decode=1.0,
-        cold_start=True, retries=1, prompt_tokens=12, completion_tokens=30,
+        cold_start=True, retried_on=("beast",), prompt_tokens=12, completion_tokens=30,
         cached_prompt_tokens=4,
     )  # fmt: skip
     return RequestRecord(**{**fields, **overrides})
@@ -52,7 +53,7 @@ def exercised() -> CortexMetrics:
     m = CortexMetrics(nodes=["beast"], models=["org/a"])
     with m.track(CHAT):
         m.request_finished(record())
-    m.request_finished(record(outcome="upstream_error", cold_start=False, retries=0))
+    m.request_finished(record(outcome="upstream_error", cold_start=False, retried_on=()))
     m.model_loaded("org/a", "beast", 12.0)
     m.evicted("org/a", "beast", "make_room")
     m.node_up_changed("beast", True)
@@ -309,3 +310,38 @@ async def test_meter_observes_a_streams_queue_wait_only(autojump_clock):
     # the waits for the node are not the gateway's overhead
     overhead = _observed(m, "cortex_gateway_overhead_seconds_sum", {"route": CHAT})
     assert overhead is not None and overhead < 0.1
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        b'data: {"choices":[{"delta":{"content":"Hi"}}]}\n\n',
+        b'data: {"choices":[{"delta":{"reasoning_content":"Hm"}}]}\n\n',
+        b'data: {"choices":[{"delta":{"tool_calls":[{"index":0}]}}]}\n\n',
+        b'data: {"choices":[{"text":"Hi","index":0}]}\n\n',
+        b'event: response.output_text.delta\ndata: {"type":"response.output_text.delta",'
+        b'"delta":"Hi"}\n\n',
+    ],
+    ids=["content", "reasoning", "tool_calls", "completion", "responses"],
+)
+async def test_meter_times_the_first_token_not_the_first_byte(autojump_clock, content):
+    """A stream opens with a role chunk and may idle with keepalives before the model's
+    first token: time to first token is taken at the first chunk with generated content."""
+    from cortex.meter import Meter
+    from cortex.relay import Head
+
+    m = CortexMetrics(nodes=["beast"], models=["org/a"])
+    meter = Meter(m, CHAT, "org/a")
+    meter.head(Head(200, {}, "beast", cold=False, retried_on=("alpha", "alpha")))
+    meter.chunk(b'data: {"choices":[{"delta":{"role":"assistant","content":""}}]}\n\n')
+    await trio.sleep(1)
+    meter.chunk(b": keepalive\n\n")
+    await trio.sleep(1)
+    meter.chunk(content)
+    await trio.sleep(1)
+    meter.chunk(content)
+    meter.finish("ok")
+    labels = {"model": "org/a", "node": "beast"}
+    assert _observed(m, "cortex_time_to_first_token_seconds_sum", labels) == 2
+    retried = {"route": CHAT, "model": "org/a", "node": "alpha"}
+    assert _observed(m, "cortex_request_retries_total", retried) == 2
