@@ -247,8 +247,9 @@ class _LifecycleMetrics:
     def loaded(self, node: str, model: str, seconds: float) -> None:
         self.metrics.model_load(model, node, "loaded", seconds)
 
-    def load_failed(self, node: str, model: str, seconds: float) -> None:
-        self.metrics.model_load(model, node, "failed", seconds)
+    def load_failed(self, node: str, model: str, seconds: float, outcome: str) -> None:
+        """`outcome`: `failed`, `timeout` or `cancelled`."""
+        self.metrics.model_load(model, node, outcome, seconds)
 
     def evicted(self, node: str, model: str, reason: str) -> None:
         self.metrics.evicted(model, node, reason)

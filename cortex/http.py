@@ -213,7 +213,7 @@ async def _proxy(gateway: Gateway, path: str):
                 return await _proxy_stream(gateway, path, raw, model, meter)
             return await _proxy_once(gateway, path, raw, model, meter)
         except ApiError as exc:
-            meter.finish(outcome_for_status(exc.status))
+            meter.finish(outcome_for_status(exc.status, exc.type))
             raise
         except BaseException:
             meter.finish("cancelled")
@@ -234,7 +234,7 @@ async def _proxy_once(gateway: Gateway, path: str, raw: bytes, model: str, meter
         finally:
             await response.aclose()
     meter.chunk(body)
-    meter.finish(outcome_for_status(response.status_code))
+    meter.finish(outcome_for_status(response.status_code, body))
     return Response(body, response.status_code, response_headers(response))
 
 
@@ -256,7 +256,7 @@ async def _proxy_stream(gateway: Gateway, path: str, raw: bytes, model: str, met
     if isinstance(first, Head) and first.status != 200:
         body = b"".join([c.data async for c in receive if isinstance(c, Chunk)])
         meter.head(first)
-        meter.finish(outcome_for_status(first.status))
+        meter.finish(outcome_for_status(first.status, body))
         return Response(body, first.status, dict(first.headers))
     headers = {"Content-Type": sse.CONTENT_TYPE, "Cache-Control": "no-cache",
                "X-Accel-Buffering": "no"}  # fmt: skip
@@ -304,7 +304,7 @@ async def _stream_body(first: Any, receive: trio.MemoryReceiveChannel, ref: Any,
                     meter.head(event)
                     if event.status != 200:
                         rest = b"".join([c.data async for c in receive if isinstance(c, Chunk)])
-                        outcome = outcome_for_status(event.status)
+                        outcome = outcome_for_status(event.status, rest)
                         yield _in_band(error_from_body(event.status, rest, None))
                         return
                 elif isinstance(event, Chunk):

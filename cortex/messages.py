@@ -104,7 +104,7 @@ def _metering(gateway: Gateway, route: str, model: ModelId,
         try:
             yield meter
         except ApiError as exc:
-            meter.finish(outcome_for_status(exc.status))
+            meter.finish(outcome_for_status(exc.status, exc.type))
             raise
         except BaseException:
             meter.finish("cancelled")

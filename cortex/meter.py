@@ -103,11 +103,19 @@ class Meter:
         ))  # fmt: skip
 
 
-def outcome_for_status(status: int) -> str:
+def outcome_for_status(status: int, detail: str | bytes | None = None) -> str:
+    """The `outcome` label of an answer: backpressure (429, or a 503 whose error `detail`
+    — its type or its body — says `rate_limit`) is `rejected`, any other 503 is
+    `unavailable`, 504 is `timeout`."""
     if status < 400:
         return "ok"
-    if status in (429, 503):
-        return "unavailable"
+    if status == 429:
+        return "rejected"
+    if status == 503:
+        text = detail.decode("utf-8", "replace") if isinstance(detail, bytes) else detail or ""
+        return "rejected" if "rate_limit" in text else "unavailable"
+    if status == 504:
+        return "timeout"
     if status < 500:
         return "client_error"
     return "upstream_error"

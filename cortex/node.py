@@ -186,7 +186,13 @@ class Node:
             self._observe("loaded", model, trio.current_time() - started)
         except Exception as exc:  # delivered to every request waiting on this load
             flight.error = exc
-            self._observe("load_failed", model, trio.current_time() - started)
+            outcome = "timeout" if isinstance(exc, trio.TooSlowError) else "failed"
+            self._observe("load_failed", model, trio.current_time() - started, outcome)
+        except trio.Cancelled:  # the gateway is stopping: no waiter may take it as loaded
+            flight.error = UpstreamError(f"the load of {model} on {self.name} was cancelled",
+                                         code="load_cancelled")  # fmt: skip
+            self._observe("load_failed", model, trio.current_time() - started, "cancelled")
+            raise
         finally:
             del self._flights[model]
             flight.done.set()

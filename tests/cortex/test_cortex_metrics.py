@@ -14,6 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families as parse_tex
 from cortex.config import load_config
 from cortex.metrics import (
     LOAD_BUCKETS,
+    OUTCOMES,
     SECONDS_LONG,
     SECONDS_SHORT,
     SPARE_LABELS,
@@ -345,3 +346,26 @@ async def test_meter_times_the_first_token_not_the_first_byte(autojump_clock, co
     assert _observed(m, "cortex_time_to_first_token_seconds_sum", labels) == 2
     retried = {"route": CHAT, "model": "org/a", "node": "alpha"}
     assert _observed(m, "cortex_request_retries_total", retried) == 2
+
+
+@pytest.mark.parametrize(
+    ("status", "detail", "outcome"),
+    [
+        (200, None, "ok"),
+        (400, "invalid_request_error", "client_error"),
+        (404, None, "client_error"),
+        (429, "rate_limit_error", "rejected"),
+        (429, "insufficient_quota", "rejected"),
+        (503, b'{"error":{"type":"rate_limit_error","code":"rate_limit_exceeded"}}', "rejected"),
+        (503, "api_error", "unavailable"),
+        (503, None, "unavailable"),
+        (504, b'{"error":{"code":"request_idle_timeout"}}', "timeout"),
+        (500, None, "upstream_error"),
+        (502, "api_error", "upstream_error"),
+    ],
+)
+def test_outcomes_follow_the_documented_sets(status, detail, outcome):
+    from cortex.meter import outcome_for_status
+
+    assert outcome_for_status(status, detail) == outcome
+    assert outcome in OUTCOMES

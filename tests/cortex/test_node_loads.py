@@ -1,0 +1,92 @@
+"""How a node actor's loads end, as its observer (the metrics) sees them."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+import trio
+
+import actors
+from cortex.node import Node, NodeActor, PollSettings
+from protocol.ids import ModelId, NodeName
+
+MODEL = ModelId("org/m")
+
+
+class QuietNodeActor(NodeActor):
+    """The node actor without its poller: these tests drive loads only."""
+
+    async def on_start(self) -> None:
+        self.node.actor = self
+
+
+class Outcomes:
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, ...]] = []
+
+    def loaded(self, node: str, model: str, seconds: float) -> None:
+        self.seen.append(("loaded", model))
+
+    def load_failed(self, node: str, model: str, seconds: float, outcome: str) -> None:
+        self.seen.append((outcome, model))
+
+
+def node_answering(load) -> Node:
+    async def handler(request: httpx.Request) -> httpx.Response:
+        return await load(request)
+
+    client = httpx.AsyncClient(transport=httpx.MockTransport(handler))
+    return Node(NodeName("n"), "http://n.invalid", client, PollSettings(load_timeout=5))
+
+
+async def loaded_ok(request: httpx.Request) -> httpx.Response:
+    return httpx.Response(200, json={"status": "loaded", "model_id": MODEL})
+
+
+async def too_slow(request: httpx.Request) -> httpx.Response:
+    await trio.sleep(60)
+    return await loaded_ok(request)
+
+
+async def refused(request: httpx.Request) -> httpx.Response:
+    return httpx.Response(404, json={"error": "model 'org/m' not found", "code": "model_not_found"})
+
+
+@pytest.mark.parametrize(
+    ("load", "outcome"),
+    [(loaded_ok, "loaded"), (too_slow, "timeout"), (refused, "failed")],
+    ids=["loaded", "timeout", "failed"],
+)
+async def test_a_load_ends_as_loaded_timeout_or_failed(autojump_clock, load, outcome):
+    node, observer = node_answering(load), Outcomes()
+    node.observer = observer
+    async with actors.open_root("t") as root, node.client:
+        await root.start(QuietNodeActor, node, name="n")
+        try:
+            await node.ensure_loaded(MODEL, (), ())
+        except Exception:
+            assert outcome != "loaded"
+        else:
+            assert outcome == "loaded"
+    assert observer.seen == [(outcome, MODEL)]
+
+
+async def test_a_load_cancelled_by_shutdown_is_counted_and_fails_its_waiters(autojump_clock):
+    node, observer = node_answering(too_slow), Outcomes()
+    node.observer = observer
+    errors: list[BaseException] = []
+
+    async def wait_for_the_load() -> None:
+        try:
+            await node.ensure_loaded(MODEL, (), ())
+        except Exception as exc:
+            errors.append(exc)
+
+    async with node.client, trio.open_nursery() as outside, actors.open_root("t") as root:
+        await root.start(QuietNodeActor, node, name="n")
+        outside.start_soon(wait_for_the_load)
+        await trio.sleep(1)
+        await root.cancel()
+    assert observer.seen == [("cancelled", MODEL)]
+    [error] = errors
+    assert "cancelled" in str(error)
