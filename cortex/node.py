@@ -185,7 +185,7 @@ class Node:
                 await self._load(model, devices)
             self._observe("loaded", model, trio.current_time() - started)
         except Exception as exc:  # delivered to every request waiting on this load
-            flight.error = exc
+            flight.error = self._load_error(model, exc)
             outcome = "timeout" if isinstance(exc, trio.TooSlowError) else "failed"
             self._observe("load_failed", model, trio.current_time() - started, outcome)
         except trio.Cancelled:  # the gateway is stopping: no waiter may take it as loaded
@@ -197,6 +197,19 @@ class Node:
             del self._flights[model]
             flight.done.set()
             self._notify()
+
+    def _load_error(self, model: ModelId, exc: Exception) -> Exception:
+        """A failed load as the error its waiting requests get (an ApiError when known)."""
+        if isinstance(exc, trio.TooSlowError):
+            return ApiError(
+                f"loading {model} on {self.name} took longer than load_timeout "
+                f"({self.settings.load_timeout:g} s)",
+                status=504, type="api_error", code="load_timeout",
+            )  # fmt: skip
+        if isinstance(exc, httpx.HTTPError):
+            message = f"node {self.name} failed during the load of {model}: {type(exc).__name__}"
+            return UpstreamError(message, code="upstream_connection_error")
+        return exc
 
     async def _load(self, model: ModelId, devices: tuple[int, ...]) -> None:
         # the node's first harness: upstream neurons require the field, ours default it

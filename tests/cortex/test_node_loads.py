@@ -8,6 +8,7 @@ import trio
 
 import actors
 from cortex.node import Node, NodeActor, PollSettings
+from protocol.errors import ApiError
 from protocol.ids import ModelId, NodeName
 
 MODEL = ModelId("org/m")
@@ -53,21 +54,25 @@ async def refused(request: httpx.Request) -> httpx.Response:
 
 
 @pytest.mark.parametrize(
-    ("load", "outcome"),
-    [(loaded_ok, "loaded"), (too_slow, "timeout"), (refused, "failed")],
+    ("load", "outcome", "error"),
+    [
+        (loaded_ok, "loaded", None),
+        (too_slow, "timeout", (504, "load_timeout", "took longer than load_timeout (5 s)")),
+        (refused, "failed", (404, "model_not_found", "not found")),
+    ],
     ids=["loaded", "timeout", "failed"],
 )
-async def test_a_load_ends_as_loaded_timeout_or_failed(autojump_clock, load, outcome):
+async def test_a_load_ends_as_loaded_timeout_or_failed(autojump_clock, load, outcome, error):
     node, observer = node_answering(load), Outcomes()
     node.observer = observer
     async with actors.open_root("t") as root, node.client:
         await root.start(QuietNodeActor, node, name="n")
         try:
             await node.ensure_loaded(MODEL, (), ())
-        except Exception:
-            assert outcome != "loaded"
+        except ApiError as exc:
+            assert (exc.status, exc.code) == error[:2] and error[2] in exc.message
         else:
-            assert outcome == "loaded"
+            assert error is None
     assert observer.seen == [(outcome, MODEL)]
 
 
