@@ -30,7 +30,7 @@ from hypercorn.config import Config
 from hypercorn.events import Event, Updated
 from hypercorn.trio import serve as hypercorn_serve
 from hypercorn.trio.tcp_server import TCPServer
-from quart import Quart, Request, Response
+from quart import Quart, Request, Response, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from protocol._converter import encode_json, parse
@@ -105,7 +105,33 @@ def prepare_app(
     app.config["MAX_CONTENT_LENGTH"] = max_body_bytes
     # `//` in a path would be answered by an HTML redirect; an API answers 404 instead.
     app.url_map.merge_slashes = False
+    app.after_request(_settle_body)
     return app
+
+
+# How long a response waits for the rest of a body its route did not read.
+_SETTLE_TIMEOUT = 1.0
+
+
+async def _settle_body(response: Response) -> Response:
+    """Keep the connection reusable, or say it is not.
+
+    A route that answers without reading the body (a GET sent with one, a 401, 415
+    or 503 refused before parsing) leaves the body in flight, and hypercorn then
+    closes the connection after the response without a word: a client that reuses
+    it at once loses its next request. Wait briefly for the body to arrive; if it
+    does not (or is over the limit), say `Connection: close`."""
+    if getattr(request, "helexa_body_read", False):
+        return response
+    try:
+        with trio.move_on_after(_SETTLE_TIMEOUT) as wait:
+            await request.body
+    except RequestEntityTooLarge:
+        response.headers["Connection"] = "close"
+        return response
+    if wait.cancelled_caught:
+        response.headers["Connection"] = "close"
+    return response
 
 
 def make_config(
@@ -144,12 +170,14 @@ async def serve(
 async def read_body(request: Request) -> bytes:
     """The raw body, or `PayloadTooLarge` past the app's `MAX_CONTENT_LENGTH`."""
     try:
-        return await request.get_data(cache=False, as_text=False, parse_form_data=False)
+        body = await request.get_data(cache=False, as_text=False, parse_form_data=False)
     except RequestEntityTooLarge as exc:
         limit = request.max_content_length
         raise PayloadTooLarge(
             f"request body exceeds the limit of {limit} bytes", extra={"max_bytes": limit}
         ) from exc
+    request.helexa_body_read = True  # type: ignore[attr-defined]
+    return body
 
 
 async def parse_body(request: Request, cls: type[T], *, internal: bool = False) -> T:

@@ -86,7 +86,9 @@ def _dialect(operation: dict[str, Any]) -> str:
 
 def _path_value(daemon: str, path: str, name: str) -> st.SearchStrategy[str]:
     hint = HINTS.get((daemon, path), {}).get(name, _names)
-    return hint.map(lambda v: quote(v, safe="") if isinstance(v, str) else "x")
+    # Dots escaped too: a client would resolve a bare `..` segment before sending.
+    return hint.map(lambda v: quote(v, safe="").replace(".", "%2E") if isinstance(v, str)
+                    else "x")  # fmt: skip
 
 
 @st.composite

@@ -143,6 +143,24 @@ def test_an_oversized_request_head_is_refused_and_the_server_carries_on(fleet, d
     assert response.headers.get("connection") == "close"
 
 
+@pytest.mark.parametrize("daemon", ["neuron", "cortex"])
+def test_a_body_the_route_never_reads_does_not_cost_the_next_request(fleet, daemon):
+    """A GET sent with a body, and a POST refused before its body is parsed (415 on the
+    node; 404 for an unknown route), on one kept-alive connection: the next request on
+    that connection is answered, never cut off by a silent close."""
+    limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
+    with httpx.Client(base_url=_url(fleet, daemon), timeout=30, limits=limits) as client:
+        for i in range(40):
+            assert client.request("GET", "/health", content=b"x" * (i * 4099)).status_code == 200
+            refused = client.post("/nowhere", content=b"{" * (i * 997),
+                                  headers={"content-type": "text/plain"})  # fmt: skip
+            assert refused.status_code == 404
+            if daemon == "neuron":
+                response = client.post("/v1/chat/completions", content=b"{}" * i,
+                                       headers={"content-type": "text/plain"})  # fmt: skip
+                assert response.status_code == 415
+
+
 # -- shapes ---------------------------------------------------------------------------------
 
 
