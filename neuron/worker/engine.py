@@ -312,7 +312,9 @@ class Engine:
             )
 
     def _check_capacity(self, reservation: int) -> None:
-        if len(self._live) >= self.max_batch_size:
+        # A cancelled sequence is retired at the start of the next step, before a new
+        # one runs, and the parent gives its slot back as it cancels: its room is free.
+        if sum(not s.cancelled for s in self._live.values()) >= self.max_batch_size:
             raise BatchFull(f"the batch is full ({self.max_batch_size} live sequences)")
         if reservation > self.kv_token_budget:
             raise RequestTooLarge(
@@ -326,8 +328,10 @@ class Engine:
             )
 
     def _footprint(self, extra: int | None = None) -> int:
-        """Padded KV the arena may reach: rows x the longest reservation."""
-        reservations = [s.reservation for s in self._live.values()]
+        """Padded KV the arena may reach: rows x the longest reservation. With `extra` (a
+        sequence being admitted), cancelled sequences, gone before it runs, do not count."""
+        live = self._live.values()
+        reservations = [s.reservation for s in live if extra is None or not s.cancelled]
         if extra is not None:
             reservations.append(extra)
         return len(reservations) * max(reservations, default=0)

@@ -243,6 +243,24 @@ def test_cancel_frees_the_slot_and_its_kv(tiny_model):
     assert not engine.cancel(SeqId(99))
 
 
+def test_a_cancelled_sequence_makes_room_before_the_next_step(tiny_model):
+    """The parent gives a request's slot back as it cancels the sequence, so the next
+    request may arrive before the step that retires it: the batch and the KV budget
+    must already count it out (a client hanging up made others fail 'batch is full')."""
+    engine = Engine(tiny_model, EngineConfig(max_batch_size=2, max_seq_len=64, kv_token_budget=50))
+    engine.add(SeqId(1), _prompt(9, 1), GREEDY)  # reserves 9 + 16 = 25
+    engine.add(SeqId(2), _prompt(9, 2), GREEDY)  # 2 rows x 25 = the whole budget
+    engine.step()
+    assert engine.cancel(SeqId(1))
+    engine.add(SeqId(3), _prompt(9, 3), GREEDY)  # neither BatchFull nor KvBudgetExceeded
+    finished = {}
+    while engine.has_work:
+        for output in engine.step().outputs:
+            finished[output.seq_id] = output.finish_reason
+        assert engine.statistics().kv_tokens_allocated <= 50
+    assert finished == {1: "cancelled", 2: "length", 3: "length"}
+
+
 def test_the_arena_shrinks_when_occupancy_drops(tiny_model):
     engine = Engine(tiny_model, EngineConfig(max_batch_size=8, max_seq_len=512))
     for i in range(8):
