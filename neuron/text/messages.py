@@ -18,7 +18,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from neuron.text.errors import ContentUnsupported, ImageNotDataUri, VisionUnsupported
+from neuron.text.errors import (
+    ContentUnsupported,
+    ImageNotDataUri,
+    InvalidParameter,
+    VisionUnsupported,
+)
 from protocol.openai import (
     AssistantMessage,
     ChatMessage,
@@ -42,6 +47,8 @@ def chat_messages(
     messages: Sequence[ChatMessage], *, vision: bool = False, model_id: str | None = None
 ) -> list[dict[str, Any]]:
     """Template-ready message dicts; raises the content errors named above."""
+    if not messages:  # templates index messages[0]; an empty chat is a client error
+        raise InvalidParameter("messages", "expected at least one message, but got none.")
     names = _call_names(messages)
     return [
         _message(m, f"messages[{i}]", vision=vision, model_id=model_id, names=names)

@@ -273,6 +273,19 @@ def _wait_idle(fleet) -> None:
              what="the abandoned stream's slot")  # fmt: skip
 
 
+@pytest.mark.parametrize(("daemon", "path", "dialect"), [
+    ("neuron", "/v1/chat/completions", "openai"),
+    ("neuron", "/v1/chat/tokenize", "openai"),
+    ("cortex", "/v1/chat/completions", "openai"),
+    ("cortex", "/v1/messages", "anthropic"),
+    ("cortex", "/v1/messages/count_tokens", "anthropic"),
+])  # fmt: skip
+def test_an_empty_conversation_is_a_400_not_a_fallback_prompt(fleet, daemon, path, dialect):
+    request = {"model": QWEN, "max_tokens": 1, "messages": []}
+    body = refused(post(fleet, daemon, path, json.dumps(request).encode()), 400, dialect)
+    assert "at least one message" in json.dumps(body)
+
+
 # -- volume ---------------------------------------------------------------------------------
 
 
