@@ -266,6 +266,34 @@ def test_a_token_budget_of_10_to_the_12_is_capped_and_the_slot_comes_back(fleet,
     _wait_idle(fleet)
 
 
+@pytest.mark.parametrize(("daemon", "path", "dialect"), [
+    ("neuron", "/v1/chat/completions", "openai"),
+    ("cortex", "/v1/chat/completions", "openai"),
+    ("cortex", "/v1/messages", "anthropic"),
+])  # fmt: skip
+def test_a_request_id_already_in_flight_is_a_409(fleet, daemon, path, dialect):
+    """The id names the request's actor: a second request with it, while the first
+    streams, is refused clearly (it was a 500); the first is unaffected."""
+    rid = {"x-request-id": f"same-id-{daemon}-{path.rsplit('/', 1)[1]}"}
+    request = {"model": QWEN, "messages": [{"role": "user", "content": "hi"}],
+               "max_tokens": 10**12, "stream": True}  # fmt: skip
+    with (
+        httpx.Client(base_url=_url(fleet, daemon), timeout=60) as client,
+        client.stream("POST", path, json=request, headers=rid) as first,
+    ):
+        assert first.status_code == 200
+        lines = first.iter_lines()
+        next(lines)
+        second = client.post(path, json={**request, "stream": False, "max_tokens": 1},
+                             headers=rid)  # fmt: skip
+        body = refused(second, 409, dialect)
+        if dialect == "openai":
+            assert (body["error"]["code"], body["error"]["param"]) == ("request_id_in_use",
+                                                                       "x-request-id")  # fmt: skip
+        assert next(lines) is not None  # the first one still streams
+    _wait_idle(fleet)
+
+
 def _wait_idle(fleet) -> None:
     from tests.neuron.daemon_harness import wait_for
 
