@@ -10,9 +10,10 @@ adds sampling (`neuron.text.sampling`) and stop strings (`neuron.text.stop`).
 `tool_choice` `"required"` and a named function are enforced by the prompt:
 the generation is started inside a tool-call block (the model's `<tool_call>`
 marker is appended to the prompt, after closing a reasoning block the
-template left open), so the first thing the model writes is a call's body; a named choice also renders only that function. Without a tool-call
-marker in the vocabulary neither can be honoured, and the request is refused
-(400) rather than answered with prose.
+template left open), so the first thing the model writes is a call's body;
+a named choice also renders only that function. Without a tool-call marker
+in the vocabulary neither can be honoured, and the request is refused (400)
+rather than answered with prose.
 
 Not for: policy such as upstream's "thinking off unless asked" — the caller
 passes `default_template_kwargs`, which the request's `chat_template_kwargs`

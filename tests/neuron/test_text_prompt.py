@@ -169,7 +169,8 @@ TWO_TOOLS = [
     {"type": "function", "function": {"name": "get_time", "parameters": {"type": "object"}}},
 ]
 CALL_BODY = (
-    "\n<function=get_weather>\n<parameter=days>\n2\n</parameter>\n</function>\n</tool_call><|im_end|>"
+    "\n<function=get_weather>\n<parameter=days>\n2\n</parameter>\n</function>\n"
+    "</tool_call><|im_end|>"
 )
 NO_THINKING = {"enable_thinking": False}
 
