@@ -87,9 +87,11 @@ class Fleet:
                 decision = place(self._without(exclude), model, time.monotonic(), self.policy)
                 match decision:
                     case Route(node=name):
-                        self.nodes[name].last_used_at[model] = time.monotonic()
+                        node = self.nodes[name]
+                        node.last_used_at[model] = time.monotonic()
+                        node.routed[model] = node.routed.get(model, 0) + 1
                         waited = trio.current_time() - started if cold else 0.0
-                        return Acquired(self.nodes[name], model, cold, waited)
+                        return Acquired(node, model, cold, waited)
                     case Load(node=name, devices=devices, evict=evict):
                         cold = True
                         status(phase="loading", node=name)

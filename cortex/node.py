@@ -89,6 +89,10 @@ class Node:
         self.draining = False
         self.lifecycle_cycles = 0
         self.last_used_at: dict[ModelId, float] = {}
+        # Requests routed here since the last poll, per model: the poll's in-flight
+        # figures do not show them yet, and a burst placed on one stale snapshot would
+        # all go to the same node.
+        self.routed: dict[ModelId, int] = {}
         self.loaded_at: dict[ModelId, float] = {}
         self.changed = trio.Event()
         self._lifecycle = trio.Lock()
@@ -125,6 +129,7 @@ class Node:
         for gone in set(self.loaded_at) - {m.id for m in models}:
             del self.loaded_at[gone]
         self.models, self.health = models, health
+        self.routed = {}  # now counted in `health`
         self.state, self.failures, self.last_error = NodeState.UP, 0, None
         self.last_poll_at = trio.current_time()
         if was is not NodeState.UP:
@@ -276,10 +281,11 @@ class Node:
         out = {}
         for info in self.models:
             load = loads.get(info.id)
+            in_flight = (load.in_flight if load else 0) + self.routed.get(info.id, 0)
             out[info.id] = Residency(
                 model=info.id, status=_STATUS.get(info.status, ResidencyStatus.FAILED),
                 servable=_servable(info), memory_mb=_memory_mb(info), devices=info.devices,
-                in_flight=load.in_flight if load else 0, queued=load.queue_depth if load else 0,
+                in_flight=in_flight, queued=load.queue_depth if load else 0,
                 last_used_at=self.last_used_at.get(info.id),
                 loaded_at=self.loaded_at.get(info.id), pinned=info.pinned,
             )  # fmt: skip

@@ -1,0 +1,42 @@
+"""Routing a burst: requests placed between two polls spread over the replicas.
+
+Nodes answer their polls from an `httpx.MockTransport` (idle: nothing in
+flight); no request is sent to them, only placed.
+"""
+
+from __future__ import annotations
+
+import httpx
+
+from cortex.eviction import EvictionPolicy
+from cortex.fleet import Fleet
+from cortex.fleet_snapshot import Catalogue, ModelProfile
+from cortex.node import Node, PollSettings
+from protocol.ids import ModelId, NodeName
+
+MODEL = ModelId("org/m")
+IDLE = {
+    "/discovery": {"hostname": "h", "devices": [{"index": 0, "name": "cpu", "vram_total_mb": 64}]},
+    "/models": [{"id": MODEL, "harness": "transformers", "status": "loaded", "devices": [0]}],
+    "/health": {"uptime_secs": 1, "models": [{"id": MODEL, "in_flight": 0, "queue_depth": 0}]},
+}
+
+
+def idle_node(name: str) -> Node:
+    async def answer(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, json=IDLE[request.url.path])
+
+    client = httpx.AsyncClient(transport=httpx.MockTransport(answer))
+    return Node(NodeName(name), f"http://{name}.invalid", client, PollSettings())
+
+
+async def test_a_burst_between_polls_alternates_between_idle_replicas():
+    nodes = [idle_node("alpha"), idle_node("beta")]
+    fleet = Fleet(nodes, Catalogue.of([ModelProfile(id=MODEL, vram_mb=4)]), EvictionPolicy())
+    await fleet.repoll()
+    placed = [(await fleet.acquire(MODEL)).node.name for _ in range(6)]
+    assert sorted(placed) == ["alpha"] * 3 + ["beta"] * 3  # not all six on "alpha"
+
+    await fleet.repoll()  # the nodes' own figures now count what was sent to them
+    assert [n.routed for n in nodes] == [{}, {}]
+    assert (await fleet.acquire(MODEL)).node.name == "alpha"  # idle again: ties by name
