@@ -16,33 +16,39 @@ models.toml is fatal; a missing one is an empty catalogue and a note.
 
 Not for: watching files (the catalogue is read once at start, like
 upstream), enforcing entitlements (`cortex.auth` does), or
-anything `neuron` — cortex never imports it, so the few schema-walking
-helpers below are this module's own. It is longer than most because it is
-two schemas with their one loader.
+anything `neuron` — cortex never imports it; the generic machinery (checks,
+schema walking, the environment) is `protocol.settings`, which both share.
+It is longer than most because it is two schemas with their one loader.
 """
 
 from __future__ import annotations
 
-import difflib
-import functools
-import math
 import os
-import re
 import stat
-import tomllib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal, Union, get_args, get_origin
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import attrs
 
 from cortex.eviction import EvictionPolicy, EvictionStrategy
 from cortex.fleet_snapshot import Catalogue, ModelProfile
-from protocol import structure
-from protocol.errors import ValidationFailed
 from protocol.ids import ModelId, NodeName
 from protocol.models import ModelCost, ModelLimit
+from protocol.settings import (
+    ConfigError,
+    Environment,
+    Problem,
+    at_least,
+    located,
+    not_a_key,
+    positive,
+    read_toml,
+    setting,
+    structure_checked,
+    unknown_keys,
+)
 
 __all__ = [
     "DEFAULT_CONFIG_PATH",
@@ -69,42 +75,9 @@ __all__ = [
 MIB = 1024 * 1024
 DEFAULT_CONFIG_PATH = Path("/etc/cortex/cortex.toml")
 DEFAULT_MODELS_PATH = "/etc/cortex/models.toml"
-_CHECK = "cortex.config.check"
-_NOT_A_KEY = "cortex.config.not_a_key"
-Problem = tuple[tuple[str | int, ...], str]
-
-
-class ConfigError(Exception):
-    """The configuration cannot be used; `problems` holds one line per problem."""
-
-    def __init__(self, problems: Sequence[str]) -> None:
-        self.problems = tuple(problems)
-        if len(self.problems) == 1:
-            super().__init__(self.problems[0])
-        else:
-            lines = "".join(f"\n  {p}" for p in self.problems)
-            super().__init__(f"{len(self.problems)} configuration problems:{lines}")
 
 
 # ------------------------------------------------------------------ value checks
-
-
-def _setting(
-    default: Any = attrs.NOTHING, check: Callable[[Any], str | None] | None = None, **kwargs: Any
-) -> Any:
-    """A TOML key; `check(value)` returns what is wrong with a value, or None."""
-    return attrs.field(default=default, metadata={_CHECK: check} if check else {}, **kwargs)
-
-
-def _at_least(low: float) -> Callable[[Any], str | None]:
-    def check(value: Any) -> str | None:
-        return None if value is None or value >= low else f"must be at least {low}, got {value}"
-
-    return check
-
-
-def _positive(value: float | None) -> str | None:
-    return None if value is None or value > 0 else f"must be greater than 0, got {value}"
 
 
 def _word(value: str) -> str | None:
@@ -153,8 +126,8 @@ class Gateway:
     """`[gateway]` — listen "0.0.0.0:31313" (the API), metrics_listen
     "0.0.0.0:31314" (Prometheus); both `host:port`, IPv6 as `[::]:31313`."""
 
-    listen: str = _setting("0.0.0.0:31313", _listen)
-    metrics_listen: str = _setting("0.0.0.0:31314", _listen)
+    listen: str = setting("0.0.0.0:31313", _listen)
+    metrics_listen: str = setting("0.0.0.0:31314", _listen)
 
     @property
     def listen_address(self) -> tuple[str, int]:
@@ -171,8 +144,8 @@ class Eviction:
     min_residency_seconds 30 (ours: a model this fresh is not evicted)."""
 
     strategy: Literal["lru", "priority"] = "lru"
-    defrag_after_cycles: int = _setting(0, _at_least(0))
-    min_residency_seconds: float = _setting(30.0, _at_least(0))
+    defrag_after_cycles: int = setting(0, at_least(0))
+    min_residency_seconds: float = setting(30.0, at_least(0))
 
     def policy(self) -> EvictionPolicy:
         return EvictionPolicy(
@@ -188,9 +161,9 @@ class Neuron:
     trailing slash is dropped) and `token` (the neuron's `[auth] token`, sent
     as a bearer; default `[fleet] neuron_token`; never shown in repr)."""
 
-    name: NodeName = _setting(check=_word)  # noqa: RUF009 -- an attrs field, not a default
-    endpoint: str = _setting(check=_url)
-    token: str | None = _setting(None, _word, repr=False)
+    name: NodeName = setting(check=_word)  # noqa: RUF009 -- an attrs field, not a default
+    endpoint: str = setting(check=_url)
+    token: str | None = setting(None, _word, repr=False)
 
 
 @attrs.frozen
@@ -205,11 +178,11 @@ class Fleet:
     neuron_token       —   the token of every neuron without its own `token`
     """
 
-    poll_interval: float = _setting(5.0, _positive)
-    poll_timeout: float = _setting(5.0, _positive)
-    failure_threshold: int = _setting(3, _at_least(1))
-    backoff_max: float = _setting(30.0, _positive)
-    neuron_token: str | None = _setting(None, _word, repr=False)
+    poll_interval: float = setting(5.0, positive)
+    poll_timeout: float = setting(5.0, positive)
+    failure_threshold: int = setting(3, at_least(1))
+    backoff_max: float = setting(30.0, positive)
+    neuron_token: str | None = setting(None, _word, repr=False)
 
 
 @attrs.frozen
@@ -232,15 +205,15 @@ class Http:
     max_header_bytes       65536   a larger request head gets 431
     """
 
-    max_body_bytes: int = _setting(32 * MIB, _at_least(1024))
-    keepalive_interval: float = _setting(1.0, _positive)
-    upstream_idle_timeout: float = _setting(300.0, _positive)
-    load_timeout: float = _setting(1800.0, _positive)
-    retries: int = _setting(2, _at_least(0))
-    drain_timeout: float = _setting(30.0, _at_least(0))
-    body_timeout: float = _setting(60.0, _positive)
-    idle_timeout: float = _setting(75.0, _positive)
-    max_header_bytes: int = _setting(64 * 1024, _at_least(1024))
+    max_body_bytes: int = setting(32 * MIB, at_least(1024))
+    keepalive_interval: float = setting(1.0, positive)
+    upstream_idle_timeout: float = setting(300.0, positive)
+    load_timeout: float = setting(1800.0, positive)
+    retries: int = setting(2, at_least(0))
+    drain_timeout: float = setting(30.0, at_least(0))
+    body_timeout: float = setting(60.0, positive)
+    idle_timeout: float = setting(75.0, positive)
+    max_header_bytes: int = setting(64 * 1024, at_least(1024))
 
 
 @attrs.frozen
@@ -256,7 +229,7 @@ class Window:
     """A key's budget window: `{kind = "balance"}` or `{kind = "rolling", seconds = N}`."""
 
     kind: Literal["balance", "rolling"] = "balance"
-    seconds: int | None = _setting(None, _at_least(1))
+    seconds: int | None = setting(None, at_least(1))
 
 
 @attrs.frozen
@@ -264,9 +237,9 @@ class RateLimit:
     """A key's `rate_limit = {requests = N, tokens = N, seconds = 60}` (ours):
     at most `requests` requests and `tokens` tokens per window of `seconds`."""
 
-    requests: int | None = _setting(None, _at_least(1))
-    tokens: int | None = _setting(None, _at_least(1))
-    seconds: float = _setting(60.0, _positive)
+    requests: int | None = setting(None, at_least(1))
+    tokens: int | None = setting(None, at_least(1))
+    seconds: float = setting(60.0, positive)
 
 
 @attrs.frozen
@@ -276,10 +249,10 @@ class ApiKey:
     `admin` (may use `/admin/*`), `models` (allowed names; None = all) and
     `rate_limit`."""
 
-    key: str = _setting(check=_word, repr=False)
-    account_id: str = _setting(check=_word)
-    key_id: str | None = _setting(None, _word)
-    hard_cap: int | None = _setting(None, _at_least(0))
+    key: str = setting(check=_word, repr=False)
+    account_id: str = setting(check=_word)
+    key_id: str | None = setting(None, _word)
+    hard_cap: int | None = setting(None, at_least(0))
     window: Window = attrs.field(factory=Window)
     admin: bool = False
     models: tuple[str, ...] | None = None
@@ -301,10 +274,6 @@ class _KeysFile:
     keys: tuple[ApiKey, ...] = ()
 
 
-def _not_a_key(**kwargs: Any) -> Any:
-    return attrs.field(eq=False, metadata={_NOT_A_KEY: True}, **kwargs)
-
-
 @attrs.frozen
 class CortexConfig:
     """The whole configuration: `models_config` (catalogue path), `neurons`,
@@ -319,9 +288,9 @@ class CortexConfig:
     http: Http = attrs.field(factory=Http)
     log: Log = attrs.field(factory=Log)
     entitlements: Entitlements = attrs.field(factory=Entitlements)
-    source: str | None = _not_a_key(default=None)
-    notes: tuple[str, ...] = _not_a_key(default=())
-    catalogue: Catalogue = _not_a_key(factory=Catalogue)  # noqa: RUF009 -- an attrs field
+    source: str | None = not_a_key(default=None)
+    notes: tuple[str, ...] = not_a_key(default=())
+    catalogue: Catalogue = not_a_key(factory=Catalogue)  # noqa: RUF009 -- an attrs field
 
     @property
     def models_path(self) -> Path:
@@ -336,29 +305,29 @@ class CortexConfig:
 
 @attrs.frozen
 class _Limit:
-    context: int = _setting(check=_at_least(1))
-    input: int | None = _setting(None, _at_least(1))
-    output: int | None = _setting(None, _at_least(1))
+    context: int = setting(check=at_least(1))
+    input: int | None = setting(None, at_least(1))
+    output: int | None = setting(None, at_least(1))
 
 
 @attrs.frozen
 class _Cost:  # upstream: input/output default to 0.0 once the table exists
-    input: float = _setting(0.0, _at_least(0))
-    output: float = _setting(0.0, _at_least(0))
-    cache_read: float | None = _setting(None, _at_least(0))
-    cache_write: float | None = _setting(None, _at_least(0))
+    input: float = setting(0.0, at_least(0))
+    output: float = setting(0.0, at_least(0))
+    cache_read: float | None = setting(None, at_least(0))
+    cache_write: float | None = setting(None, at_least(0))
 
 
 @attrs.frozen
 class _Model:
-    id: str = _setting(check=_word)
+    id: str = setting(check=_word)
     harness: str | None = None  # upstream requires it; one engine here
     quant: str | None = None
-    vram_mb: int | None = _setting(None, _at_least(0))
-    min_devices: int = _setting(1, _at_least(1))
-    min_device_vram_mb: int | None = _setting(None, _at_least(0))
+    vram_mb: int | None = setting(None, at_least(0))
+    min_devices: int = setting(1, at_least(1))
+    min_device_vram_mb: int | None = setting(None, at_least(0))
     pinned_on: tuple[str, ...] = ()
-    residency_priority: int | None = _setting(None, _at_least(0))
+    residency_priority: int | None = setting(None, at_least(0))
     capabilities: tuple[str, ...] = ()
     limit: _Limit | None = None
     cost: _Cost | None = None
@@ -385,155 +354,7 @@ class _CatalogueFile:
     aliases: dict[str, Any] = attrs.field(factory=dict)
 
 
-# ------------------------------------------------------------------ schema walking
-
-
-def _unwrap(tp: Any) -> list[Any]:
-    """The members of `X | Y | None`, without None."""
-    if get_origin(tp) in (Union, type(int | str)):
-        return [a for a in get_args(tp) if a is not type(None)]
-    return [tp]
-
-
-@functools.cache
-def _fields(cls: type) -> dict[str, attrs.Attribute]:
-    return {
-        a.name: a for a in attrs.fields(attrs.resolve_types(cls)) if _NOT_A_KEY not in a.metadata
-    }
-
-
-def _table_type(tp: Any) -> type | None:
-    """The attrs class a key holds as a table (`[x]`) or array of tables (`[[x]]`)."""
-    for member in _unwrap(tp):
-        if attrs.has(member):
-            return member
-        args = get_args(member)
-        if get_origin(member) is tuple and args and attrs.has(args[0]):
-            return args[0]
-    return None
-
-
-def _unknown_keys(raw: Any, cls: type, path: tuple = ()) -> Iterator[Problem]:
-    """(path, message) for every key the schema does not have, with a suggestion."""
-    if not isinstance(raw, dict):
-        return
-    fields = _fields(cls)
-    for key, value in raw.items():
-        if key not in fields:
-            close = difflib.get_close_matches(key, fields, n=1, cutoff=0.6)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            yield (*path, key), f"unknown key, ignored{hint}"
-            continue
-        table = _table_type(fields[key].type)
-        if table is not None and isinstance(value, list):
-            for i, item in enumerate(value):
-                yield from _unknown_keys(item, table, (*path, key, i))
-        elif table is not None:
-            yield from _unknown_keys(value, table, (*path, key))
-
-
-def _check_values(obj: Any, path: tuple = ()) -> Iterator[Problem]:
-    """The `check` of every key, depth first."""
-    if isinstance(obj, tuple):
-        for i, item in enumerate(obj):
-            yield from _check_values(item, (*path, i))
-        return
-    if not attrs.has(type(obj)):
-        return
-    for name, a in _fields(type(obj)).items():
-        value = getattr(obj, name)
-        check = a.metadata.get(_CHECK)
-        if check and value is not None and (problem := check(value)):
-            yield (*path, name), problem
-        yield from _check_values(value, (*path, name))
-
-
-_PATH_PART = re.compile(r"\.(\w+)|\[(\d+)\]")
-
-
-def _structure_problems(exc: ValidationFailed) -> Iterator[Problem]:
-    """The converter's JSON-worded messages, in TOML's words (TOML has no null)."""
-    for message in exc.extra.get("errors", [str(exc)]):
-        text, _, where = message.rpartition(" @ ")
-        path = tuple(int(i) if i else name for name, i in _PATH_PART.findall(where))
-        text = re.sub(r"\bobject\b", "table", text.replace(" or null", ""))
-        yield path, text or message
-
-
-def _render_path(path: Sequence[str | int]) -> str:
-    """("gateway", "listen") → "[gateway] listen"; ("neurons", 1, "endpoint") →
-    "[[neurons]] #2 endpoint"; ("models", 0, "limit", "context") →
-    "[[models]] #1 limit.context"; ("models_config",) → "models_config"."""
-    last = max((i for i, part in enumerate(path) if isinstance(part, str)), default=-1)
-    if last < 0:
-        return "(top level)"
-    key = str(path[last]) + "".join(f"[{i}]" for i in path[last + 1 :])
-    tables: list[str] = []
-    names: list[str] = []
-    for part in path[:last]:
-        if isinstance(part, int):
-            tables.append(f"[[{'.'.join(names)}]] #{part + 1}")
-            names = []
-        else:
-            names.append(part)
-    if tables:
-        return " ".join([*tables, ".".join([*names, key])])
-    return f"[{'.'.join(names)}] {key}" if names else key
-
-
-def _where(path: tuple, origins: Mapping[tuple, str], source: str) -> str:
-    """Where the value at `path` came from: an environment variable, or the file."""
-    for n in range(len(path), 0, -1):
-        if path[:n] in origins:
-            rest = " ".join(f"#{p + 1}" if isinstance(p, int) else p for p in path[n:])
-            return f"{origins[path[:n]]} {rest}".strip()
-    return f"{source}: {_render_path(path)}"
-
-
 # ------------------------------------------------------------------ the environment
-
-_ENV_LISTS = {"CORTEX_NEURONS": ("neurons",)}
-_NOT_OVERRIDES = {"CORTEX_CONFIG", "CORTEX_URL", "CORTEX_API_KEY"}  # file; `cortex status`'s
-_TRUE, _FALSE = {"1", "true", "yes", "on"}, {"0", "false", "no", "off"}
-
-
-def _env_table() -> dict[str, tuple[tuple[str, ...], Any]]:
-    """`CORTEX_<SECTION>_<KEY>`, upstream's `CORTEX_<SECTION>__<KEY>`, top-level
-    `CORTEX_<KEY>`, and `CORTEX_NEURONS` (`name=url,name=url`)."""
-    table: dict[str, tuple[tuple[str, ...], Any]] = {}
-    for name, a in _fields(CortexConfig).items():
-        table_type = _table_type(a.type)
-        if table_type is None:
-            table["CORTEX_" + name.upper()] = ((name,), a.type)
-        elif attrs.has(a.type):
-            for key, b in _fields(table_type).items():
-                if _table_type(b.type) is None:
-                    for sep in ("_", "__"):
-                        table[f"CORTEX_{name}{sep}{key}".upper()] = ((name, key), b.type)
-    table.update({name: (path, str) for name, path in _ENV_LISTS.items()})
-    return table
-
-
-def _scalar(text: str, tp: Any) -> Any:
-    text = text.strip()
-    if tp is bool:
-        if text.lower() not in _TRUE | _FALSE:
-            raise ValueError(f"expected true/false (1/0, yes/no, on/off), got {text!r}")
-        return text.lower() in _TRUE
-    if tp is int:
-        try:
-            return int(text, 10)
-        except ValueError:
-            raise ValueError(f"expected integer, got {text!r}") from None
-    if tp is float:
-        try:
-            value = float(text)
-        except ValueError:
-            value = math.nan
-        if not math.isfinite(value):
-            raise ValueError(f"expected number, got {text!r}")
-        return value
-    return text  # str and Literal values; Literals are checked with the rest
 
 
 def _neurons_value(text: str) -> list[dict[str, str]]:
@@ -546,37 +367,19 @@ def _neurons_value(text: str) -> list[dict[str, str]]:
     return entries
 
 
-def _env_overrides(env: Mapping[str, str]) -> tuple[dict[tuple, tuple[str, Any]], list, list]:
-    """({path: (variable, value)}, problems, notes). Empty values count as unset."""
-    found, problems, notes = {}, [], []
-    for name, text in sorted(env.items()):
-        if not name.startswith("CORTEX_") or name in _NOT_OVERRIDES or not text.strip():
-            continue
-        if name not in ENV_VARS:
-            close = difflib.get_close_matches(name, ENV_VARS, n=1, cutoff=0.8)
-            hint = f" (did you mean {close[0]}?)" if close else ""
-            notes.append(f"{name} is not a cortex setting, ignored{hint}")
-            continue
-        path, tp = ENV_VARS[name]
-        try:
-            value = _neurons_value(text) if name in _ENV_LISTS else _scalar(text, _unwrap(tp)[0])
-        except ValueError as exc:
-            problems.append(f"{name}: {exc}")
-        else:
-            found[path] = (name, value)
-    return found, problems, notes
+ENVIRONMENT = Environment.of(  # also upstream's CORTEX_<SECTION>__<KEY>
+    CortexConfig,
+    "CORTEX_",
+    lists={"CORTEX_NEURONS": (("neurons",), _neurons_value)},  # name=url,name=url
+    ignore=["CORTEX_CONFIG", "CORTEX_URL", "CORTEX_API_KEY"],  # the file; `cortex status`'s
+)
+ENV_VARS: dict[str, tuple[tuple[str, ...], Any]] = ENVIRONMENT.variables
 
 
-def _apply(raw: dict[str, Any], path: tuple[str, ...], value: Any) -> None:
-    table = raw
-    for key in path[:-1]:
-        if not isinstance(table.get(key), dict):
-            table[key] = {}
-        table = table[key]
-    table[path[-1]] = value
-
-
-ENV_VARS: dict[str, tuple[tuple[str, ...], Any]] = _env_table()
+def _unknown_env_note(name: str) -> str:
+    close = ENVIRONMENT.closest(name, cutoff=0.8)
+    hint = f" (did you mean {close}?)" if close else ""
+    return f"{name} is not a cortex setting, ignored{hint}"
 
 
 # ------------------------------------------------------------------ upstream's spellings
@@ -605,9 +408,6 @@ def _translate(raw: dict[str, Any], source: str, origins: dict[tuple, str]) -> t
 
 
 def _cross_checks(config: CortexConfig) -> Iterator[Problem]:
-    if isinstance(config, _KeysFile):
-        yield from _key_checks(config.keys, ("keys",))
-        return
     yield from _duplicates([n.name for n in config.neurons], ("neurons",), "name")
     yield from _key_checks(config.entitlements.keys, ("entitlements", "keys"))
     if config.gateway.listen == config.gateway.metrics_listen:
@@ -622,6 +422,10 @@ def _key_checks(keys: Sequence[ApiKey], path: tuple) -> Iterator[Problem]:
     for i, key in enumerate(keys):
         if key.window.kind == "rolling" and key.window.seconds is None:
             yield (*path, i, "window", "seconds"), "required for a rolling window"
+
+
+def _keys_file_checks(file: _KeysFile) -> Iterator[Problem]:
+    return _key_checks(file.keys, ("keys",))
 
 
 def _duplicates(values: list, path: tuple, key: str, *, secret: bool = False) -> Iterator[Problem]:
@@ -661,30 +465,17 @@ def find_config_path(env: Mapping[str, str], cwd: Path | None = None) -> Path | 
     return None
 
 
-def _read_toml(path: Path) -> dict[str, Any]:
-    try:
-        with path.open("rb") as file:
-            return tomllib.load(file)
-    except FileNotFoundError:
-        raise ConfigError([f"{path}: no such file"]) from None
-    except OSError as exc:
-        raise ConfigError([f"{path}: cannot read: {exc.strerror or exc}"]) from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError([f"{path}: invalid TOML: {exc}"]) from None
-
-
-def _structured(raw: dict, cls: type, origins: Mapping[tuple, str], source: str) -> Any:
+def _structured(
+    raw: dict,
+    cls: type,
+    origins: Mapping[tuple, str],
+    source: str,
+    cross_checks: Callable[[Any], Iterator[Problem]] | None = None,
+) -> Any:
     """`raw` as `cls`, its values checked; ConfigError lists every problem."""
-    try:
-        value = structure(raw, cls)
-    except ValidationFailed as exc:
-        found = list(_structure_problems(exc))
-    else:
-        found = list(_check_values(value))
-        if isinstance(value, CortexConfig | _KeysFile):
-            found += _cross_checks(value)
+    value, found = structure_checked(raw, cls, cross_checks)
     if found:
-        raise ConfigError([f"{_where(p, origins, source)}: {m}" for p, m in found])
+        raise ConfigError(located(found, source, origins))
     return value
 
 
@@ -695,16 +486,13 @@ def load_config(
     it all, then read the catalogue (`catalogue=False` skips that)."""
     env = os.environ if env is None else env
     source = str(path) if path is not None else "cortex.toml"
-    raw = _read_toml(path) if path is not None else {}
+    raw = read_toml(path) if path is not None else {}
     origins: dict[tuple, str] = {}
     problems, notes = _translate(raw, source, origins)
-    notes += [f"{_where(p, origins, source)}: {m}" for p, m in _unknown_keys(raw, CortexConfig)]
-    overrides, env_problems, env_notes = _env_overrides(env)
-    for key_path, (name, value) in overrides.items():
-        _apply(raw, key_path, value)
-        origins[key_path] = name
+    notes += located(unknown_keys(raw, CortexConfig, ignored=True), source, origins)
+    env_problems, unknown_names = ENVIRONMENT.apply(env, raw, origins)
     try:
-        config = _structured(raw, CortexConfig, origins, source)
+        config = _structured(raw, CortexConfig, origins, source, _cross_checks)
     except ConfigError as exc:
         raise ConfigError([*env_problems, *problems, *exc.problems]) from None
     if problems or env_problems:
@@ -715,6 +503,7 @@ def load_config(
     config = _with_keys_file(config, path.parent if from_file else Path.cwd(), notes)
     cat_notes: list[str] = []
     loaded = load_catalogue(config.models_path, cat_notes) if catalogue else Catalogue()
+    env_notes = [_unknown_env_note(name) for name in unknown_names]
     notes += env_notes + cat_notes + list(_advisories(config, loaded))
     return attrs.evolve(config, notes=tuple(notes), catalogue=loaded)
 
@@ -742,9 +531,9 @@ def _with_keys_file(config: CortexConfig, base: Path, notes: list[str]) -> Corte
     if entitlements.keys_file is None:
         return config
     path = Path(os.path.normpath(base / Path(entitlements.keys_file).expanduser()))
-    raw = _read_toml(path)
-    notes += [f"{path}: {_render_path(p)}: {m}" for p, m in _unknown_keys(raw, _KeysFile)]
-    added = _structured(raw, _KeysFile, {}, str(path)).keys
+    raw = read_toml(path)
+    notes += located(unknown_keys(raw, _KeysFile, ignored=True), str(path))
+    added = _structured(raw, _KeysFile, {}, str(path), _keys_file_checks).keys
     notes.extend(_world_readable(path, "API keys"))
     keys = (*entitlements.keys, *(attrs.evolve(k, key_id=k.key_id or k.account_id)
                                   for k in added))  # fmt: skip
@@ -778,11 +567,11 @@ def load_catalogue(path: Path, notes: list[str] | None = None) -> Catalogue:
         notes.append(f"{path}: no such file: the catalogue is empty, so only models "
                      "the neurons report can be served")  # fmt: skip
         return Catalogue()
-    raw = _read_toml(path)
-    notes += [f"{path}: {_render_path(p)}: {m}" for p, m in _unknown_keys(raw, _CatalogueFile)]
+    raw = read_toml(path)
+    notes += located(unknown_keys(raw, _CatalogueFile, ignored=True), str(path))
     parsed = _structured(raw, _CatalogueFile, {}, str(path))
     ids = [m.id for m in parsed.models]
-    problems = [f"{path}: {_render_path(p)}: {m}" for p, m in _duplicates(ids, ("models",), "id")]
+    problems = located(_duplicates(ids, ("models",), "id"), str(path))
     aliases = dict(_aliases(parsed, path, problems, notes))
     if problems:
         raise ConfigError(problems)

@@ -14,28 +14,39 @@ Precedence: environment > file > defaults. The result also turns into what
 the rest of the daemon needs: `device_specs()` (devices to start workers on)
 and `worker_timeouts()`. This module reads files and the environment only; it
 does not probe hardware (`neuron.discovery`) or log (it runs before logging is
-configured: advisories are returned in `NeuronConfig.notes`). It is longer
-than most modules because it is one schema with its one loader.
+configured: advisories are returned in `NeuronConfig.notes`). The generic
+machinery — checks, schema walking, the environment — is `protocol.settings`,
+shared with the gateway. It is longer than most modules because it is one
+schema with its rules and its translation of upstream's keys.
 """
 
 from __future__ import annotations
 
-import difflib
-import functools
-import math
 import os
 import re
-import tomllib
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal, Union, get_args, get_origin
+from typing import Any, Literal, get_args
 
 import attrs
 
 from neuron.devices import DeviceSpec, WorkerTimeouts
 from neuron.discovery import HostResources, detect_host_resources, device_kind, device_ordinal
-from protocol import structure
-from protocol.errors import ValidationFailed
+from protocol.settings import (
+    ConfigError,
+    Environment,
+    Problem,
+    at_least,
+    located,
+    not_a_key,
+    positive,
+    read_toml,
+    render_path,
+    setting,
+    split,
+    structure_checked,
+    unknown_keys,
+)
 
 __all__ = [
     "ENV_VARS",
@@ -63,39 +74,9 @@ SYSTEM_MODEL_ROOT = "/var/lib/neuron/models"
 DTypeName = Literal["auto", "bf16", "fp16", "fp32", "bfloat16", "float16", "float32"]
 LogLevel = Literal["debug", "info", "warning", "error", "critical"]
 _DEVICE_ID = re.compile(r"(cpu|cuda):(0|[1-9][0-9]*)")
-_CHECK = "neuron.config.check"
-_NOT_A_KEY = "neuron.config.not_a_key"
-
-
-class ConfigError(Exception):
-    """The configuration cannot be used; `problems` holds one line per problem."""
-
-    def __init__(self, problems: Sequence[str]) -> None:
-        self.problems = tuple(problems)
-        if len(self.problems) == 1:
-            super().__init__(self.problems[0])
-        else:
-            lines = "".join(f"\n  {p}" for p in self.problems)
-            super().__init__(f"{len(self.problems)} configuration problems:{lines}")
 
 
 # ------------------------------------------------------------------ value checks
-
-
-def _setting(default: Any = attrs.NOTHING, check: Callable[[Any], str | None] | None = None):
-    """A TOML key; `check(value)` returns what is wrong with a value, or None."""
-    return attrs.field(default=default, metadata={_CHECK: check} if check else {})
-
-
-def _at_least(low: float) -> Callable[[Any], str | None]:
-    def check(value: Any) -> str | None:
-        return None if value is None or value >= low else f"must be at least {low}, got {value}"
-
-    return check
-
-
-def _positive(value: float | None) -> str | None:
-    return None if value is None or value > 0 else f"must be greater than 0, got {value}"
 
 
 def _dtype(value: str | None) -> str | None:
@@ -126,7 +107,7 @@ class Listen:
     """
 
     host: str = "0.0.0.0"
-    port: int = _setting(13131, _port)
+    port: int = setting(13131, _port)
 
     @property
     def is_loopback(self) -> bool:
@@ -141,7 +122,7 @@ class Auth:
                `Authorization: Bearer <token>` or `x-api-key: <token>`
     """
 
-    token: str = _setting("", _no_whitespace)
+    token: str = setting("", _no_whitespace)
 
     @property
     def enabled(self) -> bool:
@@ -172,11 +153,11 @@ class Http:
     max_header_bytes    65536 (64 KiB)     a larger request head gets 431
     """
 
-    max_body_bytes: int = _setting(32 * MIB, _at_least(1024))
-    keepalive_interval: float = _setting(1.0, _positive)
-    body_timeout: float = _setting(60.0, _positive)
-    idle_timeout: float = _setting(75.0, _positive)
-    max_header_bytes: int = _setting(64 * 1024, _at_least(1024))
+    max_body_bytes: int = setting(32 * MIB, at_least(1024))
+    keepalive_interval: float = setting(1.0, positive)
+    body_timeout: float = setting(60.0, positive)
+    idle_timeout: float = setting(75.0, positive)
+    max_header_bytes: int = setting(64 * 1024, at_least(1024))
 
 
 @attrs.frozen
@@ -188,8 +169,8 @@ class Limits:
                                NEURON_MAX_PROMPT_TOKENS); reported on /discovery
     """
 
-    default_max_tokens: int = _setting(8192, _at_least(1))
-    max_prompt_tokens: int = _setting(16384, _at_least(1))
+    default_max_tokens: int = setting(8192, at_least(1))
+    max_prompt_tokens: int = setting(16384, at_least(1))
 
 
 @attrs.frozen
@@ -205,9 +186,9 @@ class Cpu:
                      memory divided by the number of CPU devices
     """
 
-    devices: int = _setting(1, _at_least(1))
-    threads: int | None = _setting(None, _at_least(1))
-    memory_mb: int | None = _setting(None, _at_least(1))
+    devices: int = setting(1, at_least(1))
+    threads: int | None = setting(None, at_least(1))
+    memory_mb: int | None = setting(None, at_least(1))
 
 
 @attrs.frozen
@@ -216,8 +197,8 @@ class Engine:
     (also the default `max_in_flight`); default_dtype "auto": dtype of loads
     that name none ("auto" = what the model's config.json declares)."""
 
-    max_batch_size: int = _setting(16, _at_least(1))
-    default_dtype: str = _setting("auto", _dtype)
+    max_batch_size: int = setting(16, at_least(1))
+    default_dtype: str = setting("auto", _dtype)
 
 
 @attrs.frozen
@@ -230,9 +211,9 @@ class Admission:
     queue_timeout    30.0 s longest wait for a slot; beyond → 503
     """
 
-    max_in_flight: int | None = _setting(None, _at_least(1))
-    max_queue_depth: int = _setting(64, _at_least(0))
-    queue_timeout: float = _setting(30.0, _positive)
+    max_in_flight: int | None = setting(None, at_least(1))
+    max_queue_depth: int = setting(64, at_least(0))
+    queue_timeout: float = setting(30.0, positive)
 
 
 @attrs.frozen
@@ -253,16 +234,16 @@ class Timeouts:
                                      long to finish before they are cancelled
     """
 
-    worker_ready: float = _setting(120.0, _positive)
-    worker_heartbeat_interval: float = _setting(0.5, _positive)
-    worker_heartbeat: float = _setting(5.0, _positive)
-    worker_step: float = _setting(60.0, _positive)
-    worker_shutdown: float = _setting(5.0, _positive)
-    worker_terminate: float = _setting(3.0, _positive)
-    load: float = _setting(1800.0, _positive)
-    unload_drain: float = _setting(30.0, _positive)
-    request_idle: float = _setting(300.0, _positive)
-    drain: float = _setting(30.0, _positive)
+    worker_ready: float = setting(120.0, positive)
+    worker_heartbeat_interval: float = setting(0.5, positive)
+    worker_heartbeat: float = setting(5.0, positive)
+    worker_step: float = setting(60.0, positive)
+    worker_shutdown: float = setting(5.0, positive)
+    worker_terminate: float = setting(3.0, positive)
+    load: float = setting(1800.0, positive)
+    unload_drain: float = setting(30.0, positive)
+    request_idle: float = setting(300.0, positive)
+    drain: float = setting(30.0, positive)
 
 
 @attrs.frozen
@@ -271,11 +252,11 @@ class DeviceConfig:
     `memory_mb` (default: [cpu]'s for CPU devices, the whole GPU for CUDA) and
     `max_batch_size` (default: [engine]'s)."""
 
-    id: str = _setting(check=lambda v: None if _DEVICE_ID.fullmatch(v)
-                       else f"must be 'cpu:N' or 'cuda:N', got {v!r}")  # fmt: skip
-    threads: int | None = _setting(None, _at_least(1))
-    memory_mb: int | None = _setting(None, _at_least(1))
-    max_batch_size: int | None = _setting(None, _at_least(1))
+    id: str = setting(check=lambda v: None if _DEVICE_ID.fullmatch(v)
+                      else f"must be 'cpu:N' or 'cuda:N', got {v!r}")  # fmt: skip
+    threads: int | None = setting(None, at_least(1))
+    memory_mb: int | None = setting(None, at_least(1))
+    max_batch_size: int | None = setting(None, at_least(1))
 
 
 @attrs.frozen
@@ -291,15 +272,11 @@ class ModelConfig:
     max_in_flight  —           overrides [admission] max_in_flight
     """
 
-    id: str = _setting(check=lambda v: None if v.strip() else "must not be empty")
-    dtype: str | None = _setting(None, _dtype)
+    id: str = setting(check=lambda v: None if v.strip() else "must not be empty")
+    dtype: str | None = setting(None, _dtype)
     devices: tuple[int | str, ...] = ()
     pinned: bool = False
-    max_in_flight: int | None = _setting(None, _at_least(1))
-
-
-def _not_a_key(default: Any) -> Any:
-    return attrs.field(default=default, eq=False, metadata={_NOT_A_KEY: True})
+    max_in_flight: int | None = setting(None, at_least(1))
 
 
 @attrs.frozen
@@ -332,8 +309,8 @@ class NeuronConfig:
     engine: Engine = attrs.field(factory=Engine)
     admission: Admission = attrs.field(factory=Admission)
     timeouts: Timeouts = attrs.field(factory=Timeouts)
-    source: str | None = _not_a_key(None)
-    notes: tuple[str, ...] = _not_a_key(())
+    source: str | None = not_a_key(default=None)
+    notes: tuple[str, ...] = not_a_key(default=())
 
     @property
     def model_root_paths(self) -> tuple[Path, ...]:
@@ -401,144 +378,39 @@ class NeuronConfig:
         return resolved
 
 
-# ------------------------------------------------------------------ schema walking
-
-
-def _unwrap(tp: Any) -> list[Any]:
-    """The members of `X | Y | None`, without None."""
-    if get_origin(tp) in (Union, type(int | str)):
-        return [a for a in get_args(tp) if a is not type(None)]
-    return [tp]
-
-
-@functools.cache
-def _fields(cls: type) -> dict[str, attrs.Attribute]:
-    return {
-        a.name: a for a in attrs.fields(attrs.resolve_types(cls)) if _NOT_A_KEY not in a.metadata
-    }
-
-
-def _table_type(tp: Any) -> type | None:
-    """The attrs class a key holds as a table (`[x]`) or array of tables (`[[x]]`)."""
-    for member in _unwrap(tp):
-        if attrs.has(member):
-            return member
-        args = get_args(member)
-        if get_origin(member) is tuple and args and attrs.has(args[0]):
-            return args[0]
-    return None
-
-
-def _scalar_keys() -> Iterator[tuple[tuple[str, ...], Any]]:
-    """(path, type) of every key an environment variable can set."""
-    for name, a in _fields(NeuronConfig).items():
-        table = _table_type(a.type)
-        if table is None:
-            yield (name,), a.type
-        elif attrs.has(a.type):
-            for key, b in _fields(table).items():
-                yield (name, key), b.type
-
-
 # ------------------------------------------------------------------ the environment
 
-_ENV_ALIASES = {  # upstream helexa's names
-    "NEURON_PORT": ("listen", "port"),
-    "NEURON_MAX_PROMPT_TOKENS": ("limits", "max_prompt_tokens"),
-}
-_ENV_LISTS = {"NEURON_DEVICES": ("devices",), "NEURON_MODELS": ("models",)}
+
+def _models_value(text: str) -> list[dict[str, str]]:
+    return [{"id": i} for i in split(text, ",")]
 
 
-def _env_table() -> dict[str, tuple[tuple[str, ...], Any]]:
-    """Every `NEURON_…` name: `NEURON_<SECTION>_<KEY>`, the figment-style
-    `NEURON_<SECTION>__<KEY>`, upstream's aliases, and the list shorthands."""
-    table: dict[str, tuple[tuple[str, ...], Any]] = {}
-    types = dict(_scalar_keys())
-    for path, tp in types.items():
-        for sep in ("_", "__")[: len(path)]:
-            table["NEURON_" + sep.join(path).upper()] = (path, tp)
-    table.update({name: (path, types[path]) for name, path in _ENV_ALIASES.items()})
-    table.update({name: (path, str) for name, path in _ENV_LISTS.items()})
-    return table
+def _devices_value(text: str) -> str | list[dict[str, str]]:
+    ids = split(text, ",")
+    return "auto" if ids == ["auto"] else [{"id": i} for i in ids]
 
 
-ENV_VARS: dict[str, tuple[tuple[str, ...], Any]] = _env_table()
-_NOT_OVERRIDES = {"NEURON_CONFIG"}
-_TRUE, _FALSE = {"1", "true", "yes", "on"}, {"0", "false", "no", "off"}
+ENVIRONMENT = Environment.of(
+    NeuronConfig,
+    "NEURON_",
+    aliases={  # upstream helexa's names
+        "NEURON_PORT": ("listen", "port"),
+        "NEURON_MAX_PROMPT_TOKENS": ("limits", "max_prompt_tokens"),
+    },
+    lists={
+        "NEURON_DEVICES": (("devices",), _devices_value),
+        "NEURON_MODELS": (("models",), _models_value),
+    },
+    ignore=["NEURON_CONFIG"],
+)
+ENV_VARS: dict[str, tuple[tuple[str, ...], Any]] = ENVIRONMENT.variables
 
 
-def _env_value(name: str, text: str, tp: Any) -> Any:
-    """Parse `text` for a key of type `tp`; ValueError says what was expected."""
-    if name == "NEURON_DEVICES":
-        ids = _split(text, ",")
-        return "auto" if ids == ["auto"] else [{"id": i} for i in ids]
-    if name == "NEURON_MODELS":
-        return [{"id": i} for i in _split(text, ",")]
-    members = _unwrap(tp)
-    if members == [tuple[str, ...]]:
-        return _split(text, os.pathsep)
-    return _scalar(text, members[0])
-
-
-def _split(text: str, sep: str) -> list[str]:
-    return [part.strip() for part in text.split(sep) if part.strip()]
-
-
-def _scalar(text: str, tp: Any) -> Any:
-    text = text.strip()
-    if tp is bool:
-        if text.lower() not in _TRUE | _FALSE:
-            raise ValueError(f"expected true/false (1/0, yes/no, on/off), got {text!r}")
-        return text.lower() in _TRUE
-    if tp is int:
-        try:
-            return int(text, 10)
-        except ValueError:
-            raise ValueError(f"expected integer, got {text!r}") from None
-    if tp is float:
-        try:
-            value = float(text)
-        except ValueError:
-            value = math.nan
-        if not math.isfinite(value):
-            raise ValueError(f"expected number, got {text!r}")
-        return value
-    return text  # str and Literal values; Literals are checked with the rest
-
-
-def _env_overrides(
-    env: Mapping[str, str],
-) -> tuple[dict[tuple[str, ...], tuple[str, Any]], list[str], list[str]]:
-    """({path: (variable, value)}, problems, notes). Empty values count as unset."""
-    found, problems, notes = {}, [], []
-    for name, text in sorted(env.items()):
-        if not name.startswith("NEURON_") or name in _NOT_OVERRIDES or not text.strip():
-            continue
-        if name not in ENV_VARS:
-            notes.extend(_unknown_env_note(name))
-            continue
-        path, tp = ENV_VARS[name]
-        try:
-            found[path] = (name, _env_value(name, text, tp))
-        except ValueError as exc:
-            problems.append(f"{name}: {exc}")
-    return found, problems, notes
-
-
-def _unknown_env_note(name: str) -> list[str]:
+def _unknown_env_note(name: str) -> str | None:
     """A typo of a known name is worth a note; other NEURON_* variables are
     left alone (upstream's runtime knobs and the workers' own use that prefix)."""
-    close = difflib.get_close_matches(name, ENV_VARS, n=1, cutoff=0.85)
-    return [f"{name} is not a neuron setting (did you mean {close[0]}?)"] if close else []
-
-
-def _apply(raw: dict[str, Any], path: tuple[str, ...], value: Any) -> None:
-    table = raw
-    for key in path[:-1]:
-        if not isinstance(table.get(key), dict):
-            table[key] = {}
-        table = table[key]
-    table[path[-1]] = value
+    close = ENVIRONMENT.closest(name, cutoff=0.85)
+    return f"{name} is not a neuron setting (did you mean {close}?)" if close else None
 
 
 # ------------------------------------------------------------------ upstream's keys
@@ -619,34 +491,9 @@ def _translate_admission(raw: dict, upstream: dict, up: _Upstream) -> None:
 # ------------------------------------------------------------------ problems
 
 
-def _render_path(path: Sequence[str | int]) -> str:
-    """("admission", "max_in_flight") → "[admission] max_in_flight",
-    ("devices", 0, "threads") → "[[devices]] #1 threads", ("model_roots", 1) →
-    "model_roots[1]"."""
-    last = max((i for i, part in enumerate(path) if isinstance(part, str)), default=-1)
-    if last < 0:
-        return "(top level)"
-    key = str(path[last]) + "".join(f"[{i}]" for i in path[last + 1 :])
-    tables, names = [], []
-    for part in path[:last]:
-        if isinstance(part, int):
-            tables.append(f"[[{'.'.join(names)}]] #{part + 1}")
-            names = []
-        else:
-            names.append(part)
-    if names:
-        tables.append(f"[{'.'.join(names)}]")
-    return " ".join([*tables, key])
-
-
-def _where(path: tuple, origins: Mapping[tuple, str], source: str) -> str:
-    """Where the value at `path` came from: a variable, an upstream key, the file."""
-    for n in range(len(path), 0, -1):
-        if path[:n] in origins:
-            origin = origins[path[:n]]
-            rest = _render_path(path[n:]) if n < len(path) else ""
-            return f"{origin} {rest}".strip() if not origin.startswith("NEURON_") else origin
-    return f"{source}: {_render_path(path)}"
+def _tail(origin: str, rest: tuple) -> str:
+    """A variable sets its whole value: it alone is named."""
+    return "" if origin.startswith("NEURON_") or not rest else render_path(rest)
 
 
 _UNSUPPORTED = {  # upstream's load options this neuron cannot honour: refused, not ignored
@@ -655,56 +502,7 @@ _UNSUPPORTED = {  # upstream's load options this neuron cannot honour: refused, 
 }
 
 
-def _unknown_keys(raw: Any, cls: type, path: tuple = ()) -> Iterator[tuple[tuple, str]]:
-    """(path, message) for every key the schema does not have, with a suggestion."""
-    if not isinstance(raw, dict):
-        return
-    fields = _fields(cls)
-    for key, value in raw.items():
-        if key not in fields:
-            close = difflib.get_close_matches(key, fields, n=1, cutoff=0.6)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            yield (*path, key), _UNSUPPORTED.get(key, f"unknown key{hint}")
-            continue
-        table = _table_type(fields[key].type)
-        if table is not None and isinstance(value, list):
-            for i, item in enumerate(value):
-                yield from _unknown_keys(item, table, (*path, key, i))
-        elif table is not None:
-            yield from _unknown_keys(value, table, (*path, key))
-
-
-_PATH_PART = re.compile(r"\.(\w+)|\[(\d+)\]")
-
-
-def _structure_problems(exc: ValidationFailed) -> Iterator[tuple[tuple, str]]:
-    """The converter's JSON-worded messages, in TOML's words (TOML has no null)."""
-    for message in exc.extra.get("errors", [str(exc)]):
-        text, _, where = message.rpartition(" @ ")
-        path = tuple(int(i) if i else name for name, i in _PATH_PART.findall(where))
-        text = re.sub(r"\bobject\b", "table", text.replace(" or null", ""))
-        yield path, text or message
-
-
-def _check_values(obj: Any, path: tuple = ()) -> Iterator[tuple[tuple, str]]:
-    """The `check` of every key, then the rules that span several keys."""
-    if isinstance(obj, tuple):
-        for i, item in enumerate(obj):
-            yield from _check_values(item, (*path, i))
-        return
-    if not attrs.has(type(obj)):
-        return
-    for name, a in _fields(type(obj)).items():
-        value = getattr(obj, name)
-        check = a.metadata.get(_CHECK)
-        if check and (problem := check(value)):
-            yield (*path, name), problem
-        yield from _check_values(value, (*path, name))
-    if isinstance(obj, NeuronConfig):
-        yield from _cross_checks(obj)
-
-
-def _cross_checks(config: NeuronConfig) -> Iterator[tuple[tuple, str]]:
+def _cross_checks(config: NeuronConfig) -> Iterator[Problem]:
     if config.devices != "auto":
         if not config.devices:
             yield ("devices",), 'needs at least one [[devices]] entry, or "auto"'
@@ -721,7 +519,7 @@ def _cross_checks(config: NeuronConfig) -> Iterator[tuple[tuple, str]]:
         )
 
 
-def _duplicates(values: list[str], path: tuple, key: str) -> Iterator[tuple[tuple, str]]:
+def _duplicates(values: list[str], path: tuple, key: str) -> Iterator[Problem]:
     seen: set[str] = set()
     for i, value in enumerate(values):
         if value in seen:
@@ -758,42 +556,23 @@ def _expand(path: str, env: Mapping[str, str]) -> Path:
     return Path(path)
 
 
-def _read_toml(path: Path) -> dict[str, Any]:
-    try:
-        with path.open("rb") as file:
-            return tomllib.load(file)
-    except FileNotFoundError:
-        raise ConfigError([f"{path}: no such file"]) from None
-    except OSError as exc:
-        raise ConfigError([f"{path}: cannot read: {exc.strerror or exc}"]) from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError([f"{path}: invalid TOML: {exc}"]) from None
-
-
 def load_config(path: Path | None = None, env: Mapping[str, str] | None = None) -> NeuronConfig:
     """Read `path` (None = no file), apply `env` (default `os.environ`), check it all."""
     env = os.environ if env is None else env
     source = str(path) if path is not None else "neuron.toml"
-    raw = _read_toml(path) if path is not None else {}
+    raw = read_toml(path) if path is not None else {}
     upstream = _from_upstream(raw, source)
     origins = upstream.origins
-    problems = list(_unknown_keys(raw, NeuronConfig))
-    overrides, env_problems, env_notes = _env_overrides(env)
-    for key_path, (name, value) in overrides.items():
-        _apply(raw, key_path, value)
-        origins[key_path] = name
-    try:  # unknown keys are reported above, with suggestions: the tolerant converter
-        config = structure(raw, NeuronConfig)
-    except ValidationFailed as exc:
-        problems.extend(_structure_problems(exc))
-    else:
-        problems.extend(_check_values(config))
+    problems = list(unknown_keys(raw, NeuronConfig, explained=_UNSUPPORTED))
+    env_problems, unknown_names = ENVIRONMENT.apply(env, raw, origins)
+    # unknown keys are reported above, with suggestions: the tolerant converter
+    config, found = structure_checked(raw, NeuronConfig, _cross_checks)
+    problems += found
     if problems or env_problems:
-        raise ConfigError(
-            env_problems + [f"{_where(p, origins, source)}: {m}" for p, m in problems]
-        )
+        raise ConfigError(env_problems + located(problems, source, origins, _tail))
     base = Path.cwd() if path is None or ("model_roots",) in origins else path.parent
     roots = _model_roots(config.model_roots, upstream.roots, env, base)
+    env_notes = [n for n in map(_unknown_env_note, unknown_names) if n]
     notes = (*upstream.notes, *env_notes, *_advisories(config))
     return attrs.evolve(config, model_roots=roots, source=str(path) if path else None, notes=notes)
 
