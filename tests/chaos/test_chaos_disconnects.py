@@ -47,8 +47,8 @@ LONG_PROMPT = "the quick brown fox jumps over the lazy dog " * 120  # ~1000 toke
 # Where a client hangs up, in seconds after sending: (low, high) per phase.
 PHASES = {
     "before_headers": (0.0, 0.15),  # the gateway sends its head within a keepalive (0.2 s)
-    "queued_or_prefill": (0.15, 0.6),
-    "mid_stream": (0.6, 2.5),
+    "queued_or_prefill": (0.15, 1.0),
+    "mid_stream": (1.0, 4.0),
 }
 
 
