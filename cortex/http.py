@@ -28,8 +28,11 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
+import time
+import uuid
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import httpx
 import trio
@@ -45,6 +48,7 @@ from cortex.meter import Meter, outcome_for_status
 from cortex.relay import Broken, Chunk, Head, error_from_body, open_upstream, response_headers
 from cortex.relay import stream_events as relay_stream
 from protocol import decode_json, encode_json, sse, unstructure
+from protocol.completions import Completion, CompletionChoice
 from protocol.errors import ApiError, InternalError, InvalidRequest, NotFound, UpstreamError
 from protocol.http import (
     Dialect,
@@ -56,9 +60,10 @@ from protocol.http import (
     request_id_from,
     request_id_in_use,
 )
-from protocol.ids import NodeName
+from protocol.ids import ModelId, NodeName
 from protocol.logs import set_request_id
 from protocol.node import ACCOUNT_ID_HEADER, KEY_ID_HEADER
+from protocol.openai import ChatCompletionChunk, CompletionId, FinishReason
 
 if TYPE_CHECKING:
     from cortex.gateway import Gateway
@@ -294,6 +299,7 @@ async def _first_event(receive: trio.MemoryReceiveChannel, wait: float) -> Any:
 async def _stream_body(first: Any, receive: trio.MemoryReceiveChannel, ref: Any,
                        keepalive: float, meter: Meter) -> AsyncIterator[bytes]:  # fmt: skip
     outcome = "cancelled"  # unless the loop ends on its own: the client went away
+    stream_id: bytes | None = None  # the node's completion id, for a final error chunk
     try:
         async with receive:
             event = first
@@ -305,18 +311,21 @@ async def _stream_body(first: Any, receive: trio.MemoryReceiveChannel, ref: Any,
                     if event.status != 200:
                         rest = b"".join([c.data async for c in receive if isinstance(c, Chunk)])
                         outcome = outcome_for_status(event.status, rest)
-                        yield _in_band(error_from_body(event.status, rest, None))
+                        error = error_from_body(event.status, rest, None)
+                        yield _in_band(error, meter.route, meter.model, stream_id)
                         return
                 elif isinstance(event, Chunk):
                     data, pending = _ready_chunks(event, receive)
                     meter.chunk(data)
+                    if stream_id is None and (found := _STREAM_ID.search(data)):
+                        stream_id = found.group(1)
                     yield data
                     if pending is not None:
                         event = pending
                         continue
                 elif isinstance(event, Broken):
                     outcome = "stream_error"
-                    yield _in_band(event.error)
+                    yield _in_band(event.error, meter.route, meter.model, stream_id)
                     return
                 event = await _first_event(receive, keepalive)
                 if event is _END:
@@ -348,9 +357,33 @@ def _ready_chunks(first: Chunk, receive: trio.MemoryReceiveChannel) -> tuple[byt
 _COALESCE_BYTES = 64 * 1024
 
 
-def _in_band(error: ApiError) -> bytes:
-    """An error after the stream began: an error event, then the terminator."""
-    return sse.encode_json_event(error.to_openai()) + sse.DONE
+def _in_band(error: ApiError, route: str, model: str | None, stream_id: bytes | None) -> bytes:
+    """An error after the stream began: an error event, on chat and completions streams
+    a final chunk with `finish_reason: "error"` (as a neuron ends a stream that failed:
+    a client reading `finish_reason` sees the end too), then the terminator."""
+    return (
+        sse.encode_json_event(error.to_openai()) + _error_finish(route, model, stream_id) + sse.DONE
+    )
+
+
+def _error_finish(route: str, model: str | None, stream_id: bytes | None) -> bytes:
+    """The failed stream's final chunk (under its own id when one was relayed)."""
+    created, model_id = int(time.time()), ModelId(model or "")
+    if route == "/v1/chat/completions":
+        id = CompletionId(stream_id.decode() if stream_id else f"chatcmpl-{uuid.uuid4().hex}")
+        error = cast(FinishReason, "error")  # ours, as the neuron's in-band failures
+        chunk: Any = ChatCompletionChunk.finish_chunk(error, id=id, created=created, model=model_id)
+    elif route == "/v1/completions":
+        id = CompletionId(stream_id.decode() if stream_id else f"cmpl-{uuid.uuid4().hex}")
+        choice = CompletionChoice(text="", finish_reason=cast(Any, "error"))
+        chunk = Completion(id=id, created=created, model=model_id, choices=(choice,))
+    else:
+        return b""  # a Responses stream ends with its `error` event
+    return sse.encode_json_event(chunk)
+
+
+# A completion id in a relayed chunk: `{"id":"chatcmpl-…"` or `{"id":"cmpl-…"`.
+_STREAM_ID = re.compile(rb'"id":"((?:chatcmpl|cmpl)-[^"]{1,200})"')
 
 
 # -- anthropic -----------------------------------------------------------------------------

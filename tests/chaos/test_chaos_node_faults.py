@@ -1,7 +1,8 @@
 """Chaos: whole neurons killed and stopped, and the gateway itself restarted.
 
 * SIGKILL a neuron under load: its workers exit on their own (EOF on their
-  socket), streams it carried end in-band at once, the gateway marks it down
+  socket), streams it carried end in-band at once (the gateway's error event,
+  a final chunk with `finish_reason: "error"`, `[DONE]`), the gateway marks it down
   within seconds and serves every request from the other node (loading the
   model there), and when the neuron is restarted on the same port the
   gateway re-synchronises with it — including a model loaded behind its back.
@@ -82,6 +83,7 @@ async def test_sigkill_a_neuron_under_load(gateway, fleet):
                 traffic.stop()
             for result in streams:
                 assert result.errors[0]["code"] == "upstream_stream_error", result.errors
+                assert result.finish_reasons[-1] == "error", result.data[-3:]
 
             fleet.start("alpha")  # same port
             await _up(gw, "alpha")
@@ -119,6 +121,7 @@ async def test_sigstop_a_neuron_the_gateway_routes_around_it(gateway, fleet):
                     fleet.sigcont(pid)
             for result in streams:
                 assert result.errors[0]["code"] == "upstream_stream_error", result.errors
+                assert result.finish_reasons[-1] == "error", result.data[-3:]
             await _up(gw, "alpha")
             await assert_quiescent(gw, fleet.urls().values())
             health = await neuron_get(fleet.urls()["alpha"], "/health")
