@@ -45,7 +45,15 @@ from cortex import messages, openapi
 from cortex.auth import Principal, with_usage
 from cortex.messages import COUNT_TOKENS_ROUTE, MESSAGES_ROUTE
 from cortex.meter import Meter, outcome_for_status
-from cortex.relay import Broken, Chunk, Head, error_from_body, open_upstream, response_headers
+from cortex.relay import (
+    Broken,
+    Chunk,
+    Head,
+    broke_mid_answer,
+    error_from_body,
+    open_upstream,
+    response_headers,
+)
 from cortex.relay import stream_events as relay_stream
 from protocol import decode_json, encode_json, sse, unstructure
 from protocol.completions import Completion, CompletionChoice
@@ -236,6 +244,8 @@ async def _proxy_once(gateway: Gateway, path: str, raw: bytes, model: str, meter
                        acquired.head_wait, retried_on=acquired.retried_on)  # fmt: skip
         try:
             body = await response.aread()
+        except httpx.HTTPError as exc:  # the node went away mid-answer: a 502, not a 500
+            raise broke_mid_answer(acquired.node.name, exc) from exc
         finally:
             await response.aclose()
     meter.chunk(body)

@@ -26,12 +26,13 @@ import contextlib
 from collections.abc import AsyncIterator, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
+import httpx
 import trio
 
 import actors
 from cortex.auth import Grant, Principal
 from cortex.meter import Meter, outcome_for_status
-from cortex.relay import Broken, Chunk, Head, error_from_body, open_upstream
+from cortex.relay import Broken, Chunk, Head, broke_mid_answer, error_from_body, open_upstream
 from cortex.relay import stream_events as relay_stream
 from protocol import anthropic as an
 from protocol import encode_json, parse, sse
@@ -138,6 +139,8 @@ async def _ask(gateway: Gateway, path: str, body: bytes, model: ModelId,
                        acquired.head_wait, retried_on=acquired.retried_on)  # fmt: skip
         try:
             data = await response.aread()
+        except httpx.HTTPError as exc:  # the node went away mid-answer: a 502, not a 500
+            raise broke_mid_answer(acquired.node.name, exc) from exc
         finally:
             await response.aclose()
     if response.status_code != 200:

@@ -168,6 +168,13 @@ async def stream_events(
                 await response.aclose()
 
 
+def broke_mid_answer(node: str, exc: httpx.HTTPError) -> ApiError:
+    """A node's answer cut off after its head (it died, the connection broke) while
+    the gateway read it whole: nothing reached the client yet, so a clear 502."""
+    return UpstreamError(f"node {node} broke off its answer: {type(exc).__name__}",
+                         code="upstream_connection_error")  # fmt: skip
+
+
 def error_from_body(status: int, raw: bytes, retry_after: str | None) -> ApiError:
     """A node's non-2xx answer as an ApiError (for dialects that re-render errors)."""
     import json
