@@ -72,8 +72,8 @@ async def test_sigkill_a_neuron_under_load(gateway, fleet):
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(traffic.run)
                 streams = await streams_when_hit(
-                    client, functools.partial(_kill, fleet, "alpha", workers), count=STREAMS,
-                    within=REQUEST_WITHIN,
+                    client, functools.partial(_kill, fleet, "alpha", workers, traffic),
+                    count=STREAMS, within=REQUEST_WITHIN,
                 )  # fmt: skip
                 killed_at = time.monotonic()
                 await _down(gw, "alpha")
@@ -110,7 +110,7 @@ async def test_sigstop_a_neuron_the_gateway_routes_around_it(gateway, fleet):
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(traffic.run)
                     streams = await streams_when_hit(
-                        client, functools.partial(_stop_all, fleet, pids), count=STREAMS,
+                        client, functools.partial(_stop_all, fleet, pids, traffic), count=STREAMS,
                         within=IDLE_TIMEOUT + 30,
                     )  # fmt: skip
                     await _down(gw, "alpha")
@@ -186,11 +186,13 @@ async def _only_on(gw, fleet, name: str, model: str) -> None:
                      what=f"the gateway to see {model} on {name} only")  # fmt: skip
 
 
-def _kill(fleet, name: str, workers: list[int]) -> None:
+def _kill(fleet, name: str, workers: list[int], traffic: _SteadyTraffic) -> None:
+    traffic.hit_at = time.monotonic()
     workers.extend(fleet.sigkill(name))
 
 
-def _stop_all(fleet, pids: list[int]) -> None:
+def _stop_all(fleet, pids: list[int], traffic: _SteadyTraffic) -> None:
+    traffic.hit_at = time.monotonic()
     for pid in pids:
         fleet.sigstop(pid)
 
@@ -224,11 +226,16 @@ async def _workers_exit(pids: list[int]) -> None:
 
 class _SteadyTraffic:
     """Short requests, one every 0.25 s, until `stop()`; each must succeed within
-    `REQUEST_WITHIN`. `served` collects their (sent, answered) monotonic times."""
+    `REQUEST_WITHIN` — except one the node held when it was hit (`hit_at`), which
+    may instead end with a clear 502 (the node died or froze mid-answer; a request
+    that had no answer head yet is retried elsewhere). `served` collects the
+    successes' (sent, answered) monotonic times; `cut` counts the clear 502s."""
 
     def __init__(self, client: httpx.AsyncClient) -> None:
         self.client = client
         self.served: list[tuple[float, float]] = []
+        self.cut = 0
+        self.hit_at = float("inf")
         self._stop = trio.Event()
 
     async def run(self) -> None:
@@ -245,8 +252,12 @@ class _SteadyTraffic:
         sent = time.monotonic()
         with trio.fail_after(REQUEST_WITHIN):
             response = await self.client.post("/v1/chat/completions", json=chat(max_tokens=2))
-        assert response.status_code == 200, response.text
-        self.served.append((sent, time.monotonic()))
+        if response.status_code == 200:
+            self.served.append((sent, time.monotonic()))
+            return
+        assert sent < self.hit_at and response.status_code == 502, response.text
+        assert response.json()["error"]["code"] == "upstream_connection_error", response.text
+        self.cut += 1
 
 
 async def _served_meanwhile(served: list, *, by: str, gw) -> None:
