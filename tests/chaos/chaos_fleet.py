@@ -105,12 +105,21 @@ class ChaosNeurons:
                 daemon.wait_ready()
 
     def stop_all(self) -> None:
+        """SIGTERM each (asserting a clean exit); a failure is raised only once every
+        daemon has been stopped, so one bad exit never leaves the other running."""
         self.continue_all()
+        failures = []
         for daemon in self.daemons.values():
-            if daemon.process.poll() is None:
-                daemon.stop()
-            else:
+            try:
+                if daemon.process.poll() is None:
+                    daemon.stop()
+                else:
+                    daemon.kill()
+            except AssertionError as exc:
                 daemon.kill()
+                failures.append(exc)
+        if failures:
+            raise failures[0]
 
     def sigkill(self, name: str) -> list[int]:
         """SIGKILL the neuron itself (not its workers); returns the workers' pids."""
