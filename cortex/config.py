@@ -410,8 +410,9 @@ def _translate(raw: dict[str, Any], source: str, origins: dict[tuple, str]) -> t
 def _cross_checks(config: CortexConfig) -> Iterator[Problem]:
     yield from _duplicates([n.name for n in config.neurons], ("neurons",), "name")
     yield from _key_checks(config.entitlements.keys, ("entitlements", "keys"))
-    if config.gateway.listen == config.gateway.metrics_listen:
-        yield ("gateway", "metrics_listen"), "must differ from listen"
+    gateway = config.gateway
+    if gateway.listen == gateway.metrics_listen and gateway.listen_address[1] != 0:
+        yield ("gateway", "metrics_listen"), "must differ from listen"  # port 0: two free ports
     if config.fleet.backoff_max < config.fleet.poll_interval:
         yield ("fleet", "backoff_max"), (f"must be at least poll_interval "
                                          f"({config.fleet.poll_interval:g})")  # fmt: skip

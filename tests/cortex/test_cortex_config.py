@@ -514,3 +514,10 @@ def test_the_configuration_reference_lists_every_key_and_variable():
         if "__" not in name:
             assert name in text, f"{name} missing from docs/configuration.md"
         assert f"`{path[-1]}`" in text, f"key {path} missing from docs/configuration.md"
+
+
+def test_both_listeners_may_ask_for_any_free_port(tmp_path):
+    path = tmp_path / "cortex.toml"
+    path.write_text('[gateway]\nlisten = "127.0.0.1:0"\nmetrics_listen = "127.0.0.1:0"\n')
+    config = load_config(path, {}, catalogue=False)
+    assert config.gateway.listen_address == config.gateway.metrics_address == ("127.0.0.1", 0)
