@@ -311,6 +311,7 @@ async def test_drain_and_undrain_a_node(gateway):
         refused = await client.post("/v1/chat/completions", json=chat(QWEN))
         assert refused.status_code == 503, refused.text  # every node drained: a clear 503
         assert refused.headers.get("retry-after")
+        await _until_idle(gw, drained)  # `in_flight` is as of the last poll
         answer = await client.post(f"/admin/nodes/{drained}/undrain")
     assert answer.json() == {"node": drained, "state": "active", "in_flight": 0}
     assert _fleet_node(await _get(gw, "/admin/fleet"), drained)["draining"] is False
@@ -335,6 +336,14 @@ async def test_zz_node_killed_requests_go_to_the_other_node(gateway, neurons):
 
 
 # ---------------------------------------------------------------------------------------------
+
+
+async def _until_idle(gw: CortexGateway, name: str) -> None:
+    """Until the gateway's view of `name` (its last poll + what was routed since) is idle."""
+    node = gw.fleet.nodes[name]
+    with trio.fail_after(30):
+        while any(r.busy for r in node.snapshot().residencies):
+            await gw.fleet.wait_changed()
 
 
 async def _get(gw: CortexGateway, path: str) -> dict:
