@@ -38,7 +38,6 @@ import httpx
 import trio
 from quart import Response, request
 from quart_trio import QuartTrio
-from werkzeug.exceptions import HTTPException
 
 import actors
 from cortex import messages, openapi
@@ -61,15 +60,13 @@ from protocol.errors import ApiError, InternalError, InvalidRequest, NotFound, U
 from protocol.http import (
     Dialect,
     error_response,
-    http_exception_error,
+    install_edge,
     json_response,
     prepare_app,
     read_body,
-    request_id_from,
-    request_id_in_use,
+    request_id,
 )
 from protocol.ids import ModelId, NodeName
-from protocol.logs import set_request_id
 from protocol.node import ACCOUNT_ID_HEADER, KEY_ID_HEADER
 from protocol.openai import ChatCompletionChunk, CompletionId, FinishReason
 
@@ -85,15 +82,9 @@ def create_app(gateway: Gateway) -> QuartTrio:
     http = gateway.config.http
     app = prepare_app(QuartTrio("cortex"), max_body_bytes=http.max_body_bytes,
                       body_timeout=http.body_timeout)  # fmt: skip
-    app.before_request(_bind_request_id)
+    install_edge(app, _api_error, name_taken=actors.NameTaken)
     app.before_request(_authorizer(gateway))
     app.after_request(_stamp_request_id)
-    app.register_error_handler(ApiError, _api_error)
-    app.register_error_handler(404, _not_found)
-    app.register_error_handler(405, _method_not_allowed)
-    app.register_error_handler(HTTPException, _http_exception)
-    app.register_error_handler(actors.NameTaken, _request_id_taken)
-    app.register_error_handler(Exception, _unexpected)
     for path in INFERENCE_ROUTES:
         app.add_url_rule(path, path, _proxy_view(gateway, path), methods=["POST"])
     _messages_routes(app, gateway)
@@ -103,18 +94,6 @@ def create_app(gateway: Gateway) -> QuartTrio:
 
 
 # -- plumbing ------------------------------------------------------------------------------
-
-
-def request_id() -> str:
-    rid = getattr(request, "helexa_request_id", None)
-    if rid is None:
-        rid = request_id_from(request.headers.get("x-request-id", ""))
-        request.helexa_request_id = rid
-    return rid
-
-
-async def _bind_request_id() -> None:
-    set_request_id(request_id())  # this request's task and the tasks it starts
 
 
 def _authorizer(gateway: Gateway):
@@ -143,30 +122,6 @@ async def _api_error(error: ApiError) -> Response:
     log.warning("request refused path=%s status=%s code=%s: %s", request.path, error.status,
                 error.code, error.message)  # fmt: skip
     return error_response(error, _dialect())
-
-
-async def _not_found(_: Exception) -> Response:
-    return error_response(NotFound(f"no route {request.method} {request.path}",
-                                   code="route_not_found"), _dialect())  # fmt: skip
-
-
-async def _method_not_allowed(_: Exception) -> Response:
-    return error_response(ApiError(f"method {request.method} not allowed on {request.path}",
-                                   status=405, type="invalid_request_error",
-                                   code="method_not_allowed"), _dialect())  # fmt: skip
-
-
-async def _http_exception(error: HTTPException) -> Response:
-    return await _api_error(http_exception_error(error))
-
-
-async def _request_id_taken(_: actors.NameTaken) -> Response:
-    return await _api_error(request_id_in_use(request_id()))
-
-
-async def _unexpected(error: Exception) -> Response:
-    log.exception("unexpected error path=%s", request.path)
-    return error_response(InternalError(f"internal error: {type(error).__name__}"), _dialect())
 
 
 def _dialect() -> Dialect:

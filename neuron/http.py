@@ -35,7 +35,6 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import trio
 from quart import Response, request
 from quart_trio import QuartTrio
-from werkzeug.exceptions import HTTPException
 
 from actors import NameTaken
 from neuron import openapi, render
@@ -43,18 +42,16 @@ from neuron.daemon import SHUTDOWN_RETRY_AFTER
 from neuron.metrics import OTHER, refusal_reason
 from protocol import node, sse, unstructure
 from protocol.completions import CompletionRequest
-from protocol.errors import ApiError, AuthenticationFailed, InternalError, NotFound
+from protocol.errors import ApiError, AuthenticationFailed
 from protocol.errors import ServiceUnavailable as Unavailable
 from protocol.http import (
     error_response,
-    http_exception_error,
+    install_edge,
     json_response,
     parse_body,
     prepare_app,
-    request_id_from,
-    request_id_in_use,
+    request_id,
 )
-from protocol.logs import set_request_id
 from protocol.node import GATEWAY_HEADERS, KEY_ID_HEADER
 from protocol.openai import ChatCompletionRequest
 from protocol.responses import ResponsesRequest
@@ -78,37 +75,24 @@ def create_app(neuron: Neuron) -> QuartTrio:
     http = neuron.config.http
     app = prepare_app(QuartTrio("neuron"), max_body_bytes=http.max_body_bytes,
                       body_timeout=http.body_timeout)  # fmt: skip
-    app.before_request(_bind_request_id)
-
-    @app.before_request
-    async def authorize() -> None:
-        _authorize(neuron)
 
     async def api_error(error: ApiError) -> Response:
         _count_refusal(neuron, error)
         return await _api_error(error)
 
+    install_edge(app, api_error, name_taken=NameTaken)
+
+    @app.before_request
+    async def authorize() -> None:
+        _authorize(neuron)
+
     app.after_request(_stamp_request_id)
-    app.register_error_handler(ApiError, api_error)
-    app.register_error_handler(404, _not_found)
-    app.register_error_handler(405, _method_not_allowed)
-    app.register_error_handler(HTTPException, _http_exception)
-    app.register_error_handler(NameTaken, _request_id_taken)
-    app.register_error_handler(Exception, _unexpected)
     _management_routes(app, neuron)
     _inference_routes(app, neuron)
     return app
 
 
 # -- request plumbing --------------------------------------------------------------------
-
-
-def request_id() -> str:
-    rid = getattr(request, "helexa_request_id", None)
-    if rid is None:
-        rid = request_id_from(request.headers.get("x-request-id", ""))
-        request.helexa_request_id = rid
-    return rid
 
 
 def _authorize(neuron: Neuron) -> None:
@@ -135,10 +119,6 @@ def _gateway_key(*, trusted: bool) -> str | None:
     return request.headers.get(KEY_ID_HEADER) if sent and trusted else None
 
 
-async def _bind_request_id() -> None:
-    set_request_id(request_id())  # this request's task and the tasks it starts (its actor)
-
-
 async def _stamp_request_id(response: Response) -> Response:
     response.headers["x-request-id"] = request_id()
     level = logging.DEBUG if request.method == "GET" else logging.INFO  # polls stay quiet
@@ -158,30 +138,6 @@ async def _api_error(error: ApiError) -> Response:
         body = unstructure(node.ErrorBody(error.message, error.code))
         return json_response(body, error.status, error.headers())
     return error_response(error)
-
-
-async def _not_found(_: Exception) -> Response:
-    return await _api_error(NotFound(f"no route {request.method} {request.path}",
-                                     code="route_not_found"))  # fmt: skip
-
-
-async def _method_not_allowed(_: Exception) -> Response:
-    return await _api_error(ApiError(f"method {request.method} not allowed on {request.path}",
-                                     status=405, type="invalid_request_error",
-                                     code="method_not_allowed"))  # fmt: skip
-
-
-async def _http_exception(error: HTTPException) -> Response:
-    return await _api_error(http_exception_error(error))
-
-
-async def _request_id_taken(_: NameTaken) -> Response:
-    return await _api_error(request_id_in_use(request_id()))
-
-
-async def _unexpected(error: Exception) -> Response:
-    log.exception("unexpected error path=%s", request.path)
-    return await _api_error(InternalError(f"internal error: {type(error).__name__}"))
 
 
 def _count_refusal(neuron: Neuron, error: ApiError) -> None:

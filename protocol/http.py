@@ -13,7 +13,10 @@ This module holds what is the same for both at the edge of the wire:
   the one place where errors become HTTP; `http_exception_error` maps the
   framework's own refusals (a body that arrives too slowly, a malformed
   request) into that tree, so they get the envelope too instead of Werkzeug's
-  HTML page or a 500.
+  HTML page or a 500;
+* `install_edge` gives an app the request-id and error plumbing both daemons
+  share: `request_id()` bound to the log context before each request, and
+  every failure turned into an `ApiError` for the daemon's own renderer.
 
 Routes and serving logic live in the daemons; nothing here knows a route.
 """
@@ -21,6 +24,7 @@ Routes and serving logic live in the daemons; nothing here knows a route.
 from __future__ import annotations
 
 import functools
+import logging
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any, Literal, TypeVar
@@ -34,18 +38,21 @@ from quart import Quart, Request, Response, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from protocol._converter import encode_json, parse
-from protocol.errors import ApiError, InvalidRequest, PayloadTooLarge
+from protocol.errors import ApiError, InternalError, InvalidRequest, NotFound, PayloadTooLarge
+from protocol.logs import set_request_id
 
 __all__ = [
     "DEFAULT_MAX_BODY_BYTES",
     "error_response",
     "http_exception_error",
+    "install_edge",
     "json_response",
     "make_config",
     "parse_body",
     "patch_hypercorn",
     "prepare_app",
     "read_body",
+    "request_id",
     "request_id_from",
     "request_id_in_use",
     "serve",
@@ -53,6 +60,8 @@ __all__ = [
 
 T = TypeVar("T")
 Dialect = Literal["openai", "anthropic"]
+
+log = logging.getLogger(__name__)
 
 # Large enough for a few base64 images in one chat request.
 DEFAULT_MAX_BODY_BYTES = 32 * 1024 * 1024
@@ -225,3 +234,59 @@ def error_response(error: ApiError, dialect: Dialect = "openai") -> Response:
     """The HTTP response for `error`, in the envelope of the route's dialect."""
     body = error.to_anthropic() if dialect == "anthropic" else error.to_openai()
     return json_response(body, error.status, error.headers())
+
+
+# -- request ids and errors, the same on both daemons ----------------------------------------
+
+
+def request_id() -> str:
+    """This request's id: the client's `x-request-id` when usable, else a fresh one."""
+    rid = getattr(request, "helexa_request_id", None)
+    if rid is None:
+        rid = request_id_from(request.headers.get("x-request-id", ""))
+        request.helexa_request_id = rid
+    return rid
+
+
+def install_edge(
+    app: Quart,
+    render: Callable[[ApiError], Awaitable[Response]],
+    *,
+    name_taken: type[Exception],
+) -> None:
+    """Bind each request's id to the log context before anything else runs, and hand
+    every failure to `render` (which logs it and picks the envelope) as an `ApiError`:
+    raised ones as they are, no such route (404 `route_not_found`), a wrong method (405
+    `method_not_allowed`), the framework's own refusals, a request id already naming a
+    request in flight (`name_taken`, the actor runtime's error: 409), and anything
+    unexpected (500 `internal_error`, logged with its traceback)."""
+
+    async def bind_request_id() -> None:
+        set_request_id(request_id())  # this request's task and the tasks it starts
+
+    async def not_found(_: Exception) -> Response:
+        return await render(NotFound(f"no route {request.method} {request.path}",
+                                     code="route_not_found"))  # fmt: skip
+
+    async def method_not_allowed(_: Exception) -> Response:
+        return await render(ApiError(f"method {request.method} not allowed on {request.path}",
+                                     status=405, type="invalid_request_error",
+                                     code="method_not_allowed"))  # fmt: skip
+
+    async def framework_refusal(error: HTTPException) -> Response:
+        return await render(http_exception_error(error))
+
+    async def id_taken(_: Exception) -> Response:
+        return await render(request_id_in_use(request_id()))
+
+    async def unexpected(error: Exception) -> Response:
+        log.exception("unexpected error path=%s", request.path)
+        return await render(InternalError(f"internal error: {type(error).__name__}"))
+
+    app.before_request(bind_request_id)
+    app.register_error_handler(ApiError, render)
+    app.register_error_handler(404, not_found)
+    app.register_error_handler(405, method_not_allowed)
+    app.register_error_handler(HTTPException, framework_refusal)
+    app.register_error_handler(name_taken, id_taken)
+    app.register_error_handler(Exception, unexpected)
