@@ -96,7 +96,7 @@ def test_without_require_auth_keys_are_optional_but_admin_is_not():
     ring = keyring(ApiKey(key="sk-a", account_id="a"), ApiKey(key="sk-ops", account_id="ops",
                    admin=True), require_auth=False)  # fmt: skip
     assert ring.authenticate({}, "/v1/models") is None
-    assert ring.authenticate(bearer("placeholder"), "/v1/models") is None
+    assert ring.authenticate(bearer("sk-not-configured"), "/v1/models") is None
     assert ring.authenticate(bearer("sk-a"), "/v1/models").key_id == "a"
     with pytest.raises(AuthenticationFailed):
         ring.authenticate({}, "/admin/fleet")

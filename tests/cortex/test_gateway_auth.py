@@ -194,7 +194,7 @@ async def test_the_sdks_send_their_keys(gateway):
 
 async def test_without_require_auth_an_unknown_key_is_served_anonymously(gateway):
     gw = await gateway(require_auth=False)
-    for headers in ({}, {"Authorization": "Bearer placeholder"}):
+    for headers in ({}, {"Authorization": "Bearer sk-not-configured"}):
         response = await request(gw, "POST", "/v1/chat/completions", json=chat(),
                                  headers=headers)  # fmt: skip
         assert response.status_code == 200, response.text
