@@ -48,9 +48,8 @@ from cortex.relay import (
     Broken,
     Chunk,
     Head,
-    broke_mid_answer,
+    answer_in_full,
     error_from_body,
-    open_upstream,
     response_headers,
 )
 from cortex.relay import stream_events as relay_stream
@@ -189,20 +188,9 @@ async def _proxy(gateway: Gateway, path: str):
 
 
 async def _proxy_once(gateway: Gateway, path: str, raw: bytes, model: str, meter: Meter):
-    async with actors.open_task(gateway.requests, request_id(), kind="request") as task:
-        task.set_status(model=model, route=path, phase="placing")
-        acquired, response = await open_upstream(
-            gateway.fleet, model, path, raw, _upstream_headers(), gateway.client,
-            retries=gateway.config.http.retries, status=task.set_status,
-        )  # fmt: skip
-        meter.answered(acquired.node.name, acquired.cold, acquired.load_wait or None,
-                       acquired.head_wait, retried_on=acquired.retried_on)  # fmt: skip
-        try:
-            body = await response.aread()
-        except httpx.HTTPError as exc:  # the node went away mid-answer: a 502, not a 500
-            raise broke_mid_answer(acquired.node.name, exc) from exc
-        finally:
-            await response.aclose()
+    response, body = await answer_in_full(gateway, request_id(), model=model, route=path,
+                                          path=path, body=raw, headers=_upstream_headers(),
+                                          meter=meter)  # fmt: skip
     meter.chunk(body)
     meter.finish(outcome_for_status(response.status_code, body))
     return Response(body, response.status_code, response_headers(response))

@@ -26,13 +26,11 @@ import contextlib
 from collections.abc import AsyncIterator, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
-import httpx
 import trio
 
-import actors
 from cortex.auth import Grant, Principal
 from cortex.meter import Meter, outcome_for_status
-from cortex.relay import Broken, Chunk, Head, broke_mid_answer, error_from_body, open_upstream
+from cortex.relay import Broken, Chunk, Head, answer_in_full, error_from_body
 from cortex.relay import stream_events as relay_stream
 from protocol import anthropic as an
 from protocol import encode_json, parse, sse
@@ -129,20 +127,8 @@ async def _ask(gateway: Gateway, path: str, body: bytes, model: ModelId,
                meter: Meter) -> bytes:  # fmt: skip
     """POST `body` to a node serving `model` (as a request actor): its 200 body, or
     its refusal raised as an ApiError."""
-    async with actors.open_task(gateway.requests, rid, kind="request") as task:
-        task.set_status(model=model, route=route, phase="placing")
-        acquired, response = await open_upstream(
-            gateway.fleet, model, path, body, headers, gateway.client,
-            retries=gateway.config.http.retries, status=task.set_status,
-        )  # fmt: skip
-        meter.answered(acquired.node.name, acquired.cold, acquired.load_wait or None,
-                       acquired.head_wait, retried_on=acquired.retried_on)  # fmt: skip
-        try:
-            data = await response.aread()
-        except httpx.HTTPError as exc:  # the node went away mid-answer: a 502, not a 500
-            raise broke_mid_answer(acquired.node.name, exc) from exc
-        finally:
-            await response.aclose()
+    response, data = await answer_in_full(gateway, rid, model=model, route=route, path=path,
+                                          body=body, headers=headers, meter=meter)  # fmt: skip
     if response.status_code != 200:
         raise error_from_body(response.status_code, data, response.headers.get("retry-after"))
     return data

@@ -20,15 +20,20 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 import httpx
 import trio
 
+import actors
 from cortex.fleet import Acquired, Fleet
 from protocol.errors import ApiError, UpstreamError, api_error_from_envelope
 from protocol.ids import ModelId, NodeName
+
+if TYPE_CHECKING:
+    from cortex.gateway import Gateway
+    from cortex.meter import Meter
 
 log = logging.getLogger(__name__)
 
@@ -166,6 +171,37 @@ async def stream_events(
         finally:
             with trio.CancelScope(shield=True), trio.move_on_after(2):
                 await response.aclose()
+
+
+async def answer_in_full(
+    gateway: Gateway,
+    rid: str,
+    *,
+    model: str,
+    route: str,
+    path: str,
+    body: bytes,
+    headers: Mapping[str, str],
+    meter: Meter,
+) -> tuple[httpx.Response, bytes]:
+    """One non-streamed request as a request actor: placed, sent to a node (retried
+    elsewhere when that is worth it), its whole answer read; `meter` told who answered.
+    The response comes back closed, with its body."""
+    async with actors.open_task(gateway.requests, rid, kind="request") as task:
+        task.set_status(model=model, route=route, phase="placing")
+        acquired, response = await open_upstream(
+            gateway.fleet, ModelId(model), path, body, headers, gateway.client,
+            retries=gateway.config.http.retries, status=task.set_status,
+        )  # fmt: skip
+        meter.answered(acquired.node.name, acquired.cold, acquired.load_wait or None,
+                       acquired.head_wait, retried_on=acquired.retried_on)  # fmt: skip
+        try:
+            data = await response.aread()
+        except httpx.HTTPError as exc:  # the node went away mid-answer: a 502, not a 500
+            raise broke_mid_answer(acquired.node.name, exc) from exc
+        finally:
+            await response.aclose()
+    return response, data
 
 
 def broke_mid_answer(node: str, exc: httpx.HTTPError) -> ApiError:
