@@ -24,6 +24,7 @@ by definition.
 
 from __future__ import annotations
 
+import functools
 import re
 import secrets
 from collections.abc import Callable, Iterable
@@ -38,8 +39,7 @@ class SpecialTextGuard:
     """One render's sentinels: `neutralise` before, `encode` after."""
 
     def __init__(self, special_texts: Iterable[str]) -> None:
-        texts = sorted({t for t in special_texts if t}, key=len, reverse=True)
-        self._pattern = re.compile("|".join(map(re.escape, texts))) if texts else None
+        self._pattern = _pattern(frozenset(t for t in special_texts if t))
         self._nonce = secrets.token_hex(6)
         self._sentinel = re.compile(f"{_OPEN}{self._nonce}:(\\d+){_CLOSE}")
         self._replaced: list[str] = []
@@ -86,3 +86,10 @@ class SpecialTextGuard:
     def _swap(self, match: re.Match[str]) -> str:
         self._replaced.append(match.group(0))
         return f"{_OPEN}{self._nonce}:{len(self._replaced) - 1}{_CLOSE}"
+
+
+@functools.cache
+def _pattern(texts: frozenset[str]) -> re.Pattern[str] | None:
+    """One alternation of the texts, longest first; compiled once per vocabulary."""
+    ordered = sorted(texts, key=lambda t: (-len(t), t))
+    return re.compile("|".join(map(re.escape, ordered))) if ordered else None

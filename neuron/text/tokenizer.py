@@ -50,6 +50,7 @@ class ModelTokenizer:
     templates: Mapping[str, jinja2.Template]  # "default", maybe "tool_use"
     added_token_ids: frozenset[int]
     special_token_ids: frozenset[int]
+    special_token_texts: frozenset[str]  # their text, which client text may not spell
     # the same tokenizer with special-token text encoded as plain text (client text)
     plain: Tokenizer
 
@@ -73,6 +74,7 @@ class ModelTokenizer:
             templates=files.load_templates(path, config),
             added_token_ids=frozenset(added),
             special_token_ids=frozenset(i for i, t in added.items() if t.special),
+            special_token_texts=frozenset(t.content for t in added.values() if t.special),
             plain=plain,
         )
 
@@ -97,8 +99,7 @@ class ModelTokenizer:
 
     def special_texts(self) -> list[str]:
         """The text of every special (control) token."""
-        decoder = self.tokenizer.get_added_tokens_decoder()
-        return [decoder[i].content for i in self.special_token_ids]
+        return list(self.special_token_texts)
 
     def decode(self, ids: Sequence[int], *, skip_special_tokens: bool = True) -> str:
         return self.tokenizer.decode(list(ids), skip_special_tokens=skip_special_tokens)
@@ -160,7 +161,7 @@ class ModelTokenizer:
         """The rendered prompt and its ids, with the client's text guarded: special-token
         text inside messages, tools or template kwargs is tokenised as plain text, never
         as the control token it spells (`neuron.text.special_text`)."""
-        guard = SpecialTextGuard(self.special_texts())
+        guard = SpecialTextGuard(self.special_token_texts)
         rendered = self.render_chat(
             guard.neutralise(list(messages)),
             guard.neutralise(list(tools)) if tools else tools,
