@@ -1,6 +1,8 @@
-"""How a node actor's loads end, as its observer (the metrics) sees them."""
+"""A node actor's loads: what it sends, and how they end as its observer sees them."""
 
 from __future__ import annotations
+
+import json
 
 import httpx
 import pytest
@@ -10,6 +12,7 @@ import actors
 from cortex.node import Node, NodeActor, PollSettings
 from protocol.errors import ApiError
 from protocol.ids import ModelId, NodeName
+from protocol.node import Discovery
 
 MODEL = ModelId("org/m")
 
@@ -95,3 +98,21 @@ async def test_a_load_cancelled_by_shutdown_is_counted_and_fails_its_waiters(aut
     assert observer.seen == [("cancelled", MODEL)]
     [error] = errors
     assert "cancelled" in str(error)
+
+
+@pytest.mark.parametrize(("harnesses", "sent"), [(("candle",), "candle"), ((), None)])
+async def test_a_load_names_the_first_harness_the_node_lists(autojump_clock, harnesses, sent):
+    """Upstream's neuron refuses a load without `harness`; ours defaults it."""
+    bodies: list[dict] = []
+
+    async def recording(request: httpx.Request) -> httpx.Response:
+        bodies.append(json.loads(request.content))
+        return await loaded_ok(request)
+
+    node = node_answering(recording)
+    node.discovery = Discovery(hostname="h", harnesses=harnesses)
+    async with actors.open_root("t") as root, node.client:
+        await root.start(QuietNodeActor, node, name="n")
+        await node.ensure_loaded(MODEL, (0,), ())
+    [body] = bodies
+    assert (body["model_id"], body.get("harness"), body["devices"]) == (MODEL, sent, [0])
