@@ -98,7 +98,7 @@ async def _restart_loop(cell: Cell, ready: Readiness) -> bool:
         if cell.stop_requested:
             return True
         if not cell.restart.wants_restart(error):
-            _log_end(cell, error, "no restart")
+            _log_end(cell, error, NO_RESTART)
             cell.set_state(ActorState.FAILED if error else ActorState.STOPPED)
             return True
         if not supervision.intensity.allows(supervision.history, trio.current_time()):
@@ -135,11 +135,18 @@ async def _incarnate(cell: Cell, ready: Readiness) -> Exception | None:
     return None
 
 
+NO_RESTART = "no restart"
+
+
 def _log_end(cell: Cell, error: BaseException | None, action: str) -> None:
-    if error is None:
-        log.info("actor exited path=%s action=%r", cell.path, action)
-    else:
+    """A crash is a warning and a restart news; an actor that finished its work
+    and stays ended (a request, a one-off job) is routine: DEBUG."""
+    if error is not None:
         log.warning("actor crashed path=%s error=%r action=%r", cell.path, cell.last_error, action)
+    elif action == NO_RESTART:
+        log.debug("actor exited path=%s action=%r", cell.path, action)
+    else:
+        log.info("actor exited path=%s action=%r", cell.path, action)
 
 
 async def _run_supervisor(cell: Cell, ready: Readiness) -> None:

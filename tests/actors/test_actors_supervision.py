@@ -1,5 +1,7 @@
 """Supervision: restart types, exponential backoff, intensity limits and escalation."""
 
+import logging
+
 import pytest
 import trio
 from trio.testing import wait_all_tasks_blocked
@@ -129,7 +131,8 @@ async def test_root_intensity_exceeded_leaves_open_root_with_the_cause_chain(aut
         (Restart.TEMPORARY, True, False),
     ],
 )
-async def test_restart_types(autojump_clock, restart, crash, restarted):
+async def test_restart_types(autojump_clock, caplog, restart, crash, restarted):
+    caplog.set_level(logging.DEBUG, logger="actors._supervisor")
     lives: list[float] = []
 
     async def first_life_ends(task):
@@ -151,6 +154,10 @@ async def test_restart_types(autojump_clock, restart, crash, restarted):
         else:
             assert entry is None
             assert ref.state is (actors.ActorState.FAILED if crash else actors.ActorState.STOPPED)
+    # A crash is a warning, a restart news, a finished actor that stays ended routine.
+    (end,) = [r for r in caplog.records if "path=t/c " in r.getMessage()]
+    expected = "WARNING" if crash else "INFO" if restarted else "DEBUG"
+    assert end.levelname == expected
 
 
 class Stopper(actors.Actor):
