@@ -288,7 +288,8 @@ class NeuronConfig:
                                 (plain `org/name` or HF cache layout), in order
     allow_absolute_model_paths  false   may a load name an absolute path
     devices                     "auto"  "auto" (every GPU; none → [cpu] devices
-                                CPU devices) or `[[devices]]` tables
+                                CPU devices), `[[devices]]` tables, or a
+                                list of ids (`["cpu:0", "cpu:1"]`)
     models                      []      `[[models]]` tables: load at start
 
     and the sections `[listen]`, `[auth]`, `[log]`, `[http]`, `[limits]`,
@@ -562,6 +563,7 @@ def load_config(path: Path | None = None, env: Mapping[str, str] | None = None) 
     source = str(path) if path is not None else "neuron.toml"
     raw = read_toml(path) if path is not None else {}
     upstream = _from_upstream(raw, source)
+    _device_ids_as_tables(raw)
     origins = upstream.origins
     problems = list(unknown_keys(raw, NeuronConfig, explained=_UNSUPPORTED))
     env_problems, unknown_names = ENVIRONMENT.apply(env, raw, origins)
@@ -575,6 +577,13 @@ def load_config(path: Path | None = None, env: Mapping[str, str] | None = None) 
     env_notes = [n for n in map(_unknown_env_note, unknown_names) if n]
     notes = (*upstream.notes, *env_notes, *_advisories(config))
     return attrs.evolve(config, model_roots=roots, source=str(path) if path else None, notes=notes)
+
+
+def _device_ids_as_tables(raw: dict[str, Any]) -> None:
+    """`devices = ["cpu:0", "cpu:1"]` is short for `[[devices]]` tables with those ids."""
+    devices = raw.get("devices")
+    if isinstance(devices, list):
+        raw["devices"] = [{"id": d} if isinstance(d, str) else d for d in devices]
 
 
 def _model_roots(

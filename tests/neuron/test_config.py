@@ -177,6 +177,15 @@ def test_explicit_devices_become_specs_in_index_order(tmp_path):
     ]
 
 
+def test_devices_may_be_a_list_of_ids(tmp_path):
+    """What `cortex up --devices cpu:0,cpu:1` writes and operators type."""
+    config = load_config(write(tmp_path, 'devices = ["cpu:1", "cpu:0"]\n'), {})
+    tables_text = "[[devices]]\nid = 'cpu:1'\n[[devices]]\nid = 'cpu:0'\n"
+    tables = load_config(write(tmp_path, tables_text), {})
+    assert config.devices == tables.devices
+    assert [spec.id for spec in config.device_specs(host=HOST)] == ["cpu:0", "cpu:1"]
+
+
 def test_model_devices_that_do_not_exist_name_the_entry(tmp_path):
     path = write(tmp_path, '[[models]]\nid = "a"\ndevices = ["cuda:3", 7]\n')
     config = load_config(path, {})
@@ -212,6 +221,8 @@ def test_a_wrong_type_names_file_section_and_key(tmp_path):
         ("devices = []\n", 'devices: needs at least one [[devices]] entry, or "auto"'),
         ("[[devices]]\nid = 'gpu:0'\n", "[[devices]] #1 id: must be 'cpu:N' or 'cuda:N'"),
         ("[[devices]]\nthreads = 2\n", "[[devices]] #1 id: required field missing"),
+        ("devices = ['cpu:0', 'gpu:1']\n", "[[devices]] #2 id: must be 'cpu:N' or 'cuda:N'"),
+        ("devices = ['cpu:0', 3]\n", "devices[1]: expected table, got integer"),
         ("[[devices]]\nid = 'cpu:0'\n[[devices]]\nid = 'cpu:0'\n",
          "[[devices]] #2 id: 'cpu:0' appears more than once"),
         ("[[models]]\nid = 'a'\ndevices = [1.5]\n",
