@@ -119,7 +119,7 @@ class ApiError(ProtocolError):
         return f"{self.__class__.__name__}({self.status}, {self.code!r}, {self.message!r})"
 
     @property
-    def retryable(self) -> bool:
+    def retriable(self) -> bool:
         return self.retry_after is not None or self.status in (502, 503)
 
     def headers(self) -> dict[str, str]:

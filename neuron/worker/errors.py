@@ -16,13 +16,13 @@
         │   ├── PromptTooLong
         │   ├── RequestTooLarge    needs more KV than the whole budget
         │   └── DuplicateSequence
-        ├── CapacityExceeded       retryable: the engine is full right now
+        ├── CapacityExceeded       retriable: the engine is full right now
         │   ├── BatchFull
         │   └── KvBudgetExceeded
         └── EngineClosed
 
 Not for: wire envelopes. The worker's IPC layer boxes these for the parent, which maps
-them to HTTP errors once, at its edge; `code` and `retryable` are there to help it.
+them to HTTP errors once, at its edge; `code` and `retriable` are there to help it.
 This module imports nothing heavy, so the torch-free parent can import it.
 """
 
@@ -35,7 +35,7 @@ class WorkerError(Exception):
     """Root of everything the worker's compute core raises on purpose."""
 
     code: ClassVar[str] = "worker_error"
-    retryable: ClassVar[bool] = False
+    retriable: ClassVar[bool] = False
 
 
 class ModelError(WorkerError):
@@ -68,7 +68,7 @@ class ModelNotLoaded(ModelError):
 
 class DeviceFault(WorkerError):
     code = "device_fault"
-    retryable = True
+    retriable = True
 
 
 class DeviceOutOfMemory(DeviceFault):
@@ -101,7 +101,7 @@ class DuplicateSequence(InvalidRequest):
 
 class CapacityExceeded(EngineError):
     code = "capacity_exceeded"
-    retryable = True
+    retriable = True
 
 
 class BatchFull(CapacityExceeded):

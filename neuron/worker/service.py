@@ -55,7 +55,7 @@ def failure_kind(exc: BaseException) -> wire.FailureKind:
 
 
 def _retriable(exc: BaseException) -> bool:
-    return bool(getattr(exc, "retryable", False))
+    return isinstance(exc, errors.WorkerError) and exc.retriable
 
 
 class _Resident:

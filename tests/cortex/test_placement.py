@@ -617,11 +617,11 @@ def test_loading_and_recovering_residents_are_not_evicted():
     assert decision.reason is WaitReason.NO_ROOM
 
 
-def test_decision_error_for_every_wait_reason_is_a_retryable_503():
+def test_decision_error_for_every_wait_reason_is_a_retriable_503():
     for reason, seconds in RETRY_AFTER.items():
         error = decision_error(Wait(reason, "why", seconds))
         assert isinstance(error, ServiceUnavailable)
-        assert error.retryable
+        assert error.retriable
         assert error.to_openai()["error"]["message"] == "why"
         assert error.headers() == {"Retry-After": str(math.ceil(seconds))}
 

@@ -322,8 +322,8 @@ def test_capacity_errors(tiny_model):
 
 
 def test_errors_say_whether_to_retry():
-    assert BatchFull.retryable and KvBudgetExceeded.retryable
-    assert not PromptTooLong.retryable and not RequestTooLarge.retryable
+    assert BatchFull.retriable and KvBudgetExceeded.retriable
+    assert not PromptTooLong.retriable and not RequestTooLarge.retriable
     assert issubclass(PromptTooLong, ValueError)
 
 

@@ -28,7 +28,7 @@ def test_wire_errors_render_both_envelopes(error, status, code):
         "type": "error",
         "error": {"type": "invalid_request_error", "message": error.message},
     }
-    assert not error.retryable
+    assert not error.retriable
 
 
 def test_400s_are_invalid_requests_and_the_load_error_is_not_wire():

@@ -108,11 +108,11 @@ def test_retry_after_header_is_whole_seconds_rounded_up(retry_after, header):
     assert error.headers() == ({} if header is None else {"Retry-After": header})
 
 
-def test_retryable():
-    assert RateLimited("x", retry_after=1).retryable
-    assert UpstreamError("x").retryable and ServiceUnavailable("x").retryable
-    assert not RateLimited("x").retryable
-    assert not InvalidRequest("x").retryable
+def test_retriable():
+    assert RateLimited("x", retry_after=1).retriable
+    assert UpstreamError("x").retriable and ServiceUnavailable("x").retriable
+    assert not RateLimited("x").retriable
+    assert not InvalidRequest("x").retriable
 
 
 def test_unknown_status_maps_to_a_generic_anthropic_type():
