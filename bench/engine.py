@@ -28,6 +28,11 @@ that retry when other processes disturb them, and the report.
     python bench/engine.py --size tiny
     python bench/engine.py                      # 0.5b, bf16: several minutes on 2 cores
     python bench/engine.py --new-tokens 32 --batch-new-tokens 16 --repeats 2
+    python bench/engine.py --device cuda:0 --concurrency 1,4,16,64   # on a GPU host
+
+With `--device cuda:N` the worker is started for `cuda:N` (pinned to that GPU with
+`CUDA_VISIBLE_DEVICES`, as the daemon does) and this process's copy is loaded on the same
+GPU; every timestamp is taken after `torch.cuda.synchronize`.
 """
 
 from __future__ import annotations
@@ -98,17 +103,19 @@ class Trace:
 
 def manual_loop(model: torch.nn.Module, prompt: list[int], new_tokens: int) -> Trace:
     """The baseline for (a) and (c): prefill, then one forward per token on a DynamicCache."""
+    device = model.device
+    _synchronize(device)
     started = time.perf_counter()
     stamps, ids = [], []
     with torch.no_grad():
         cache = DynamicCache(config=model.config)
-        inputs = torch.tensor([prompt])
+        inputs = torch.tensor([prompt], device=device)
         for _ in range(new_tokens):
             out = model(input_ids=inputs, past_key_values=cache, use_cache=True, logits_to_keep=1)
             token = int(out.logits[0, -1].argmax())
             stamps.append(time.perf_counter())
             ids.append(token)
-            inputs = torch.tensor([[token]])
+            inputs = torch.tensor([[token]], device=device)
     return Trace(started, stamps[0], stamps[-1], len(ids), tuple(ids))
 
 
@@ -128,12 +135,21 @@ def padded_generate(model: torch.nn.Module, prompts: list[list[int]], new_tokens
         temperature=1.0, top_p=1.0, top_k=50,
         pad_token_id=pad, eos_token_id=model.config.eos_token_id,
     )  # fmt: skip
+    ids, mask = ids.to(model.device), mask.to(model.device)
+    _synchronize(model.device)
     started = time.perf_counter()
     with torch.no_grad():
         out = model.generate(input_ids=ids, attention_mask=mask, generation_config=config)
+    _synchronize(model.device)
     ended = time.perf_counter()
     assert out.shape[1] == width + new_tokens, "generate stopped early"
     return Trace(started, math.nan, ended, len(prompts) * new_tokens)
+
+
+def _synchronize(device: torch.device) -> None:
+    """Wait for queued GPU work, so a timestamp means the work is done."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def engine_run(engine: Engine, prompts: list[list[int]], new_tokens: int) -> Trace:
@@ -370,7 +386,10 @@ def report(args: argparse.Namespace, loaded: LoadedModel, samples: Samples) -> N
         f"params, {r.dtype}), {args.threads} torch threads per side on {os.cpu_count()} cores, "
         f"median of {args.repeats}"
     )
-    if args.threads >= (os.cpu_count() or 1):
+    if r.device.startswith("cuda"):
+        print(f"device: {args.device} ({torch.cuda.get_device_name(r.device)}), "
+              f"torch {torch.__version__}, CUDA {torch.version.cuda}")  # fmt: skip
+    elif args.threads >= (os.cpu_count() or 1):
         print("note: the worker's threads and this client process share the same cores")
     print(f"other processes used {samples.foreign_load:.2f} of a core on average; "
           f"{samples.retried} round(s) run again because of them, {samples.disturbed} kept "
@@ -435,6 +454,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--size", default="0.5b", choices=list(SIZES))
     parser.add_argument("--arch", default="qwen3", choices=list(ARCHS))
     parser.add_argument("--dtype", default="bf16", choices=["bf16", "fp32"])
+    parser.add_argument("--device", default="cpu:0", type=_device_id,
+                        help="cpu:N or cuda:N: the worker's device; this process's copy "
+                        "goes to the same one (default cpu:0)")  # fmt: skip
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1,
                         help="torch threads for each side (default: all cores)")  # fmt: skip
     parser.add_argument("--prompt-tokens", type=int, default=32,
@@ -463,6 +485,20 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def _device_id(text: str) -> str:
+    kind, _, index = text.partition(":")
+    if kind not in ("cpu", "cuda") or not index.isdigit():
+        raise argparse.ArgumentTypeError(f"expected cpu:N or cuda:N, got {text!r}")
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise argparse.ArgumentTypeError(f"{text}: torch sees no CUDA device here")
+    return text
+
+
+def _torch_device(device_id: str) -> str:
+    """Where this process loads its copy: `cpu`, or the same GPU as the worker."""
+    return "cpu" if device_id.startswith("cpu") else device_id
+
+
 def _int_list(text: str) -> list[int]:
     values = [int(part) for part in text.split(",")]
     if not values or min(values) < 1:
@@ -473,12 +509,13 @@ def _int_list(text: str) -> list[int]:
 def build_and_load(args: argparse.Namespace) -> tuple[Path, LoadedModel]:
     name = f"helexa/bench-{args.arch}-{args.size}-{args.dtype}"
     path = synthesize(args.cache, arch=args.arch, size=args.size, dtype=args.dtype, name=name)
-    return path, load_model(snapshot_at(name, path), dtype=args.dtype)
+    snapshot = snapshot_at(name, path)
+    return path, load_model(snapshot, device=_torch_device(args.device), dtype=args.dtype)
 
 
 async def bench_main(args: argparse.Namespace, path: Path, loaded: LoadedModel) -> Samples:
     samples = Samples()
-    spec = DeviceSpec("cpu:0", threads=args.threads, max_batch_size=max(args.concurrency))
+    spec = DeviceSpec(args.device, threads=args.threads, max_batch_size=max(args.concurrency))
     # Leaving the root's block, by any exit (^C included), stops the worker with the
     # stop ladder: Shutdown, SIGTERM, SIGKILL; it also exits by itself on EOF.
     async with actors.open_root("bench") as root:
