@@ -32,6 +32,7 @@ import json
 import os
 import random
 import shutil
+import sys
 import sysconfig
 import tempfile
 from collections.abc import Iterator, Sequence
@@ -136,14 +137,9 @@ def synthesize(
     complete snapshot with a matching marker is reused, so repeated calls are cheap;
     concurrent builders serialise on a lock file in `dest`.
     """
-    name = name or default_name(arch, size)
-    org, repo = _split_name(name)
-    dtype = _checked_dtype(arch, size, dtype)
-    _check_choice("layout", layout, LAYOUTS)
-    marker = _marker(name, arch, size, seed, dtype)
+    target, marker = _plan(dest, arch, size, seed, name, layout, dtype)
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
-    target = _target_dir(dest, layout, org, repo, _revision(marker))
     with _locked(dest):
         if _is_complete(target, marker):
             return target
@@ -155,6 +151,30 @@ def synthesize(
             else:
                 _install_hf_cache(staging, target)
     return target
+
+
+def is_built(
+    dest: Path,
+    *,
+    arch: Arch = "qwen3",
+    size: Size = "tiny",
+    seed: int = 0,
+    name: str | None = None,
+    layout: Layout = "plain",
+    dtype: DType | None = None,
+) -> bool:
+    """Whether `synthesize` with these arguments would reuse a complete build (cheap)."""
+    return _is_complete(*_plan(dest, arch, size, seed, name, layout, dtype))
+
+
+def _plan(dest, arch, size, seed, name, layout, dtype) -> tuple[Path, dict[str, object]]:
+    """The checked arguments' target directory under `dest`, and its marker."""
+    name = name or default_name(arch, size)
+    org, repo = _split_name(name)
+    dtype = _checked_dtype(arch, size, dtype)
+    _check_choice("layout", layout, LAYOUTS)
+    marker = _marker(name, arch, size, seed, dtype)
+    return _target_dir(Path(dest), layout, org, repo, _revision(marker)), marker
 
 
 def model_config(arch: Arch, size: Size, *, dtype: DType | None = None):
@@ -238,11 +258,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--dtype", choices=list(DTYPES), help="weight dtype (default: bf16 for 0.5b, else fp32)"
     )
+    parser.add_argument(
+        "--check",
+        action="store_true",
+        help="build nothing: exit 0 if a complete build is there, else 1",
+    )
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
+    if args.check:
+        options = {k: getattr(args, k) for k in ("arch", "size", "seed", "name", "layout", "dtype")}
+        sys.exit(0 if is_built(args.out_dir, **options) else 1)
     path = synthesize(
         args.out_dir,
         arch=args.arch,

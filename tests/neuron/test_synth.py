@@ -17,6 +17,7 @@ from neuron.synth import (
     DEMO_MODEL_NAME,
     REQUIRED_FILES,
     TAG_TOKENS,
+    is_built,
     main,
     model_config,
     synthesize,
@@ -322,9 +323,20 @@ def test_chat_template_tokenizes_to_a_batch_encoding(tokenizer):
 
 
 def test_an_incomplete_snapshot_is_rebuilt(tmp_path, demo_models):
+    assert not is_built(tmp_path, name=DEMO_MODEL_NAME, layout="hf-cache")
     built = synthesize(tmp_path, name=DEMO_MODEL_NAME, layout="hf-cache")
+    assert is_built(tmp_path, name=DEMO_MODEL_NAME, layout="hf-cache")
+    assert not is_built(tmp_path, name=DEMO_MODEL_NAME, layout="hf-cache", seed=1)
     (built / "tokenizer.json").unlink()
+    assert not is_built(tmp_path, name=DEMO_MODEL_NAME, layout="hf-cache")
+    check = [str(tmp_path), "--name", DEMO_MODEL_NAME, "--layout", "hf-cache", "--check"]
+    with pytest.raises(SystemExit) as exited:
+        main(check)  # `cortex up` asks before it says it is building
+    assert exited.value.code == 1
     again = synthesize(tmp_path, name=DEMO_MODEL_NAME, layout="hf-cache")
     assert again == built
     reference = demo_models.hf_cache_path / "tokenizer.json"
     assert _digest(again / "tokenizer.json") == _digest(reference)
+    with pytest.raises(SystemExit) as exited:
+        main(check)
+    assert exited.value.code == 0
