@@ -5,8 +5,10 @@ then the gateway in this process pointing at it, on the default ports. With
 no `--model`, it synthesizes the demo model first (a tiny random-weight
 Qwen3 with a real tokenizer and chat template) so there is something to talk
 to. It prints the URL and a ready-to-paste curl line once the model is
-loaded. Ctrl-C (or SIGTERM) stops the gateway, then the neuron (SIGTERM, then
-SIGKILL past a bound), and nothing is left running.
+loaded. Ctrl-C (or SIGTERM, or a closed terminal's SIGHUP) stops the gateway,
+then the neuron (one SIGTERM, then SIGKILL past a bound), and nothing is left
+running. The neuron runs in its own process group so that Ctrl-C does not also
+reach it directly.
 
 State (the generated configs and the demo model) lives in
 `$XDG_CACHE_HOME/helexa/up` (default `~/.cache/helexa/up`). The neuron needs
@@ -19,6 +21,8 @@ import importlib.util
 import json
 import logging
 import os
+import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -71,11 +75,12 @@ def neuron_toml(options: UpOptions, roots: list[str], models: list[str]) -> str:
 
 
 async def synthesize_demo(root: Path) -> None:
-    """Build the demo model with `python -m neuron.synth` (cached after the first run)."""
-    await trio.run_process(
-        [sys.executable, "-m", "neuron.synth", str(root), "--name", DEMO_MODEL],
-        stdout=subprocess.DEVNULL,
-    )
+    """Build the demo model with `python -m neuron.synth`, unless a complete build is there."""
+    command = [sys.executable, "-m", "neuron.synth", str(root), "--name", DEMO_MODEL]
+    built = await trio.run_process([*command, "--check"], check=False, stdout=subprocess.DEVNULL)
+    if built.returncode != 0:
+        print("synthesizing the demo model (first run only)…")
+        await trio.run_process(command, stdout=subprocess.DEVNULL)
 
 
 def _models_and_roots(options: UpOptions, directory: Path) -> tuple[list[str], list[str]]:
@@ -122,8 +127,23 @@ def _banner(url: str, model: str) -> str:
     return (
         f"\nhelexa is up: {url}  (metrics on the next port, Ctrl-C to stop)\n"
         f"  curl {url}/v1/chat/completions -H 'content-type: application/json' -d '{body}'\n"
-        f"  cortex status --url {url}\n"
+        f"  {cortex_command()} status --url {url}\n"
     )
+
+
+def cortex_command() -> str:
+    """This environment's `cortex`, as a shell line that runs it when pasted: bare
+    when PATH finds this very script, else its path (relative to the working
+    directory when under it, as `.venv/bin/cortex` after `make up`)."""
+    script = Path(sys.executable).parent / "cortex"
+    if not script.is_file():
+        return f"{shlex.quote(sys.executable)} -m cortex"
+    found = shutil.which("cortex")
+    if found and Path(found).resolve() == script.resolve():
+        return "cortex"
+    if script.is_relative_to(Path.cwd()):
+        return shlex.quote(str(script.relative_to(Path.cwd())))
+    return shlex.quote(str(script))
 
 
 async def run_up(options: UpOptions) -> int:
@@ -135,11 +155,13 @@ async def run_up(options: UpOptions) -> int:
     (directory / "models").mkdir(parents=True, exist_ok=True)
     models, roots = _models_and_roots(options, directory)
     if not options.models:
-        print("synthesizing the demo model (first run only)…")
         await synthesize_demo(directory / "models")
     config_path = directory / "neuron.toml"
     config_path.write_text(neuron_toml(options, roots, models))
     return await _run_fleet(options, config_path, models)
+
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 async def _run_fleet(options: UpOptions, neuron_config: Path, models: list[str]) -> int:
@@ -149,9 +171,11 @@ async def _run_fleet(options: UpOptions, neuron_config: Path, models: list[str])
     command = [sys.executable, "-m", "neuron", "serve", "--config", str(neuron_config)]
     gateway = Gateway(gateway_config(options, neuron_url))
     stop, failed = trio.Event(), trio.Event()
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+    with trio.open_signal_receiver(*STOP_SIGNALS) as signals:
         async with trio.open_nursery() as nursery:
-            process = await trio.lowlevel.open_process(command)
+            # Its own process group: a terminal's Ctrl-C (or hang-up) reaches this
+            # process only, and the neuron hears one SIGTERM from _stop_process.
+            process = await trio.lowlevel.open_process(command, process_group=0)
             try:
                 url = await nursery.start(gateway.run)
                 nursery.start_soon(_announce, neuron_url, models, process, url, stop, failed)
