@@ -3,12 +3,14 @@
     neuron serve [--config neuron.toml] [--host H] [--port N] [--log-format plain|json]
 
 `--port`/`--host` override the file and the environment. A bad configuration
-exits with status 2 and one line per problem, naming the key.
+exits with status 2 and one line per problem, naming the key; so does a
+gateway-only install (`pip install .`), naming the extra the node needs.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import logging
 import os
 import sys
@@ -46,7 +48,29 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(_serve(args))
 
 
+# What `pip install 'helexa[neuron]'` adds to a gateway install (import names).
+NODE_PACKAGES = ("torch", "transformers", "tokenizers", "safetensors", "huggingface_hub", "psutil")
+
+
+def _missing_node_packages() -> list[str]:
+    """The node's packages this environment lacks (found without importing them:
+    torch is only imported by the device workers)."""
+    missing = []
+    for name in NODE_PACKAGES:
+        try:
+            found = importlib.util.find_spec(name) is not None
+        except (ImportError, ValueError):  # ValueError: blocked by None in sys.modules
+            found = False
+        if not found:
+            missing.append(name)
+    return missing
+
+
 def _serve(args: argparse.Namespace) -> int:
+    if missing := _missing_node_packages():
+        print(f"neuron: the node daemon needs the neuron extra (missing: {', '.join(missing)}): "
+              "pip install 'helexa[neuron]'", file=sys.stderr)  # fmt: skip
+        return 2
     import trio
 
     from neuron.config import ConfigError, find_config_path, load_config

@@ -38,6 +38,20 @@ def test_version_flag(program):
     assert out.stdout.startswith(f"{program} 0.")
 
 
+def test_a_gateway_install_s_neuron_names_the_extra_it_needs():
+    """`pip install .` brings the `neuron` script but not the node's packages."""
+    code = (
+        "import sys; sys.modules['tokenizers'] = sys.modules['torch'] = None; "  # not installed
+        "from neuron.__main__ import main; sys.argv = ['neuron', 'serve']; main()"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2
+    assert out.stderr == (
+        "neuron: the node daemon needs the neuron extra (missing: torch, tokenizers): "
+        "pip install 'helexa[neuron]'\n"
+    )
+
+
 # ------------------------------------------------------------------ the distribution
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -83,6 +97,7 @@ def test_wheel_builds_and_an_installed_copy_reports_its_revision(tmp_path):
     assert {n.split("/")[0] for n in names if "/" in n} >= set(PACKAGES)
     assert not [n for n in names if n.startswith("tests/")]
     assert "protocol/_build.json" in names
+    assert {f"cortex/ui/static/{n}" for n in ("index.html", "app.js", "app.css")} <= set(names)
     requires = [line.split(":", 1)[1] for line in metadata.splitlines()
                 if line.startswith("Requires-Dist:")]  # fmt: skip
     base = {_name(r) for r in requires if "extra ==" not in r}
