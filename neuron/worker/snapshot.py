@@ -2,8 +2,9 @@
 
 Resolves a model id against the configured model roots, in either the plain
 `org/name` layout or the Hugging Face cache layout (`models--org--name/snapshots/<rev>`,
-honouring `refs/main`, else the newest snapshot), plus absolute paths when the
-operator allows them. Ids that could escape the roots are refused, and so is any
+honouring `refs/main`, else the newest snapshot) or a GGUF file (`name.gguf`,
+converted once into a cached snapshot by `neuron.worker.gguf`), plus absolute paths
+when the operator allows them. Ids that could escape the roots are refused, and so is any
 snapshot whose real path (or whose files' real paths) leaves its root. Then it reads
 `config.json` and `generation_config.json` into a `SnapshotInfo`: eos ids, sampling
 defaults, context length, chat template location, weight bytes, KV bytes per token.
@@ -22,12 +23,14 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
+import attrs
 from attrs import frozen
 
+from neuron.worker import gguf
 from neuron.worker.errors import InvalidSnapshot, ModelNotFound, UnsafeModelId
 from protocol.ids import ModelId
 
-SnapshotLayout = Literal["plain", "hf-cache", "absolute"]
+SnapshotLayout = Literal["plain", "hf-cache", "absolute", "gguf"]
 
 _SEGMENT = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*")
 _REVISION = re.compile(r"[A-Za-z0-9._-]+")
@@ -45,6 +48,9 @@ class ResolvedSnapshot:
     root: Path | None  # real path of the model root; None for an absolute id
     layout: SnapshotLayout
     revision: str | None  # the HF cache revision, for that layout
+    # The GGUF file a "gguf" snapshot comes from; `path` is that file until
+    # `inspect_model` converts it, then the converted snapshot directory.
+    source: Path | None = None
 
 
 @frozen
@@ -92,8 +98,14 @@ class SnapshotInfo:
 def inspect_model(
     model_id: str, roots: Sequence[Path], *, allow_absolute: bool = False
 ) -> SnapshotInfo:
-    """Resolve `model_id` and read its snapshot: the parent's one-call entry point."""
-    return read_snapshot_info(resolve_snapshot(model_id, roots, allow_absolute=allow_absolute))
+    """Resolve `model_id` and read its snapshot: the parent's one-call entry point.
+
+    A GGUF file is converted first (once; a child process does it, see `gguf`).
+    """
+    snapshot = resolve_snapshot(model_id, roots, allow_absolute=allow_absolute)
+    if snapshot.layout == "gguf":
+        snapshot = attrs.evolve(snapshot, path=gguf.converted(snapshot.path), source=snapshot.path)
+    return read_snapshot_info(snapshot)
 
 
 # -- resolution -----------------------------------------------------------------------
@@ -125,7 +137,32 @@ def available_model_ids(roots: Sequence[Path], *, limit: int = _MAX_LISTED) -> l
     found: set[str] = set()
     for root in roots:
         found.update(_ids_in_root(Path(root), limit))
+        found.update(_gguf_ids_in_root(Path(root), limit))
     return sorted(found)
+
+
+def _gguf_ids_in_root(root: Path, limit: int) -> Iterable[str]:
+    """`name` for `root/name.gguf`, `org/name` for `root/org/name.gguf`."""
+    for entry in _gguf_files(root, limit):
+        yield entry.name.removesuffix(gguf.SUFFIX)
+    for directory in _entries(root, limit):
+        for entry in _gguf_files(directory, limit):
+            yield f"{directory.name}/{entry.name.removesuffix(gguf.SUFFIX)}"
+
+
+def _gguf_files(directory: Path, limit: int) -> list[Path]:
+    try:
+        with os.scandir(directory) as it:
+            files = []
+            for entry in it:
+                if len(files) >= limit:
+                    break
+                name = entry.name
+                if name.endswith(gguf.SUFFIX) and not name.startswith(".") and entry.is_file():
+                    files.append(Path(entry.path))
+            return files
+    except OSError:
+        return []
 
 
 def _ids_in_root(root: Path, limit: int) -> Iterable[str]:
@@ -218,6 +255,8 @@ def _relative_id_problem(segments: list[str]) -> str | None:
 
 def _resolve_absolute(model_id: ModelId) -> ResolvedSnapshot:
     real = Path(os.path.realpath(model_id))
+    if real.name.endswith(gguf.SUFFIX) and real.is_file():
+        return ResolvedSnapshot(model_id, real, None, "gguf", None)
     if not (real / "config.json").is_file():
         raise ModelNotFound(f"model {model_id!r}: no config.json in {real}")
     return ResolvedSnapshot(model_id, real, None, "absolute", None)
@@ -232,9 +271,22 @@ def _resolve_in_root(model_id: ModelId, root: Path) -> ResolvedSnapshot | None:
     repo_dir = root / ("models--" + model_id.replace("/", "--"))
     snapshot = _hf_cache_snapshot(repo_dir)
     if snapshot is None:
-        return None
+        return _resolve_gguf(model_id, root, real_root)
     path = _contained(model_id, snapshot, real_root)
     return ResolvedSnapshot(model_id, path, real_root, "hf-cache", snapshot.name)
+
+
+def _resolve_gguf(model_id: ModelId, root: Path, real_root: Path) -> ResolvedSnapshot | None:
+    file = root / f"{model_id}{gguf.SUFFIX}"
+    if not file.is_file():
+        return None
+    real = Path(os.path.realpath(file))
+    if not _is_within(real, real_root):
+        raise UnsafeModelId(
+            f"refusing model id {model_id!r}: {file} resolves to {real}, "
+            f"outside the model root {real_root}"
+        )
+    return ResolvedSnapshot(model_id, real, real_root, "gguf", None)
 
 
 def _hf_cache_snapshot(repo_dir: Path) -> Path | None:
