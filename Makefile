@@ -1,6 +1,7 @@
 # The two set-up commands of the README, plus the linter CI runs.
 #   make up    — a local fleet (neuron + cortex) serving a demo model
 #   make test  — the whole test suite
+#   make bench — the short benchmark runs of bench/README.md (a few minutes)
 # Both create .venv on first use. TORCH picks the torch build: the default is
 # the CPU wheel CI uses; GPU hosts override it (e.g. TORCH='torch>=2.6').
 
@@ -31,3 +32,7 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+
+bench: $(STAMP)
+	$(PY) bench/engine.py --size tiny
+	$(PY) bench/gateway.py

@@ -52,6 +52,19 @@ def test_a_gateway_install_s_neuron_names_the_extra_it_needs():
     )
 
 
+@pytest.mark.skipif(shutil.which("make") is None, reason="no make")
+def test_every_declared_make_target_runs_something():
+    phony = re.search(r"^\.PHONY:(.*)$", (ROOT / "Makefile").read_text(), re.MULTILINE)
+    assert phony and "bench" in phony.group(1).split()
+    for target in phony.group(1).split():
+        dry = subprocess.run(["make", "-n", target], cwd=ROOT, capture_output=True, text=True,
+                             timeout=30)  # fmt: skip
+        assert dry.returncode == 0 and dry.stdout.strip(), (target, dry.stderr)
+    bench = subprocess.run(["make", "-n", "bench"], cwd=ROOT, capture_output=True, text=True)
+    assert "bench/engine.py --size tiny" in bench.stdout  # bench/README.md's short runs
+    assert "bench/gateway.py" in bench.stdout
+
+
 # ------------------------------------------------------------------ the distribution
 
 ROOT = Path(__file__).resolve().parent.parent
