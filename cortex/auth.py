@@ -12,7 +12,8 @@ for an anonymous caller. The rules:
   403 with a key that is not an admin's), and the API routes need a valid
   key when `require_auth` is on (401); with it off, callers without a valid
   key are served anonymously, without limits (upstream's rule);
-- `/health`, `/` and `/version` are always public.
+- `/health`, `/` and `/version` are always public, and so is the dashboard's
+  static page under `/ui` (it holds no data; it asks the API with a key).
 
 `admit` is asked once the model is known: a model the key may not use is a
 404 `model_not_found` worded like an unknown model (a key learns nothing of
@@ -65,6 +66,7 @@ from protocol.models import ModelList
 
 __all__ = [
     "PUBLIC_PATHS",
+    "PUBLIC_PREFIXES",
     "Grant",
     "Keyring",
     "NeuronTokens",
@@ -77,7 +79,8 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-PUBLIC_PATHS = frozenset({"/health", "/", "/version"})
+PUBLIC_PATHS = frozenset({"/health", "/", "/version", "/ui"})
+PUBLIC_PREFIXES = ("/ui/",)  # the dashboard's files (cortex.ui.routes)
 _MISSING = "missing API key; send 'Authorization: Bearer <key>' or 'x-api-key: <key>'"
 # A request the client abandoned without a usage report is charged its prompt estimate.
 _UNREPORTED = frozenset({"cancelled", "stream_error"})
@@ -237,7 +240,7 @@ class Keyring:
 
     def authenticate(self, headers: Mapping[str, str], path: str) -> Principal | None:
         """The request's principal; None for anonymous; or the 401/403 to answer."""
-        if path in PUBLIC_PATHS or not self.enforcing:
+        if path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIXES) or not self.enforcing:
             return None
         given = presented_key(headers)
         principal = self._match(given) if given else None

@@ -8,14 +8,18 @@ Shape (`null` fields are always present):
      "nodes": [{"name", "endpoint", "state": "up" | "suspect" | "down",
                 "draining": bool, "last_poll_age_s": float | null,
                 "error": str | null,
-                "devices": [{"index", "id": str | null, "total_mb", "free_mb"}],
+                "devices": [{"index", "id": str | null, "total_mb", "free_mb",
+                             "utilization_pct": int | null}],
                 "models": [{"id", "status", "in_flight", "queued",
-                            "memory_mb": int | null}]}]}
+                            "memory_mb": int | null, "devices": [int],
+                            "pinned": bool, "error": str | null}]}]}
 
 `status` means what it means on `/health`. `last_poll_age_s` is seconds since
 the last successful poll (null: never answered); `error` is the last poll's
 failure (null after a good poll). A model's `status` is the node's word for it
-(`loaded`, `loading`, `recovering`, `failed`, …). These are plain values: this
+(`loaded`, `loading`, `recovering`, `failed`, …), `error` its reason for a
+failure, `pinned` whether the node's own config pins it there, `devices` the
+device indexes its memory counts on. These are plain values: this
 module neither builds them from the fleet nor renders them.
 """
 
@@ -40,6 +44,7 @@ class DeviceView:
     id: str | None = keep_null()
     total_mb: int
     free_mb: int
+    utilization_pct: int | None = keep_null()
 
 
 @attrs.frozen(kw_only=True)
@@ -49,6 +54,9 @@ class ModelView:
     in_flight: int = 0
     queued: int = 0
     memory_mb: int | None = keep_null()
+    devices: tuple[int, ...] = ()
+    pinned: bool = False
+    error: str | None = keep_null()
 
 
 @attrs.frozen(kw_only=True)

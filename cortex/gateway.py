@@ -288,13 +288,18 @@ def _node_view(node: Node, now: float) -> dict[str, Any]:
     snapshot = node.snapshot()
     age = None if node.last_poll_at is None else round(now - node.last_poll_at, 3)
     ids = {d.index: d.id for d in (node.discovery.devices if node.discovery else ())}
+    busy = {h.index: h.utilization_pct for h in (node.health.devices if node.health else ())}
+    errors = {m.id: m.error for m in node.models}
     return {
         "name": node.name, "endpoint": node.endpoint, "state": node.state.value,
         "draining": node.draining, "last_poll_age_s": age, "error": node.last_error,
         "devices": [{"index": d.index, "id": ids.get(d.index), "total_mb": d.total_mb,
-                     "free_mb": d.free_mb} for d in snapshot.devices],
+                     "free_mb": d.free_mb, "utilization_pct": busy.get(d.index)}
+                    for d in snapshot.devices],
         "models": [{"id": r.model, "status": r.status.value, "in_flight": r.in_flight,
-                    "queued": r.queued, "memory_mb": r.memory_mb}
+                    "queued": r.queued, "memory_mb": r.memory_mb,
+                    "devices": list(snapshot.occupied_devices(r)), "pinned": r.pinned,
+                    "error": errors.get(r.model)}
                    for r in snapshot.residencies],
     }  # fmt: skip
 

@@ -53,6 +53,7 @@ from cortex.relay import (
     response_headers,
 )
 from cortex.relay import stream_events as relay_stream
+from cortex.ui import routes as ui
 from protocol import decode_json, encode_json, sse, unstructure
 from protocol.completions import Completion, CompletionChoice
 from protocol.errors import ApiError, InternalError, InvalidRequest, NotFound, UpstreamError
@@ -89,6 +90,7 @@ def create_app(gateway: Gateway) -> QuartTrio:
     _messages_routes(app, gateway)
     _info_routes(app, gateway)
     _admin_routes(app, gateway)
+    ui.install(app, gateway)  # the dashboard: /ui/, /admin/traffic
     return app
 
 

@@ -184,6 +184,7 @@ class CortexMetrics:
         self._node, self._model = _Allowed(nodes), _Allowed(models)
         self._polled: dict[str, set[str]] = {}  # node → models with /health gauges
         self._polled_devices: dict[str, set[str]] = {}
+        self.on_finished: list[Callable[[RequestRecord], None]] = []  # e.g. cortex.traffic
         r = self.registry
         self._requests(r)
         self._latency(r)
@@ -333,6 +334,8 @@ class CortexMetrics:
             self.cold_starts.labels(model, node).inc()
         self._timings(record, model, node, route)
         self._usage(record, model, node)
+        for listener in self.on_finished:
+            listener(record)
 
     def _timings(self, record: RequestRecord, model: str, node: str, route: str) -> None:
         self.request_duration.labels(model, node).observe(record.duration)

@@ -22,6 +22,7 @@ __all__ = ["ROUTES", "description"]
 
 _SSE = "text/event-stream"
 _OBJECT = {"type": "object"}
+_TEXT = {"type": "string"}
 _INFERENCE_ERRORS = (400, 401, 404, 413, 415, 429, 500, 502, 503)
 _DRAIN = {
     "type": "object",
@@ -90,10 +91,13 @@ ROUTES: tuple[Route, ...] = (
           errors="anthropic", error_statuses=_INFERENCE_ERRORS, tags=("anthropic",)),
     _info("/v1/models", "the catalogue, loaded state and aliases", Body(models.ModelList)),
     _info("/health", "the fleet's health (always 200)", Body(schema=_OBJECT)),
-    _info("/", "the fleet's health (as /health)", Body(schema=_OBJECT)),
+    _info("/", "the fleet's health (as /health); a browser is redirected to /ui/",
+          Body(schema=_OBJECT)),
     _info("/version", "build information", Body(node.BuildInfo)),
     _info("/openapi.json", "this description", Body(schema=_OBJECT)),
     _info("/admin/fleet", "nodes, devices and models, as `cortex status` shows them",
+          Body(schema=_OBJECT), tag="admin"),
+    _info("/admin/traffic", "recent requests, tokens/s and time to first token (the dashboard's)",
           Body(schema=_OBJECT), tag="admin"),
     _info("/admin/actors", "the gateway's actor tree", Body(schema=_OBJECT), tag="admin"),
     _info("/admin/actors/stream", "the gateway's actor tree, an SSE event per change",
@@ -110,6 +114,12 @@ ROUTES: tuple[Route, ...] = (
            responses=(Body(schema=_DRAIN),)),
     _admin("POST", "/admin/nodes/{name}/undrain", "place on a node again",
            responses=(Body(schema=_DRAIN),)),
+    Route("GET", "/ui/", "the dashboard (public: it asks the API with the operator's key)",
+          responses=(Body(schema=_TEXT, media_type="text/html"),), error_statuses=(),
+          tags=("dashboard",)),
+    Route("GET", "/ui/{name}", "a file of the dashboard: app.js, app.css, icon.svg",
+          responses=(Body(schema=_TEXT, media_type="text/plain"),), error_statuses=(404,),
+          tags=("dashboard",)),
 )  # fmt: skip
 
 
