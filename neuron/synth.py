@@ -1,6 +1,6 @@
 """Synthesise small, real Hugging Face model snapshots offline, for tests, benchmarks and demos.
 
-`python -m neuron.synth OUT_DIR --arch qwen3|llama --size tiny|small|0.5b` writes a
+`python -m neuron.synth OUT_DIR --arch ARCH --size tiny|small|0.5b` writes a
 genuine causal LM snapshot: random weights (seeded) in safetensors, a byte-level BPE
 tokenizer really trained with `tokenizers` on a bounded corpus that ships with Python
 (stdlib sources picked by the seed, plus a little chat text embedded here), a
@@ -14,6 +14,20 @@ files; a complete build with a matching marker is reused.
 Every arch and size shares one 4096-token tokenizer and template. `0.5b` matches
 Qwen2.5-0.5B's transformer body (896 hidden, 24 layers, 14/2 heads, 4864 MLP), not its
 151,936-token vocabulary, so it has ~0.36 B parameters rather than 0.49 B.
+
+ARCH is one of the families the engine must serve, each in its own shape on that
+body (`_family_options`): plain full attention (`qwen3`, `llama`); every layer in a
+sliding window and no `layer_types` (`mistral`); four small experts, two active
+(`qwen3_moe`); Gated DeltaNet `linear_attention` layers with a `full_attention` layer
+every fourth (`qwen3_5`, and with experts `qwen3_5_moe`, `qwen3_next`);
+`sliding_attention` with `full_attention` every fourth (`gemma3`; `gemma4` adds wider
+full-attention heads, per-layer input embeddings and a logit soft cap, no KV sharing);
+alternating sliding and full attention with sinks and experts (`gpt_oss`, eager
+attention only: transformers has no sdpa path for it); short-conv `conv` layers with
+attention every third layer (`lfm2`); Mamba2 layers with NoPE attention every fourth
+and experts (`granitemoehybrid`). The windowed families use a 16-token window in
+`tiny` and `small` (short prompts pass it) and 1024 in `0.5b`; hybrids get at least
+four layers so every layer kind appears.
 
 This module is not a model zoo and never downloads anything; the weights are noise,
 so the text a synthetic model produces is gibberish. Heavy imports (torch,
@@ -41,7 +55,20 @@ from typing import Literal
 
 from attrs import frozen
 
-Arch = Literal["qwen3", "llama"]
+Arch = Literal[
+    "qwen3",
+    "llama",
+    "mistral",
+    "qwen3_moe",
+    "qwen3_5",
+    "qwen3_5_moe",
+    "qwen3_next",
+    "gemma3",
+    "gemma4",
+    "gpt_oss",
+    "lfm2",
+    "granitemoehybrid",
+]
 Size = Literal["tiny", "small", "0.5b"]
 DType = Literal["fp32", "bf16"]
 Layout = Literal["plain", "hf-cache"]
@@ -49,6 +76,16 @@ Layout = Literal["plain", "hf-cache"]
 ARCHS: dict[str, tuple[str, str]] = {  # arch -> (config class, architecture)
     "qwen3": ("Qwen3Config", "Qwen3ForCausalLM"),
     "llama": ("LlamaConfig", "LlamaForCausalLM"),
+    "mistral": ("MistralConfig", "MistralForCausalLM"),
+    "qwen3_moe": ("Qwen3MoeConfig", "Qwen3MoeForCausalLM"),
+    "qwen3_5": ("Qwen3_5TextConfig", "Qwen3_5ForCausalLM"),
+    "qwen3_5_moe": ("Qwen3_5MoeTextConfig", "Qwen3_5MoeForCausalLM"),
+    "qwen3_next": ("Qwen3NextConfig", "Qwen3NextForCausalLM"),
+    "gemma3": ("Gemma3TextConfig", "Gemma3ForCausalLM"),
+    "gemma4": ("Gemma4TextConfig", "Gemma4ForCausalLM"),
+    "gpt_oss": ("GptOssConfig", "GptOssForCausalLM"),
+    "lfm2": ("Lfm2Config", "Lfm2ForCausalLM"),
+    "granitemoehybrid": ("GraniteMoeHybridConfig", "GraniteMoeHybridForCausalLM"),
 }
 DTYPES: dict[str, str] = {"fp32": "float32", "bf16": "bfloat16"}
 LAYOUTS = ("plain", "hf-cache")
@@ -60,6 +97,9 @@ _BUILDER_VERSION = 3
 _CORPUS_CHARS = 1_500_000
 VOCAB_SIZE = 4096
 _MAX_POSITIONS = 4096
+# The sliding window of the windowed families: short prompts pass it in tiny and small.
+_WINDOW = 16
+_WINDOW_0_5B = 1024
 
 CHATML_SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
 # Like Qwen3, the markup tags are single tokens but not "special": they survive
@@ -184,27 +224,131 @@ def model_config(arch: Arch, size: Size, *, dtype: DType | None = None):
     dtype = _checked_dtype(arch, size, dtype)
     shape = SIZES[size]
     config_class, architecture = ARCHS[arch]
-    return getattr(transformers, config_class)(
-        vocab_size=VOCAB_SIZE,
-        hidden_size=shape.hidden_size,
-        intermediate_size=shape.intermediate_size,
-        num_hidden_layers=shape.num_hidden_layers,
-        num_attention_heads=shape.num_attention_heads,
-        num_key_value_heads=shape.num_key_value_heads,
-        head_dim=shape.head_dim,
-        max_position_embeddings=_MAX_POSITIONS,
-        tie_word_embeddings=True,
+    options = {
+        "vocab_size": VOCAB_SIZE,
+        "hidden_size": shape.hidden_size,
+        "intermediate_size": shape.intermediate_size,
+        "num_hidden_layers": shape.num_hidden_layers,
+        "num_attention_heads": shape.num_attention_heads,
+        "num_key_value_heads": shape.num_key_value_heads,
+        "head_dim": shape.head_dim,
+        "max_position_embeddings": _MAX_POSITIONS,
+        "tie_word_embeddings": True,
         # With tied embeddings and the usual 0.02, the residual stream is mostly the
         # input token's own embedding and greedy decoding repeats it forever; 0.2 gives
         # varied output and wide top-1 margins, which batching-equality tests rely on.
-        initializer_range=0.2,
-        rope_parameters={"rope_type": "default", "rope_theta": 1_000_000.0},
-        bos_token_id=TOKEN_IDS["<|endoftext|>"],
-        eos_token_id=TOKEN_IDS["<|im_end|>"],
-        pad_token_id=TOKEN_IDS["<|endoftext|>"],
-        dtype=DTYPES[dtype],
-        architectures=[architecture],
-    )
+        "initializer_range": 0.2,
+        "rope_parameters": {"rope_type": "default", "rope_theta": 1_000_000.0},
+        "bos_token_id": TOKEN_IDS["<|endoftext|>"],
+        "eos_token_id": TOKEN_IDS["<|im_end|>"],
+        "pad_token_id": TOKEN_IDS["<|endoftext|>"],
+        "dtype": DTYPES[dtype],
+        "architectures": [architecture],
+    }
+    options.update(_family_options(arch, size, shape))
+    return getattr(transformers, config_class)(**options)
+
+
+def _family_options(arch: str, size: str, shape: ModelShape) -> dict[str, object]:
+    """What `arch` sets on top of the shared shape: its layer kinds, window, experts."""
+    window = _WINDOW if size != "0.5b" else _WINDOW_0_5B
+    layers = max(shape.num_hidden_layers, 4)  # so every layer kind of a hybrid appears
+    # Four experts of a quarter of the dense MLP each, two of them active per token.
+    expert = shape.intermediate_size // 4
+    experts = {"num_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": expert}
+    if arch == "mistral":  # a window and no layer_types: every layer slides
+        return {"sliding_window": window}
+    if arch == "qwen3_moe":
+        return {**experts, "norm_topk_prob": True}
+    if arch in ("qwen3_5", "qwen3_5_moe", "qwen3_next"):
+        options = {
+            "num_hidden_layers": layers,
+            "layer_types": _interleave(layers, "linear_attention", "full_attention", 4),
+            "linear_conv_kernel_dim": 4,
+            "linear_key_head_dim": shape.head_dim,
+            "linear_value_head_dim": shape.head_dim,
+            "linear_num_key_heads": shape.num_key_value_heads,
+            "linear_num_value_heads": shape.num_attention_heads,
+            "rope_parameters": {
+                "rope_type": "default",
+                "rope_theta": 1_000_000.0,
+                "partial_rotary_factor": 0.25,
+            },
+        }
+        if arch != "qwen3_5":
+            options |= {**experts, "shared_expert_intermediate_size": expert}
+        return options
+    if arch in ("gemma3", "gemma4"):
+        options = {
+            # Gemma scales input embeddings by sqrt(hidden): tied, the residual stream
+            # stays the input token's own embedding and greedy decoding repeats it.
+            "tie_word_embeddings": False,
+            "num_hidden_layers": layers,
+            "layer_types": _interleave(layers, "sliding_attention", "full_attention", 4),
+            "sliding_window": window,
+            "rope_parameters": {
+                "sliding_attention": {"rope_type": "default", "rope_theta": 10_000.0},
+                "full_attention": {"rope_type": "default", "rope_theta": 1_000_000.0},
+            },
+        }
+        if arch == "gemma3":
+            return options | {"query_pre_attn_scalar": shape.head_dim}
+        # Gemma 4's own shape: wider full-attention heads, partial ("proportional")
+        # rope on them, per-layer input embeddings (PLE) and a final logit soft cap.
+        # No KV sharing between layers and no MoE block (both off in the dense models).
+        options["rope_parameters"]["full_attention"] = {
+            "rope_type": "proportional",
+            "partial_rotary_factor": 0.25,
+            "rope_theta": 1_000_000.0,
+        }
+        return options | {
+            "global_head_dim": 2 * shape.head_dim,
+            "hidden_size_per_layer_input": 16,
+            "vocab_size_per_layer_input": VOCAB_SIZE,
+            "num_kv_shared_layers": 0,
+            "final_logit_softcapping": 30.0,
+        }
+    if arch == "gpt_oss":  # alternating like the real ones, with sinks and experts
+        return {
+            "num_hidden_layers": layers,
+            "layer_types": _interleave(layers, "sliding_attention", "full_attention", 2),
+            "sliding_window": window,
+            "num_local_experts": 4,
+            "num_experts_per_tok": 2,
+            "intermediate_size": expert,
+        }
+    if arch == "lfm2":  # attention at every third layer from the third, like LFM2-350M
+        kinds = ["full_attention" if i % 3 == 2 else "conv" for i in range(layers)]
+        return {
+            "num_hidden_layers": layers,
+            "layer_types": kinds,
+            "block_auto_adjust_ff_dim": False,
+            "conv_L_cache": 3,
+        }
+    if arch == "granitemoehybrid":  # Granite 4.0-H: Mamba2 layers, NoPE attention, MoE
+        heads = 2 * shape.hidden_size // shape.head_dim
+        return {
+            "num_hidden_layers": layers,
+            "layer_types": _interleave(layers, "mamba", "attention", 4),
+            "mamba_n_heads": heads,
+            "mamba_d_head": shape.head_dim,
+            "mamba_expand": 2,
+            "mamba_n_groups": 1,
+            "mamba_d_state": 16,
+            "mamba_d_conv": 4,
+            "mamba_chunk_size": 64,
+            "num_local_experts": 4,
+            "num_experts_per_tok": 2,
+            "intermediate_size": expert,
+            "shared_intermediate_size": expert,
+            "position_embedding_type": None,
+        }
+    return {}
+
+
+def _interleave(layers: int, kind: str, full: str, every: int) -> list[str]:
+    """`layers` layer kinds: `full` at every `every`-th layer, else `kind`."""
+    return [full if (i + 1) % every == 0 else kind for i in range(layers)]
 
 
 def default_name(arch: str, size: str) -> str:
@@ -250,7 +394,14 @@ def build_parser() -> argparse.ArgumentParser:
         "trained BPE tokenizer, Qwen3 chat template) and print its path.",
     )
     parser.add_argument("out_dir", type=Path, metavar="OUT_DIR")
-    parser.add_argument("--arch", choices=list(ARCHS), default="qwen3")
+    parser.add_argument(
+        "--arch",
+        choices=list(ARCHS),
+        default="qwen3",
+        help="model family; windowed ones (mistral, gemma3, gemma4, gpt_oss) slide over "
+        "16 tokens in tiny and small; hybrids (qwen3_5, qwen3_5_moe, qwen3_next, lfm2, "
+        "granitemoehybrid) interleave their recurrent layers with full attention",
+    )
     parser.add_argument("--size", choices=list(SIZES), default="tiny")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--name", type=_model_name, help="org/name (default: helexa/<arch>-<size>)")
