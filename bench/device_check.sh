@@ -1,0 +1,96 @@
+#!/usr/bin/env bash
+# GPU readiness check in one command (bench/README.md, "device_check.sh").
+#
+#   bench/device_check.sh              on a CUDA machine: cuda:0, the 0.5b model, 1/4/16/64
+#                                      streams; report in $OUT/device-check.txt
+#   bench/device_check.sh --dry-run    the same steps on cpu:0 with the tiny model and
+#                                      1/4 streams, so CI can check the script
+#
+# Steps: (a) install the carried wheels (.whl/, see bench/prepare_device_wheels.sh) into a
+# temporary target and put it on PYTHONPATH; print versions, fail fast if the worker cannot
+# import; build the synthetic model (python -m neuron.synth) and an fp32 twin (hardlinks);
+# (b)-(d) bench/device_check.py: a real neuron on the device, greedy identity against
+# transformers' generate, SIGKILL of the worker mid-stream, tok/s against padded generate;
+# (e) on a GPU only, bench/engine.py --device for the worker/engine/generate split, if the
+# time budget allows. Bounded: DEVICE_CHECK_BUDGET seconds in all (default 480).
+# Exit status: 0 all checks passed, 1 a check failed, 2 set-up failed.
+set -uo pipefail
+cd "$(dirname "$0")/.." || exit 2
+
+dry=0
+device=cuda:0
+while [ $# -gt 0 ]; do
+    case $1 in
+        --dry-run) dry=1; device=cpu:0 ;;
+        --device) device=$2; shift ;;
+        *) echo "usage: bench/device_check.sh [--dry-run] [--device cuda:N|cpu:N]" >&2; exit 2 ;;
+    esac
+    shift
+done
+
+out=${OUT:-$(mktemp -d "${TMPDIR:-/tmp}/device-check-out.XXXXXX")}
+mkdir -p "$out"
+work=$(mktemp -d "${TMPDIR:-/tmp}/device-check.XXXXXX")
+trap 'rm -rf "$work"' EXIT
+report=$out/device-check.txt
+deadline=$((SECONDS + ${DEVICE_CHECK_BUDGET:-480}))
+py=${PYTHON:-}
+if [ -z "$py" ]; then
+    if [ -x .venv/bin/python ]; then py=.venv/bin/python; else py=python3; fi
+fi
+say() { echo "[device_check +${SECONDS}s] $*"; }
+left() { echo $((deadline - SECONDS)); }
+export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false PYTHONUNBUFFERED=1
+
+# (a) carried wheels: pure-Python packages missing on the device image, pinned versions.
+if compgen -G ".whl/*.whl" >/dev/null; then
+    say "installing $(ls .whl/*.whl | wc -l) carried wheels into $work/site"
+    "$py" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+        --target "$work/site" .whl/*.whl || { say "wheel install failed"; exit 2; }
+    export PYTHONPATH="$work/site${PYTHONPATH:+:$PYTHONPATH}"
+else
+    say "no .whl/ here: using the installed packages"
+fi
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+if ! "$py" -c "import trio, hypercorn, quart, quart_trio, cattrs, httpx, psutil, prometheus_client, torch, transformers, tokenizers, safetensors"; then
+    say "a package is missing: run bench/prepare_device_wheels.sh here and carry .whl"
+    exit 2
+fi
+
+if [ $dry = 1 ]; then
+    size=tiny
+    options=(--streams 1,4 --prompt-tokens 32 --new-tokens 16 --check-prompts 4
+             --check-tokens 12 --kill-streams 2 --kill-tokens 2000 --repeats 1 --threads 1)
+else
+    size=0.5b
+    options=(--streams 1,4,16,64 --prompt-tokens 128 --new-tokens 64 --check-prompts 8
+             --check-tokens 32 --kill-streams 4 --kill-tokens 4000 --repeats 3)
+fi
+# The name bench/engine.py gives its own build of this size, so step (e) reuses it.
+model=helexa/bench-qwen3-$size-bf16
+say "building $model with neuron.synth"
+timeout "$(left)" "$py" -m neuron.synth "$work/models" --size $size --dtype bf16 --name "$model" \
+    >/dev/null \
+    || { say "neuron.synth failed"; exit 2; }
+cp -al "$work/models/$model" "$work/models/$model-exact"  # the fp32 twin: same files
+
+say "running bench/device_check.py on $device ($(left) s left)"
+timeout --signal=INT --kill-after=20 "$(left)" "$py" bench/device_check.py \
+    --device "$device" --model-root "$work/models" --model "$model" --exact-model "$model-exact" \
+    --report "$report" --workdir "$work" "${options[@]}"
+status=$?
+cp "$work/neuron.log" "$out/neuron.log" 2>/dev/null
+[ $status = 124 ] && echo "device check: out of time (DEVICE_CHECK_BUDGET)" >>"$report"
+
+if [ $dry = 0 ] && [ "$(left)" -gt 90 ]; then
+    say "(e) bench/engine.py --device $device ($(left) s left)"
+    {
+        echo
+        echo "(e) bench/engine.py --device $device --size $size"
+        timeout --signal=INT --kill-after=15 "$(left)" "$py" bench/engine.py --device "$device" \
+            --size $size --cache "$work/models" --concurrency 1,4,16,64 --repeats 2 --retries 0 2>&1
+        echo "(engine.py exit $?)"
+    } | tee -a "$report"
+fi
+say "done: exit $status, report $report"
+exit $status
