@@ -201,7 +201,7 @@ async def _proxy_once(gateway: Gateway, path: str, raw: bytes, model: str, meter
 async def _proxy_stream(gateway: Gateway, path: str, raw: bytes, model: str, meter: Meter):
     send, receive = trio.open_memory_channel[Any](64)
     ref = await gateway.requests.start_task(
-        _produce, gateway, path, raw, model, _upstream_headers(), send,
+        _produce, gateway, path, raw, model, _upstream_headers(), send, meter,
         name=request_id(), kind="request",
     )  # fmt: skip
     try:
@@ -225,11 +225,13 @@ async def _proxy_stream(gateway: Gateway, path: str, raw: bytes, model: str, met
 
 
 async def _produce(task: Any, gateway: Gateway, path: str, raw: bytes, model: str,
-                   headers: dict[str, str], send: trio.MemorySendChannel) -> None:  # fmt: skip
+                   headers: dict[str, str], send: trio.MemorySendChannel,
+                   meter: Meter) -> None:  # fmt: skip
     task.set_status(model=model, route=path, phase="placing")
+    status = meter.watching(task.set_status)
     with contextlib.suppress(trio.BrokenResourceError):  # the client went away
         await relay_stream(send, gateway.fleet, model, path, raw, headers, gateway.client,
-                           retries=gateway.config.http.retries, status=task.set_status)  # fmt: skip
+                           retries=gateway.config.http.retries, status=status)  # fmt: skip
 
 
 _END = object()  # the producer closed its channel

@@ -149,7 +149,7 @@ def _node_reply(data: bytes, cls: type[T]) -> T:
 async def _stream(gateway: Gateway, body: bytes, model: ModelId, headers: Mapping[str, str],
                   rid: str, meter: Meter):  # fmt: skip
     send, receive = trio.open_memory_channel[Any](64)
-    ref = await gateway.requests.start_task(_produce, gateway, body, model, headers, send,
+    ref = await gateway.requests.start_task(_produce, gateway, body, model, headers, send, meter,
                                             name=rid, kind="request")  # fmt: skip
     keepalive = gateway.config.http.keepalive_interval
     try:
@@ -175,11 +175,13 @@ def _prompt_tokens(first: Any) -> int:
 
 
 async def _produce(task: Any, gateway: Gateway, body: bytes, model: ModelId,
-                   headers: Mapping[str, str], send: trio.MemorySendChannel) -> None:  # fmt: skip
+                   headers: Mapping[str, str], send: trio.MemorySendChannel,
+                   meter: Meter) -> None:  # fmt: skip
     task.set_status(model=model, route=MESSAGES_ROUTE, phase="placing")
+    status = meter.watching(task.set_status)
     with contextlib.suppress(trio.BrokenResourceError):  # the client went away
         await relay_stream(send, gateway.fleet, model, _CHAT, body, headers, gateway.client,
-                           retries=gateway.config.http.retries, status=task.set_status)  # fmt: skip
+                           retries=gateway.config.http.retries, status=status)  # fmt: skip
 
 
 async def _next_event(receive: trio.MemoryReceiveChannel, wait: float) -> Any:

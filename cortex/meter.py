@@ -1,6 +1,8 @@
 """Watching one relayed request go by, for the metrics: times, outcome, tokens.
 
 A `Meter` is created when a request arrives and told what happens to it —
+which node it was sent to (through `watching`, the request actor's status
+callback: a request cancelled before its answer counts against that node),
 which node answered, whether a load was waited for and how long the node
 took to answer (a stream's head comes once the node admitted the request, so
 for a stream that is the wait in the node's queue), each body chunk as it
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -46,7 +49,8 @@ class Meter:
         self.route = route
         self.model = model
         self.started = trio.current_time()
-        self.node: str | None = None
+        self.node: str | None = None  # the node that answered
+        self.routed_to: str | None = None  # the node it was last sent to (or loaded on)
         self.cold = False
         self.load_wait: float | None = None
         self.queue_wait: float | None = None
@@ -65,6 +69,17 @@ class Meter:
         self.node, self.cold, self.load_wait, self.queue_wait = node, cold, load_wait, queue_wait
         self.upstream_at = trio.current_time() - head_wait
         self.retried_on = retried_on
+
+    def watching(self, set_status: Callable[..., None]) -> Callable[..., None]:
+        """A request actor's `set_status` that also notes the node the request goes to,
+        so that one cancelled before an answer still counts against that node."""
+
+        def status(**fields: Any) -> None:
+            if fields.get("node") is not None:
+                self.routed_to = fields["node"]
+            set_status(**fields)
+
+        return status
 
     def head(self, head: Head) -> None:
         """A stream's head. A node starts a stream once the request holds one of its
@@ -93,7 +108,7 @@ class Meter:
         if self.upstream_at is not None:
             overhead = max(0.0, self.upstream_at - self.started - (self.load_wait or 0.0))
         self.metrics.request_finished(RequestRecord(
-            route=self.route, model=self.model, node=self.node, outcome=outcome,
+            route=self.route, model=self.model, node=self.node or self.routed_to, outcome=outcome,
             duration=now - self.started, first_token=first, load_wait=self.load_wait,
             queue_wait=self.queue_wait, overhead=overhead, cold_start=self.cold,
             decode=None if self.first_token_at is None else now - self.first_token_at,

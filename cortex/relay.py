@@ -191,7 +191,7 @@ async def answer_in_full(
         task.set_status(model=model, route=route, phase="placing")
         acquired, response = await open_upstream(
             gateway.fleet, ModelId(model), path, body, headers, gateway.client,
-            retries=gateway.config.http.retries, status=task.set_status,
+            retries=gateway.config.http.retries, status=meter.watching(task.set_status),
         )  # fmt: skip
         meter.answered(acquired.node.name, acquired.cold, acquired.load_wait or None,
                        acquired.head_wait, retried_on=acquired.retried_on)  # fmt: skip
