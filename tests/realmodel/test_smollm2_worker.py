@@ -39,11 +39,8 @@ def prompts(smollm2) -> list[list[int]]:
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(smollm2.info.snapshot.path)
-    rendered = [
-        tokenizer.apply_chat_template([{"role": "user", "content": q}],
-                                      add_generation_prompt=True, tokenize=True)  # fmt: skip
-        for q in QUESTIONS
-    ]
+    chats = [[{"role": "user", "content": q}] for q in QUESTIONS]
+    rendered = [tokenizer.apply_chat_template(c, add_generation_prompt=True) for c in chats]
     return [list(r["input_ids"] if hasattr(r, "keys") else r) for r in rendered]
 
 
