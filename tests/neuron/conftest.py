@@ -5,6 +5,10 @@ once into pytest's cache directory (kept across runs; the builder's marker makes
 reuse safe) or, with the cache provider disabled, into a session temp dir. Tests that
 are about building itself build into `tmp_path`.
 
+`synth_snapshot(arch)` / `synth_model(arch)` build (once) and load (once, by the
+production loader) one tiny model of any `neuron.synth` family, for tests that run
+every family.
+
 `daemon_models` adds a tiny Qwen3 and a tiny Llama under one model root, and
 `neuron_daemon` is one real `neuron serve` process shared by the daemon test
 modules (tests/neuron/daemon_harness.py), stopped with SIGTERM at the end of
@@ -72,6 +76,45 @@ def tiny_model(demo_models: DemoModels):
     torch.set_num_threads(1)
     snapshot = resolve_snapshot(demo_models.model_id, [demo_models.plain_root])
     return load_model(snapshot, dtype="fp32")
+
+
+@pytest.fixture(scope="session")
+def synth_archs_root(demo_cache_dir: Path) -> Path:
+    """Where `synth_snapshot` builds one model of each `neuron.synth` family."""
+    return demo_cache_dir / "archs"
+
+
+@pytest.fixture(scope="session")
+def synth_snapshot(synth_archs_root: Path) -> Callable[..., Path]:
+    """`synth_snapshot(arch, size="tiny")`: that family's synthetic snapshot, built once."""
+    from neuron.synth import synthesize
+
+    def build(arch: str, size: str = "tiny") -> Path:
+        return synthesize(synth_archs_root, arch=arch, size=size)
+
+    return build
+
+
+@pytest.fixture(scope="session")
+def synth_model(synth_snapshot, synth_archs_root: Path) -> Callable[..., object]:
+    """`synth_model(arch, size="tiny")`: that family's model loaded by the production
+    loader in fp32 on CPU, once per session (a `LoadedModel`; tests must not unload it)."""
+    torch = pytest.importorskip("torch")
+    from neuron.synth import default_name
+    from neuron.worker.loader import load_model
+    from neuron.worker.snapshot import resolve_snapshot
+
+    torch.set_num_threads(1)
+    loaded: dict[tuple[str, str], object] = {}
+
+    def load(arch: str, size: str = "tiny"):
+        if (arch, size) not in loaded:
+            synth_snapshot(arch, size)
+            snapshot = resolve_snapshot(default_name(arch, size), [synth_archs_root])
+            loaded[arch, size] = load_model(snapshot, dtype="fp32")
+        return loaded[arch, size]
+
+    return load
 
 
 @pytest.fixture
