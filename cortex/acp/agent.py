@@ -64,7 +64,12 @@ SYSTEM_PROMPT = (
     "read files, write files and run commands; paths are relative to the project directory. "
     "Read before you change, keep changes small, and say briefly what you did."
 )
-MODEL_OPTION = "model"
+MODEL_OPTION, TOOL_FORMAT_OPTION = "model", "tool_format"
+TOOL_FORMATS = {
+    "auto": "Auto (OpenAI tools; Hermes text if the endpoint answers with it)",
+    "openai": "OpenAI tools",
+    "hermes": "Hermes <tool_call> text",
+}
 
 
 class HelexaAgent:
@@ -132,9 +137,12 @@ class HelexaAgent:
         self, config_id: str, session_id: str, value: str | bool, **kwargs: Any
     ) -> SetSessionConfigOptionResponse:
         session = self._session(session_id)
-        if config_id != MODEL_OPTION or value not in self._model_choices(session):
+        if config_id == MODEL_OPTION and value in self._model_choices(session):
+            session.model = str(value)
+        elif config_id == TOOL_FORMAT_OPTION and value in TOOL_FORMATS:
+            session.tool_format = value  # type: ignore[assignment]
+        else:
             raise RequestError.invalid_params({"configId": config_id, "value": value})
-        session.model = str(value)
         return SetSessionConfigOptionResponse(config_options=self._options(session))
 
     async def prompt(self, session_id: str, prompt: list[Any], **kwargs: Any) -> PromptResponse:
@@ -212,17 +220,15 @@ class HelexaAgent:
         return models if session.model in models else [session.model, *models]
 
     def _options(self, session: Session) -> list[Any]:
-        choices = [SessionConfigSelectOption(value=m, name=m) for m in self._model_choices(session)]
+        """The model picker, then the tool format (both per session)."""
+        models = [SessionConfigSelectOption(value=m, name=m) for m in self._model_choices(session)]
+        formats = [SessionConfigSelectOption(value=k, name=v) for k, v in TOOL_FORMATS.items()]
         return [
-            SessionConfigOptionSelect(
-                id=MODEL_OPTION,
-                name="Model",
-                category="model",
-                type="select",
-                current_value=session.model,
-                options=choices,
-            )
-        ]
+            SessionConfigOptionSelect(id=MODEL_OPTION, name="Model", category="model",
+                                      type="select", current_value=session.model, options=models),
+            SessionConfigOptionSelect(id=TOOL_FORMAT_OPTION, name="Tool format", type="select",
+                                      current_value=session.tool_format, options=formats),
+        ]  # fmt: skip
 
     async def _replay(self, session: Session) -> None:
         """The saved conversation as session updates, so the editor can show it again."""

@@ -50,11 +50,13 @@ class ScriptedEndpoint:
         self.replies = list(replies)
         self.requests: list[dict[str, Any]] = []
         self.disconnected = asyncio.Event()
+        self.models_error: Reply | None = None  # what `GET /v1/models` answers instead
         self.url = ""
 
     def script(self, replies: Sequence[Reply]) -> ScriptedEndpoint:
         """A new script (between tests, while nothing is being served)."""
         self.replies, self.requests, self.disconnected = list(replies), [], asyncio.Event()
+        self.models_error = None
         return self
 
     @classmethod
@@ -70,7 +72,9 @@ class ScriptedEndpoint:
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             method, path, body = await _read_request(reader)
-            if method == "GET" and path == "/v1/models":
+            if method == "GET" and path == "/v1/models" and self.models_error:
+                await _respond(writer, self.models_error.status, self.models_error.body)
+            elif method == "GET" and path == "/v1/models":
                 data = [{"id": m, "object": "model"} for m in MODELS]
                 await _respond(writer, 200, {"object": "list", "data": data})
             elif method == "POST" and path == "/v1/chat/completions":

@@ -18,6 +18,8 @@ from acp import RequestError, text_block
 from editor import CAPABILITIES, Bridge
 from scripted_endpoint import MODELS, Reply, ScriptedEndpoint, text, tool_call
 
+from cortex.acp.endpoint import Endpoint
+from cortex.acp.errors import EndpointUnreachable
 from tests.conftest import KEEP_ACROSS_TESTS
 
 pytestmark = [pytest.mark.slow]
@@ -46,13 +48,8 @@ def agent(state_dir):
         yield bridge, endpoint
 
 
-@pytest.fixture(scope="module")
-def hermes_agent(state_dir):
-    with Bridge.running() as bridge:
-        yield bridge, start(bridge, state_dir, "--tool-format", "hermes")
-
-
-def prompt(agent, tmp_path: Path, replies, *, permission="allow_once", ask="What is in notes.txt?"):
+def prompt(agent, tmp_path: Path, replies, *, permission="allow_once",
+           ask="What is in notes.txt?", tool_format=None):  # fmt: skip
     """A new session and one prompt: (editor, endpoint, stop reason)."""
     bridge, endpoint = agent
     (tmp_path / "notes.txt").write_text("alpha\nbeta\n")
@@ -61,6 +58,9 @@ def prompt(agent, tmp_path: Path, replies, *, permission="allow_once", ask="What
 
     async def main():
         session = await bridge.conn.new_session(cwd=str(tmp_path))
+        if tool_format:
+            await bridge.conn.set_config_option(config_id="tool_format", value=tool_format,
+                                                session_id=session.session_id)  # fmt: skip
         return await bridge.conn.prompt(session_id=session.session_id, prompt=[text_block(ask)])
 
     return editor, endpoint, bridge.call(main()).stop_reason
@@ -81,9 +81,11 @@ def test_initialize_advertises_load_and_the_model_picker_lists_the_endpoint(agen
         assert info.agent_capabilities.prompt_capabilities.embedded_context is True
         assert info.agent_info.name == "helexa-acp"
         session = await bridge.conn.new_session(cwd=str(tmp_path))
-        [option] = session.config_options
+        option, formats = session.config_options
         assert (option.id, option.category, option.current_value) == ("model", "model", MODELS[0])
         assert [o.value for o in option.options] == list(MODELS)
+        assert (formats.id, formats.current_value) == ("tool_format", "auto")
+        assert [o.value for o in formats.options] == ["auto", "openai", "hermes"]
         set_model = bridge.conn.set_config_option
         changed = await set_model(config_id="model", session_id=session.session_id, value=MODELS[1])
         assert changed.config_options[0].current_value == MODELS[1]
@@ -194,11 +196,10 @@ def test_arguments_that_are_not_json_fail_the_call_not_the_turn(agent, tmp_path)
 HERMES_CALL = '<tool_call>\n{"name": "read_file", "arguments": {"path": "notes.txt"}}\n</tool_call>'
 
 
-def test_hermes_mode_writes_tools_into_the_prompt_and_reads_calls_from_text(hermes_agent,
-                                                                             tmp_path):  # fmt: skip
+def test_hermes_mode_writes_tools_into_the_prompt_and_reads_calls_from_text(agent, tmp_path):
     pieces = ["Let me look. ", *HERMES_CALL[:30], HERMES_CALL[30:]]  # the open marker split up
     replies = [Reply([{"content": p} for p in pieces] + [{"finish": "stop"}]), text("Read it.")]
-    editor, endpoint, stop = prompt(hermes_agent, tmp_path, replies)
+    editor, endpoint, stop = prompt(agent, tmp_path, replies, tool_format="hermes")
     assert stop == "end_turn" and editor.reads == [str(tmp_path / "notes.txt")]
     assert editor.text() == "Let me look. Read it."  # no marker ever shown as text
     first, second = endpoint.requests
@@ -285,8 +286,26 @@ def test_a_session_is_loaded_and_replayed_after_a_restart(agent, tmp_path, state
     assert roles == ["system", "user", "assistant", "tool", "assistant", "user"]
 
 
-def test_an_unreachable_endpoint_is_an_acp_error_at_session_new(tmp_path):
-    with Bridge.running() as bridge:
-        bridge.spawn("--endpoint", "http://127.0.0.1:9/v1", "--state-dir", str(tmp_path))
-        with pytest.raises(RequestError, match=r"127\.0\.0\.1:9/v1"):
-            bridge.call(bridge.conn.new_session(cwd=str(tmp_path)))
+def test_a_failing_model_list_is_an_acp_error_at_session_new(agent, tmp_path):
+    bridge, endpoint = agent
+    endpoint.script([])
+    endpoint.models_error = Reply(
+        status=503, body={"error": {"message": "no healthy node", "code": "service_unavailable"}}
+    )
+    with pytest.raises(RequestError, match="no healthy node") as caught:
+        bridge.call(bridge.conn.new_session(cwd=str(tmp_path)))
+    assert caught.value.data == {"status": 503, "code": "service_unavailable"}
+
+
+def test_an_unreachable_endpoint_names_itself():
+    async def main():
+        endpoint = Endpoint("http://127.0.0.1:9/v1", None)
+        try:
+            await endpoint.list_models()
+        finally:
+            await endpoint.aclose()
+
+    with pytest.raises(
+        EndpointUnreachable, match=r"endpoint http://127\.0\.0\.1:9/v1 failed: Conn"
+    ):
+        asyncio.run(main())
