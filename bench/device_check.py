@@ -106,7 +106,7 @@ def check_versions(report: Report, device: str) -> None:
             report.line(f"  {name} {version(name)}")
     if device.startswith("cuda"):
         if not torch.cuda.is_available():
-            raise SystemExit(f"device check: {device} asked for, but torch sees no CUDA device")
+            _set_up_failed(report, f"{device} asked for, but torch sees no CUDA device")
         index = int(device.partition(":")[2])
         report.line(
             f"device {device}: {torch.cuda.get_device_name(index)}, "
@@ -117,11 +117,17 @@ def check_versions(report: Report, device: str) -> None:
         import neuron.worker.kv_arena
         import neuron.worker.loader  # noqa: F401
     except ImportError as exc:
-        raise SystemExit(
-            f"device check: the worker cannot import with transformers "
-            f"{transformers.__version__}: {exc}. The project pins transformers 5.23.0; carry it "
-            f"(bench/prepare_device_wheels.sh --transformers) and run again."
-        ) from exc
+        _set_up_failed(
+            report,
+            f"the worker cannot import with transformers {transformers.__version__}: {exc}. "
+            "The project pins transformers 5.23.0: carry it (bench/prepare_device_wheels.sh "
+            "--transformers) and run again.",
+        )
+
+
+def _set_up_failed(report: Report, message: str) -> None:
+    report.line(f"device check: SET-UP FAILED: {message}")
+    raise SystemExit(2)
 
 
 # -- memory ---------------------------------------------------------------------------

@@ -13,6 +13,7 @@
 # transformers' generate, SIGKILL of the worker mid-stream, tok/s against padded generate;
 # (e) on a GPU only, bench/engine.py --device for the worker/engine/generate split, if the
 # time budget allows. Bounded: DEVICE_CHECK_BUDGET seconds in all (default 480).
+# DEVICE_CHECK_WHEELS: the wheel folder (default .whl); PYTHON: the interpreter.
 # Exit status: 0 all checks passed, 1 a check failed, 2 set-up failed.
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 2
@@ -42,14 +43,15 @@ say() { echo "[device_check +${SECONDS}s] $*"; }
 left() { echo $((deadline - SECONDS)); }
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false PYTHONUNBUFFERED=1
 
-# (a) carried wheels: pure-Python packages missing on the device image, pinned versions.
-if compgen -G ".whl/*.whl" >/dev/null; then
-    say "installing $(ls .whl/*.whl | wc -l) carried wheels into $work/site"
+# (a) carried wheels: packages missing on the device image, at this project's versions.
+wheels=${DEVICE_CHECK_WHEELS:-.whl}
+if compgen -G "$wheels/*.whl" >/dev/null; then
+    say "installing $(ls "$wheels"/*.whl | wc -l) carried wheels into $work/site"
     "$py" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-        --target "$work/site" .whl/*.whl || { say "wheel install failed"; exit 2; }
+        --target "$work/site" "$wheels"/*.whl || { say "wheel install failed"; exit 2; }
     export PYTHONPATH="$work/site${PYTHONPATH:+:$PYTHONPATH}"
 else
-    say "no .whl/ here: using the installed packages"
+    say "no wheels in $wheels/: using the installed packages"
 fi
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 if ! "$py" -c "import trio, hypercorn, quart, quart_trio, cattrs, httpx, psutil, prometheus_client, torch, transformers, tokenizers, safetensors"; then
