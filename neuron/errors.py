@@ -54,7 +54,6 @@ class _BoxedFailure(ApiError):
             retry_after=1 if retriable else None,
         )  # fmt: skip
         self.kind = kind
-        self.retriable = retriable
 
 
 class SequenceFailed(_BoxedFailure):

@@ -44,3 +44,12 @@ def test_no_second_spelling_in_the_packages():
         if re.search(r"retryable", line, re.IGNORECASE)
     ]
     assert spelled == []
+
+
+def test_a_boxed_worker_failure_is_an_api_error_retriable_as_the_worker_said():
+    from neuron.errors import JobFailed, SequenceFailed
+
+    retry = SequenceFailed("capacity", "full", retriable=True)
+    final = JobFailed("bad_request", "no", retriable=False)
+    assert retry.retriable and retry.retry_after == 1
+    assert not final.retriable and final.retry_after is None
