@@ -182,7 +182,9 @@ def finish_reason(reason: FinishReason, tool_calls: int) -> FinishReason:
 
 
 def usage_of(finished: Finished) -> Usage:
-    """Usage with upstream's details: cached / reasoning counts when non-zero, timing."""
+    """Usage with upstream's details: the cached count when non-zero, timing, and the
+    reasoning count always (0 included, as OpenAI does): a reply's usage has the same
+    shape whether it was streamed or not, and whether or not the model reasoned."""
     timing = HelexaTiming(
         prefill_ms=finished.prefill_ms,
         decode_ms=finished.decode_ms,
@@ -192,7 +194,7 @@ def usage_of(finished: Finished) -> Usage:
         finished.prompt_tokens,
         finished.completion_tokens,
         cached=finished.cached_tokens or None,
-        reasoning=finished.reasoning_tokens or None,
+        reasoning=finished.reasoning_tokens,
         timing=timing,
     )
 

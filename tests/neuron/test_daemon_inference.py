@@ -231,6 +231,24 @@ def test_reasoning_is_split_from_content(neuron_daemon):
     assert streamed == message["reasoning_content"]
 
 
+def test_usage_has_one_shape_streamed_or_not_reasoned_or_not(neuron_daemon):
+    """The same greedy request streamed and not reports the same counts, and a reply
+    without reasoning carries `completion_tokens_details` too (`reasoning_tokens: 0`)."""
+    shapes = set()
+    for bias in ({}, {str(THINK): 7}):  # no reasoning; a reasoning block
+        body = chat_body(max_tokens=12, temperature=0, logit_bias={**NO_EOS, **bias})
+        whole = post(neuron_daemon, "/v1/chat/completions", body).json()["usage"]
+        lines = stream_lines(neuron_daemon, {**body, "stream": True})
+        (streamed,) = [u for e in sse_events(lines) if e.startswith("{")
+                       if (u := json.loads(e).get("usage"))]  # fmt: skip
+        timing = whole.pop("helexa_timing"), streamed.pop("helexa_timing")  # times differ
+        assert timing[0].keys() == timing[1].keys()
+        assert whole == streamed
+        assert (whole["completion_tokens_details"]["reasoning_tokens"] > 0) == bool(bias)
+        shapes.add(tuple(whole))
+    assert len(shapes) == 1, shapes
+
+
 def test_chat_template_kwargs_reach_the_template(neuron_daemon):
     """`enable_thinking: false` makes the template close an empty think block."""
     default = post(neuron_daemon, "/v1/chat/completions", chat_body(max_tokens=1)).json()

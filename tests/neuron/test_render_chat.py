@@ -66,6 +66,9 @@ def _final(reason: str) -> dict:
     return _chunk([{"index": 0, "delta": {}, "finish_reason": reason}])
 
 
+NO_REASONING = {"reasoning_tokens": 0}
+
+
 def _usage_chunk(prompt: int, completion: int, **details) -> dict:
     usage = {"prompt_tokens": prompt, "completion_tokens": completion}
     return _chunk(usage={**usage, "total_tokens": prompt + completion, **details})
@@ -103,7 +106,7 @@ def test_plain_content():
         _delta(content="Hel"),
         _delta(content="lo."),
         _final("stop"),
-        _usage_chunk(5, 2, **_timing(prefill_tokens=5)),
+        _usage_chunk(5, 2, completion_tokens_details=NO_REASONING, **_timing(prefill_tokens=5)),
         "[DONE]",
     ]
 
@@ -277,6 +280,7 @@ def test_collect_plain_content():
             "prompt_tokens": 5,
             "completion_tokens": 2,
             "total_tokens": 7,
+            "completion_tokens_details": NO_REASONING,  # present, as when streamed
             **_timing(prefill_tokens=5),
         },
     }

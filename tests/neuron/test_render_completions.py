@@ -48,6 +48,9 @@ def _text(text: str, finish: str | None = None) -> dict:
     return _chunk([{"index": 0, "text": text, "finish_reason": finish, "logprobs": None}])
 
 
+NO_REASONING = {"reasoning_tokens": 0}
+
+
 def _usage(prompt: int, completion: int, prefill_tokens: int | None = None, **extra) -> dict:
     timing = {"prefill_ms": 0.0, "decode_ms": 0.0, "prefill_tokens": prefill_tokens}
     return {
@@ -77,7 +80,7 @@ def test_plain_text():
         _text("Once"),
         _text(" upon"),
         _text("", "stop"),
-        _chunk([], usage=_usage(4, 2, prefill_tokens=4)),
+        _chunk([], usage=_usage(4, 2, prefill_tokens=4, completion_tokens_details=NO_REASONING)),
         "[DONE]",
     ]
 
@@ -102,6 +105,7 @@ def test_stop_with_usage_details():
         "completion_tokens": 3,
         "total_tokens": 43,
         "prompt_tokens_details": {"cached_tokens": 32},
+        "completion_tokens_details": NO_REASONING,
         "helexa_timing": {"prefill_ms": 1.5, "decode_ms": 9.0, "prefill_tokens": 8},
     }
 
@@ -157,7 +161,7 @@ def test_collect():
     reply = unstructure(collect_completion(ID, MODEL, CREATED, events))
     assert reply == {
         **_text("Once upon", "length"),
-        "usage": _usage(4, 2, prefill_tokens=4),
+        "usage": _usage(4, 2, prefill_tokens=4, completion_tokens_details=NO_REASONING),
     }
     SdkCompletion.model_validate(reply)
 
