@@ -179,6 +179,7 @@ async def test_an_open_gateway_shows_drives_and_streams(gateway, neuron):
         notice(page, f"^Unloaded {re.escape(QWEN)} from n1")
         wait_for(lambda: neuron_status(neuron, QWEN) in (None, "unloaded"), what="unloaded")
 
+        page.select_option("#load-node", "n1")  # on a named node
         watch(page, "#models-body progress", "sawProgress")
         page.get_by_role("button", name=f"Load {QWEN}", exact=True).click()
         confirm(page)
@@ -187,6 +188,15 @@ async def test_an_open_gateway_shows_drives_and_streams(gateway, neuron):
         assert neuron_status(neuron, QWEN) == "loaded"
         sync_api.expect(page.locator("#models-body")).to_contain_text("n1: loaded")
         shot(page, "models")
+
+        page.get_by_role("button", name="Drain n1").click()
+        confirm(page)
+        notice(page, r"^n1: drained \(0 in flight\)")
+        assert gw.fleet.nodes["n1"].draining  # a plain attribute: safe to read from here
+        page.get_by_role("button", name="Undrain n1").click()
+        confirm(page)
+        notice(page, "^n1: active")
+        assert not gw.fleet.nodes["n1"].draining
 
         open_view(page, "playground")
         sync_api.expect(page.locator("#chat-model")).to_have_value(QWEN)

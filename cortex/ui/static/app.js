@@ -344,6 +344,7 @@ function drawModels() {
   const { catalogue, fleetError } = state;
   if (!catalogue) return;
   const nodes = state.fleet ? state.fleet.nodes : [];
+  nodeChoices(nodes.map((n) => n.name));
   const digest = JSON.stringify([catalogue.data.map((c) => [c.id, c.locations]),
     nodes.map((n) => [n.name, n.state, n.draining, n.models.map((m) => [m.id, m.status, m.pinned, m.error])]),
     [...state.pending.entries()], fleetError, ticking()]);
@@ -355,6 +356,16 @@ function drawModels() {
       h("div", { class: "actions" }, n.draining
         ? h("button", { type: "button", onclick: () => drain(n.name, false) }, `Undrain ${n.name}`)
         : h("button", { type: "button", class: "danger", onclick: () => drain(n.name, true) }, `Drain ${n.name}`))])));
+}
+
+/** The "Load on" choices: any node, or one by name (the choice survives refreshes). */
+function nodeChoices(names) {
+  const select = document.getElementById("load-node");
+  const have = [...select.options].slice(1).map((o) => o.value);
+  if (JSON.stringify(have) === JSON.stringify(names)) return;
+  const chosen = select.value;
+  select.replaceChildren(select.options[0], ...names.map((n) => h("option", { value: n }, n)));
+  select.value = names.includes(chosen) ? chosen : "";
 }
 
 function modelsTable(cards, nodes) {
@@ -411,8 +422,10 @@ async function act(id, action, text, path, body, done) {
 }
 
 function loadModel(id) {
-  return act(id, "load", `Load ${id}? The gateway places it on a node with room (it may evict another model).`,
-    "/admin/models/load", { model: id },
+  const node = document.getElementById("load-node").value || null;
+  const where = node ? `on ${node}` : "on a node with room, chosen by the gateway";
+  return act(id, "load", `Load ${id} ${where}? It may evict another model.`,
+    "/admin/models/load", { model: id, node },
     (answer, took) => `Loaded ${answer.model} on ${answer.node} in ${took.toFixed(1)} s.`);
 }
 
