@@ -38,7 +38,7 @@ from cortex.fleet_snapshot import (
     Servability,
 )
 from protocol import node as wire
-from protocol.errors import ApiError, UpstreamError, api_error_from_envelope
+from protocol.errors import ApiError, GatewayTimeout, UpstreamError, api_error_from_envelope
 from protocol.ids import ModelId, NodeName
 
 log = logging.getLogger(__name__)
@@ -206,10 +206,9 @@ class Node:
     def _load_error(self, model: ModelId, exc: Exception) -> Exception:
         """A failed load as the error its waiting requests get (an ApiError when known)."""
         if isinstance(exc, trio.TooSlowError):
-            return ApiError(
+            return GatewayTimeout(
                 f"loading {model} on {self.name} took longer than load_timeout "
-                f"({self.settings.load_timeout:g} s)",
-                status=504, type="api_error", code="load_timeout",
+                f"({self.settings.load_timeout:g} s)", code="load_timeout",
             )  # fmt: skip
         if isinstance(exc, httpx.HTTPError):
             message = f"node {self.name} failed during the load of {model}: {type(exc).__name__}"

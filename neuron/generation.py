@@ -37,7 +37,7 @@ from neuron.registry import ServedModel
 from neuron.text.output import OutputParser
 from neuron.text.sampling import ResolvedSampling
 from neuron.text.stop import StopMatcher
-from protocol.errors import ApiError, InternalError
+from protocol.errors import ApiError, GatewayTimeout, InternalError
 
 log = logging.getLogger(__name__)
 
@@ -176,11 +176,9 @@ async def generate(job: GenerationJob, send: trio.MemorySendChannel[GenerationEv
         await send.send(Failed(exc, len(job.prompt_ids)))
 
 
-class RequestIdle(ApiError):
+class RequestIdle(GatewayTimeout):
     """A sequence went `[timeouts] request_idle` without a step: it is cancelled."""
 
-    status = 504
-    type = "api_error"
     code = "request_idle_timeout"
 
 

@@ -14,12 +14,15 @@ an `ApiError` to a response exactly once, with `to_openai()` or
     │   ├── AuthenticationFailed       401 invalid_api_key (+ WWW-Authenticate)
     │   ├── PermissionDenied           403 permission_denied
     │   ├── NotFound                   404 (model_not_found, route_not_found…)
+    │   ├── MethodNotAllowed           405 method_not_allowed (+ Allow)
+    │   ├── Conflict                   409 (request_id_in_use)
     │   ├── PayloadTooLarge            413 request_too_large
     │   ├── RateLimited                429 rate_limit_exceeded (+ Retry-After)
     │   ├── QuotaExceeded              429 insufficient_quota (no Retry-After)
     │   ├── InternalError              500 api_error
     │   ├── UpstreamError              502 upstream_* (gateway → node)
-    │   └── ServiceUnavailable         503 service_unavailable (+ Retry-After)
+    │   ├── ServiceUnavailable         503 service_unavailable (+ Retry-After)
+    │   └── GatewayTimeout             504 (load_timeout, request_idle_timeout)
     ├── FrameError                     a device-worker frame is corrupt/unknown
     └── EventStreamError               an SSE stream is malformed or over a limit
 """
@@ -27,17 +30,20 @@ an `ApiError` to a response exactly once, with `to_openai()` or
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any, ClassVar
 
 __all__ = [
     "ApiError",
     "AuthenticationFailed",
+    "Conflict",
     "EventStreamError",
     "FrameError",
+    "GatewayTimeout",
     "InternalError",
     "InvalidRequest",
     "MalformedJson",
+    "MethodNotAllowed",
     "NotFound",
     "PayloadTooLarge",
     "PermissionDenied",
@@ -182,6 +188,28 @@ class NotFound(ApiError):
     code = "not_found"
 
 
+class MethodNotAllowed(ApiError):
+    """A route that exists, asked with a method it does not serve; the response
+    says which it does (RFC 9110 §15.5.6: `Allow`)."""
+
+    status = 405
+    type = "invalid_request_error"
+    code = "method_not_allowed"
+
+    def __init__(self, message: str, *, allow: Iterable[str], **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)
+        self.allow = tuple(sorted(allow))
+
+    def headers(self) -> dict[str, str]:
+        return {**super().headers(), "Allow": ", ".join(self.allow)}
+
+
+class Conflict(ApiError):
+    status = 409
+    type = "invalid_request_error"
+    code = "conflict"
+
+
 class PayloadTooLarge(ApiError):
     status = 413
     type = "invalid_request_error"
@@ -218,6 +246,12 @@ class ServiceUnavailable(ApiError):
     status = 503
     type = "api_error"
     code = "service_unavailable"
+
+
+class GatewayTimeout(ApiError):
+    status = 504
+    type = "api_error"
+    code = "timeout"
 
 
 def api_error_from_envelope(

@@ -38,8 +38,16 @@ from quart import Quart, Request, Response, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from protocol._converter import encode_json, parse
-from protocol.errors import ApiError, InternalError, InvalidRequest, NotFound, PayloadTooLarge
-from protocol.logs import set_request_id
+from protocol.errors import (
+    ApiError,
+    Conflict,
+    InternalError,
+    InvalidRequest,
+    MethodNotAllowed,
+    NotFound,
+    PayloadTooLarge,
+)
+from protocol.logs import printable, set_request_id
 
 __all__ = [
     "DEFAULT_MAX_BODY_BYTES",
@@ -225,9 +233,9 @@ def http_exception_error(exc: HTTPException) -> ApiError:
 def request_id_in_use(request_id: str) -> ApiError:
     """Two requests in flight with one client-chosen `x-request-id` cannot both be named
     by it (it names the request's actor): the second is refused, saying why."""
-    return ApiError(f"a request with x-request-id {request_id!r} is already in flight; "
-                    "send a unique id per request", status=409, type="invalid_request_error",
-                    code="request_id_in_use", param="x-request-id")  # fmt: skip
+    return Conflict(f"a request with x-request-id {request_id!r} is already in flight; "
+                    "send a unique id per request", code="request_id_in_use",
+                    param="x-request-id")  # fmt: skip
 
 
 def error_response(error: ApiError, dialect: Dialect = "openai") -> Response:
@@ -248,6 +256,13 @@ def request_id() -> str:
     return rid
 
 
+def _echo(value: str, limit: int = 200) -> str:
+    """A client-sent value put into a message: control characters escaped (a message
+    is logged, and may be printed by a client), and cut short."""
+    value = printable(value)
+    return value if len(value) <= limit else value[:limit] + "…"
+
+
 def install_edge(
     app: Quart,
     render: Callable[[ApiError], Awaitable[Response]],
@@ -265,13 +280,13 @@ def install_edge(
         set_request_id(request_id())  # this request's task and the tasks it starts
 
     async def not_found(_: Exception) -> Response:
-        return await render(NotFound(f"no route {request.method} {request.path}",
+        return await render(NotFound(f"no route {_echo(request.method)} {_echo(request.path)}",
                                      code="route_not_found"))  # fmt: skip
 
-    async def method_not_allowed(_: Exception) -> Response:
-        return await render(ApiError(f"method {request.method} not allowed on {request.path}",
-                                     status=405, type="invalid_request_error",
-                                     code="method_not_allowed"))  # fmt: skip
+    async def method_not_allowed(refusal: HTTPException) -> Response:
+        allow = set(getattr(refusal, "valid_methods", None) or ())
+        return await render(MethodNotAllowed(f"method {_echo(request.method)} not allowed on "
+                                             f"{_echo(request.path)}", allow=allow))  # fmt: skip
 
     async def framework_refusal(error: HTTPException) -> Response:
         return await render(http_exception_error(error))

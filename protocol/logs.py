@@ -13,6 +13,12 @@ the tasks started from it, which inherit a copy (trio's `start_soon` and
 followed through the gateway's and the node's logs. This lives in `protocol`
 because it is the one package both daemons import; it has no dependency
 beyond the standard library.
+
+Nothing a client sent can forge a line or drive an operator's terminal: both
+formats escape every non-printable character (`printable`: newlines, `\\r`,
+ANSI escapes, C1 controls, Unicode line separators and bidi overrides) in the
+message and the fields, and a plain record's traceback keeps its lines but
+indents every one, so no line of it can pass for a record.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ __all__ = [
     "RequestIdFilter",
     "configure_logging",
     "current_request_id",
+    "printable",
     "set_request_id",
 ]
 
@@ -38,6 +45,18 @@ _STANDARD = frozenset(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | 
 _request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar(
     "helexa_request_id", default=None
 )
+
+
+def printable(text: str) -> str:
+    """`text` with each non-printable character escaped as Python writes it (`\\n`,
+    `\\x1b`, `\\u2028`): one line, inert in a terminal, still readable."""
+    if text.isprintable():
+        return text  # the common case, checked in C
+    return "".join(c if c.isprintable() else _escape(c) for c in text)
+
+
+def _escape(char: str) -> str:
+    return char.encode("unicode_escape").decode("ascii")
 
 
 def set_request_id(request_id: str | None) -> contextvars.Token[str | None]:
@@ -67,9 +86,10 @@ class JsonFormatter(logging.Formatter):
             + f".{int(record.msecs):03d}Z",
             "level": record.levelname.lower(),
             "logger": record.name,
-            "msg": record.getMessage(),
+            "msg": printable(record.getMessage()),
         }
-        entry.update({k: v for k, v in record.__dict__.items() if k not in _STANDARD})
+        entry.update({k: printable(v) if isinstance(v, str) else v
+                      for k, v in record.__dict__.items() if k not in _STANDARD})  # fmt: skip
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)
         return json.dumps(entry, default=str, ensure_ascii=False)
@@ -84,7 +104,11 @@ class PlainFormatter(logging.Formatter):
     def formatMessage(self, record: logging.LogRecord) -> str:
         line = super().formatMessage(record)
         request_id = getattr(record, "request_id", None)
-        return line if request_id is None else f"{line} request_id={request_id}"
+        return printable(line if request_id is None else f"{line} request_id={request_id}")
+
+    def formatException(self, ei) -> str:
+        lines = super().formatException(ei).split("\n")
+        return "\n".join("    " + printable(line) for line in lines)
 
 
 def configure_logging(fmt: Literal["plain", "json"] = "plain", level: str = "info") -> None:
