@@ -94,6 +94,19 @@ def test_build_file_outside_a_checkout_says_unknown(tmp_path):
     assert written["git_sha_long"] == "unknown" and written["git_dirty"] is None
 
 
+def test_the_build_step_records_a_checkouts_revision_only(tmp_path):
+    """`pip install .` from a checkout: protocol/_build.json in the build (wheel tested
+    in tests/test_packaging.py); built outside one, the tree's own file is kept."""
+    from protocol._build_hook import record_revision
+
+    assert not record_revision(tmp_path / "build", root=tmp_path)
+    assert not (tmp_path / "build").exists()
+    if git_revision(SOURCE_ROOT) is not None:
+        assert record_revision(tmp_path / "build", root=SOURCE_ROOT)
+        written = read_build_file(tmp_path / "build" / "protocol" / "_build.json")
+        assert written.sha == git_revision(SOURCE_ROOT).sha
+
+
 @pytest.mark.parametrize("text", ["", "{", "[]", '{"git_dirty": true}'])
 def test_a_broken_build_file_is_ignored(tmp_path, text):
     (tmp_path / "_build.json").write_text(text)
