@@ -58,7 +58,7 @@ from neuron.worker.errors import (
     RequestTooLarge,
     UnsupportedModel,
 )
-from neuron.worker.kv_arena import KvArena
+from neuron.worker.kv_arena import KvArena, LayerKind, layer_kinds, prefilled_layers
 from neuron.worker.loader import LoadedModel
 from neuron.worker.sampler import SamplingParams, SequenceSampler, sample_batch
 from protocol.worker import FinishReason, SeqId
@@ -163,7 +163,7 @@ class _Sequence:
         self.prefilled = 0
         self.prefill_cache: DynamicCache | None = None  # a prompt partly prefilled
         # A finished prefill's K/V per layer (`[1, heads, prompt, dim]`), until it joins.
-        self.kv: list[tuple[torch.Tensor, torch.Tensor]] | None = None
+        self.kv: list | None = None
         self.generated = 0
         self.pending: int | None = None  # last sampled token, not yet in the KV cache
         self.row: int | None = None
@@ -184,13 +184,17 @@ class Engine:
         config = config or EngineConfig()
         model = loaded.model
         _check_supported(model)
+        self.max_seq_len = _max_seq_len(config, loaded)
+        kinds = layer_kinds(model.config, self.max_seq_len)
+        self._mask_layout = _mask_layout(model.config, kinds)
+        # Packing prompts into one forward needs every layer to attend, unwindowed.
+        self._packable = all(k == LayerKind("full") for k in kinds)
         self._loaded: LoadedModel | None = loaded
         self._device = loaded.device
         self._dtype = next(model.parameters()).dtype
         self._vocab_size = model.get_output_embeddings().weight.shape[0]
         self._eos_ids = frozenset(loaded.info.eos_token_ids)
         self.max_batch_size = config.max_batch_size
-        self.max_seq_len = _max_seq_len(config, loaded)
         self.kv_token_budget = config.kv_token_budget or self.max_batch_size * self.max_seq_len
         self._chunk = config.prefill_chunk_tokens
         self._per_step = config.prefill_tokens_per_step or config.prefill_chunk_tokens
@@ -198,6 +202,7 @@ class Engine:
             max_rows=self.max_batch_size,
             max_columns=self.max_seq_len,
             token_budget=self.kv_token_budget,
+            kinds=kinds,
         )
         self._queue: deque[_Sequence] = deque()
         self._running: list[_Sequence] = []
@@ -371,7 +376,7 @@ class Engine:
         out = model(
             input_ids=torch.tensor([[s.pending] for s in running], device=device),
             position_ids=torch.tensor([[s.kv_tokens] for s in running], device=device),
-            attention_mask=self._arena.decode_mask(self._dtype),
+            attention_mask=self._decode_mask(),
             past_key_values=self._arena.cache,
             use_cache=True,
             logits_to_keep=1,
@@ -411,7 +416,7 @@ class Engine:
         """Unstarted prompts from the queue's head that fit `budget` and a chunk together."""
         room, group = min(self._chunk, budget), []
         for sequence in self._queue:
-            if sequence.prefilled or len(sequence.prompt) > room:
+            if sequence.prefilled or len(sequence.prompt) > room or not self._packable:
                 break
             group.append(sequence)
             room -= len(sequence.prompt)
@@ -432,7 +437,7 @@ class Engine:
         )
         sequence.prefilled += chunk
         if sequence.prefilled == len(sequence.prompt):
-            sequence.kv = [(layer.keys, layer.values) for layer in sequence.prefill_cache.layers]
+            sequence.kv = prefilled_layers(sequence.prefill_cache)
             sequence.prefill_cache = None
         return out.logits[:, -1]
 
@@ -497,7 +502,7 @@ class Engine:
 
     def _join(self, sequence: _Sequence) -> None:
         assert sequence.kv is not None
-        sequence.row = self._arena.insert(sequence.kv)
+        sequence.row = self._arena.insert_sequence(sequence.kv, len(sequence.prompt))
         sequence.kv = None
         self._running.append(sequence)
 
@@ -514,6 +519,15 @@ class Engine:
             self._running[row] = last
             last.row = row
         sequence.row = None
+
+    def _decode_mask(self):
+        """The decode step's attention mask in the form the model takes: one tensor when
+        every attending layer is of one kind, else one per declared layer type."""
+        masks = self._arena.decode_masks(self._dtype)
+        layout = self._mask_layout
+        if isinstance(layout, dict):
+            return {t: None if kind is None else masks[kind] for t, kind in layout.items()}
+        return None if layout is None else masks[layout]
 
     def _model(self) -> torch.nn.Module:
         assert self._loaded is not None
@@ -538,13 +552,27 @@ def kv_bytes_per_token(loaded: LoadedModel) -> int:
     return per_token
 
 
+def _mask_layout(config, kinds: list[LayerKind]):
+    """How decode masks reach the model's layers: a dict from declared layer type to
+    attention kind (None: that type takes no mask), or one kind for all layers."""
+    declared = getattr(config.get_text_config(decoder=True), "layer_types", None)
+    if declared and len(set(declared)) > 1:
+        by_type: dict[str, set] = {}
+        for layer_type, kind in zip(declared, kinds, strict=True):
+            attending = by_type.setdefault(layer_type, set())
+            if kind.attention is not None:
+                attending.add(kind.attention)
+        if any(len(a) > 1 for a in by_type.values()):
+            raise UnsupportedModel(f"layer types {sorted(by_type)} mix attention kinds")
+        return {t: next(iter(a), None) for t, a in by_type.items()}
+    attending = {k.attention for k in kinds} - {None}
+    if len(attending) > 1:
+        raise UnsupportedModel("the layers mix attention kinds without declaring layer types")
+    return next(iter(attending), None)
+
+
 def _check_supported(model: torch.nn.Module) -> None:
     config = model.config
-    layer_types = set(getattr(config, "layer_types", None) or ["full_attention"])
-    if layer_types != {"full_attention"}:
-        raise UnsupportedModel(
-            f"the engine supports full-attention models only; this one has {sorted(layer_types)}"
-        )
     implementation = getattr(config, "_attn_implementation", None)
     if implementation not in ("sdpa", "eager"):
         raise UnsupportedModel(f"attention implementation {implementation!r} is not supported")

@@ -183,7 +183,7 @@ def _from_pretrained(info: SnapshotInfo, device: torch.device, dtype: torch.dtyp
                 use_safetensors=True,
                 trust_remote_code=False,
                 dtype=dtype,
-                attn_implementation="sdpa",
+                attn_implementation=attention_implementation(path),
             )
             # device_map would need accelerate: stage through host memory instead.
             model = model.to(device) if device.type != "cpu" else _own_memory(model)
@@ -199,6 +199,20 @@ def _from_pretrained(info: SnapshotInfo, device: torch.device, dtype: torch.dtyp
     model.eval()
     model.requires_grad_(False)
     return model
+
+
+def attention_implementation(path: Path) -> str:
+    """`sdpa` where the architecture has it, else `eager` (gpt-oss: its attention sinks
+    have no sdpa path). Both take the engine's additive masks; other implementations
+    (flash, flex, paged) do not, so they are never chosen here."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    try:
+        config = AutoConfig.from_pretrained(path, local_files_only=True, trust_remote_code=False)
+        model_class = AutoModelForCausalLM._model_mapping[type(config)]
+    except (OSError, ValueError, KeyError):
+        return "sdpa"  # from_pretrained reports what is wrong with the snapshot
+    return "sdpa" if getattr(model_class, "_supports_sdpa", False) else "eager"
 
 
 def _own_memory(model: torch.nn.Module) -> torch.nn.Module:
