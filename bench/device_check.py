@@ -1,8 +1,9 @@
 """Device check: a real neuron on one device against transformers on the same device.
 
-Run by `bench/device_check.sh` (which installs carried wheels and builds the model
-first); on its own: `python bench/device_check.py --device cuda:0 --model-root DIR
---model helexa/check-0.5b --exact-model helexa/check-0.5b-fp32 --report FILE`.
+Run by `bench/device_check.sh` (which installs the carried wheels first); on its own:
+`python bench/device_check.py --device cuda:0 --size 0.5b --report FILE`. It builds the
+synthetic model with `neuron.synth` (`helexa/bench-qwen3-<size>-bf16`, the name
+`bench/engine.py` uses, so that script reuses the build) and an fp32 twin of it.
 
 Steps, in order, each printed to stdout and to `--report`:
 
@@ -38,6 +39,7 @@ import math
 import os
 import platform
 import re
+import shutil
 import signal
 import statistics
 import subprocess
@@ -616,15 +618,26 @@ def compare(
         report.line(f"  [info] {what}: {detail}")
 
 
+def build_models(args: argparse.Namespace) -> float:
+    """The bench model (bf16 weights) and a twin of the same files served in fp32."""
+    from neuron.synth import synthesize
+
+    started = time.perf_counter()
+    path = synthesize(args.model_root, arch="qwen3", size=args.size, dtype="bf16", name=args.model)
+    twin = args.model_root / args.exact_model
+    if not twin.exists():
+        shutil.copytree(path, twin, copy_function=os.link)
+    return time.perf_counter() - started
+
+
 # -- main -----------------------------------------------------------------------------
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cuda:0", help="cuda:N or cpu:N")
-    parser.add_argument("--model-root", type=Path, required=True)
-    parser.add_argument("--model", required=True, help="model id served in bf16")
-    parser.add_argument("--exact-model", required=True, help="model id served in fp32")
+    parser.add_argument("--size", default="0.5b", help="neuron.synth size (tiny, small, 0.5b)")
+    parser.add_argument("--model-root", type=Path, help="where models are built (default: workdir)")
     parser.add_argument("--report", type=Path, required=True)
     parser.add_argument(
         "--workdir", type=Path, help="neuron config and log (default: beside report)"
@@ -648,6 +661,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     report = Report(args.report)
     workdir = args.workdir or args.report.parent
     workdir.mkdir(parents=True, exist_ok=True)
+    args.model_root = args.model_root or workdir / "models"
+    args.model = f"helexa/bench-qwen3-{args.size}-bf16"
+    args.exact_model = f"{args.model}-exact"
     report.line(
         f"device check: {args.device}, models {args.model} (bf16) and {args.exact_model} "
         f"(fp32), streams {args.streams}, {args.new_tokens} new tokens, "
@@ -656,6 +672,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     check_versions(report, args.device)
     import torch
     import trio
+
+    report.line(f"built {args.model} and its fp32 twin in {build_models(args):.1f} s")
 
     torch.set_num_threads(args.threads)
     baseline = gpu_used_mib(args.device)
