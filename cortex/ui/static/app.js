@@ -163,10 +163,11 @@ function authStatus(text, problem = false) {
   el.className = problem ? "problem" : "";
 }
 
-function askForKey(message) {
+/** A 401: say why next to the key field; `focus` moves there (only when the key is checked,
+ *  not on every refused poll, so the operator is not pulled away from what they do). */
+function askForKey(message, focus = false) {
   authStatus(message, true);
-  const input = document.getElementById("key-input");
-  if (document.activeElement !== input) input.focus();
+  if (focus) document.getElementById("key-input").focus();
 }
 
 async function checkKey() {
@@ -175,14 +176,17 @@ async function checkKey() {
       await api("GET", "/admin/fleet");
       authStatus("open gateway: no key needed");
     } catch (error) {
-      if (error.status !== 401) authStatus(error.message, true);
+      if (error.status === 401) askForKey(error.message, true);
+      else authStatus(error.message, true);
     }
     return;
   }
   try {
     await api("GET", "/v1/models");
   } catch (error) {
-    return; // 401 already asked for another key
+    if (error.status === 401) askForKey(error.message, true);
+    else authStatus(error.message, true);
+    return;
   }
   try {
     await api("GET", "/admin/fleet");
