@@ -79,11 +79,11 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _wait_for_banner(process: subprocess.Popen, out: Path) -> str:
+def _wait_for_banner(process: subprocess.Popen, out: Path, url: str) -> str:
     deadline = time.monotonic() + START_TIMEOUT
     while time.monotonic() < deadline:
         text = out.read_text()
-        if "helexa is up" in text and text.rstrip().endswith(tuple("0123456789")):
+        if "helexa is up" in text and f" status --url {url}\n" in text:
             return text
         if process.poll() is not None:
             pytest.fail(f"cortex up exited {process.returncode}:\n{text}")
@@ -108,8 +108,8 @@ def test_up_with_two_cpu_devices_serves_on_both_and_stops_on_ctrl_c(tmp_path):
         process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=stdout, stderr=stderr,
                                    stdin=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
     try:
-        banner = _wait_for_banner(process, out)
         url = f"http://127.0.0.1:{port}"
+        banner = _wait_for_banner(process, out, url)
         for model in (QWEN, LLAMA):
             body = {"model": str(models.root / model), "max_tokens": 3,
                     "messages": [{"role": "user", "content": "Hello!"}]}  # fmt: skip
