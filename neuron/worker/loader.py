@@ -17,6 +17,7 @@ import contextlib
 import ctypes
 import ctypes.util
 import gc
+import importlib.util
 import logging
 import time
 from collections.abc import Iterator
@@ -159,6 +160,8 @@ def load_model(
         report.model_id, report.device, report.dtype, seconds, report.tensor_bytes,
         report.rss_delta_bytes,
     )  # fmt: skip
+    if kernels := recurrent_kernels(model):
+        log.info("recurrent-layer kernels model=%s %s", report.model_id, kernels)
     return LoadedModel(model, info, report)
 
 
@@ -199,6 +202,30 @@ def _from_pretrained(info: SnapshotInfo, device: torch.device, dtype: torch.dtyp
     model.eval()
     model.requires_grad_(False)
     return model
+
+
+# The optional fast paths transformers takes for recurrent layers when they are
+# installed (the `gpu` extra; CUDA only), by the module it imports.
+_RECURRENT_KERNELS = {
+    "flash-linear-attention": "fla",  # gated delta net (qwen3_5, qwen3_next)
+    "causal-conv1d": "causal_conv1d",  # their short convolutions, Mamba2's
+    "mamba-ssm": "mamba_ssm",  # Mamba2 scans (granitemoehybrid)
+}
+
+
+def recurrent_kernels(model: torch.nn.Module) -> str:
+    """Which fast kernels a model with recurrent layers runs on, for the load log ("" for
+    a model without such layers). Missing ones fall back to transformers' reference
+    PyTorch implementations: exact, slower."""
+    from transformers import DynamicCache
+    from transformers.cache_utils import LinearAttentionCacheLayerMixin
+
+    layers = DynamicCache(config=model.config).layers
+    if not any(isinstance(layer, LinearAttentionCacheLayerMixin) for layer in layers):
+        return ""
+    found = {name: importlib.util.find_spec(module) is not None
+             for name, module in _RECURRENT_KERNELS.items()}  # fmt: skip
+    return " ".join(f"{name}={'yes' if ok else 'no (reference)'}" for name, ok in found.items())
 
 
 def attention_implementation(path: Path) -> str:
