@@ -237,18 +237,18 @@ class Neuron:
     def load_lines(self) -> list[tuple[str, str, float, int]]:
         return [(m, d, float(s), int(b)) for m, d, s, b in _LOADED.findall(self.log())]
 
-    def worker(self) -> Any:
-        """The current worker process (psutil), the one child running neuron.worker."""
+    def worker(self, other_than: int | None = None) -> Any:
+        """The live worker process (psutil): the child running neuron.worker."""
         import psutil
 
         def find() -> Any:
             for child in psutil.Process(self.process.pid).children(recursive=True):
                 with contextlib.suppress(psutil.Error):
-                    if "neuron.worker" in " ".join(child.cmdline()):
-                        return child
+                    if "neuron.worker" in " ".join(child.cmdline()) and _alive(child):
+                        return child if child.pid != other_than else None
             return None
 
-        return self.wait("a worker process", find, 60)
+        return self.wait("a worker process", find, 120)
 
     def stop(self) -> int:
         """SIGTERM, bounded; SIGKILL the whole session if it does not exit."""
@@ -449,9 +449,9 @@ async def kill_mid_stream(args: argparse.Namespace, neuron: Neuron, report: Repo
     )
     started = time.perf_counter()
     neuron.wait("the old worker to be gone", lambda: not _alive(victim), 30)
+    replacement = neuron.worker(other_than=victim.pid)
     neuron.wait_models_loaded(within=300)
     recovered = time.perf_counter() - started
-    replacement = neuron.worker()
     answers, _ = await complete_all(neuron.url, [completion_body(args.model, make_prompt(8, 3), 4)])
     report.verdict(
         "(c) a replacement worker reloaded both models and serves",
@@ -752,11 +752,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     for count in args.streams:
         mine, base = rates.get(count, math.nan), generated[count]
         report.line(f"  {count:>7}{mine:>10.1f}{base:>10.1f}{mine / base:>12.2f}")
-    report.line(
-        "  transformers serve --continuous-batching: not run by this check "
-        "(see bench/README.md, device_check.sh)"
-    )
+    report.line(f"  transformers serve --continuous-batching: not run ({_serve_status()})")
     return report.summary()
+
+
+def _serve_status() -> str:
+    """Whether `transformers serve` could run here; this check does not drive it."""
+    import importlib.util
+
+    missing = [m for m in ("fastapi", "uvicorn", "starlette", "pydantic", "openai")
+               if importlib.util.find_spec(m) is None]  # fmt: skip
+    if missing:
+        return f"its serving extra is missing here: {', '.join(missing)}"
+    return "its serving extra is installed, but this check has no driver for it yet"
 
 
 if __name__ == "__main__":
