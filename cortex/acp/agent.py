@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 from acp import (
@@ -48,7 +47,7 @@ from acp.schema import (
     SetSessionConfigOptionResponse,
 )
 
-from cortex.acp.config import AcpConfig
+from cortex.acp.config import AcpConfig, helexa_version
 from cortex.acp.endpoint import Endpoint
 from cortex.acp.errors import EndpointError, to_request_error
 from cortex.acp.session import Session, SessionStore, new_session_id
@@ -100,7 +99,7 @@ class HelexaAgent:
         return InitializeResponse(
             protocol_version=min(protocol_version, PROTOCOL_VERSION),
             agent_capabilities=capabilities,
-            agent_info=Implementation(name="helexa-acp", title="helexa", version=_version()),
+            agent_info=Implementation(name="helexa-acp", title="helexa", version=helexa_version()),
         )
 
     async def new_session(
@@ -265,10 +264,3 @@ def _replayed(message: dict[str, Any], results: dict[str, str]) -> list[Any]:
 
 def _system(cwd: str) -> dict[str, Any]:
     return {"role": "system", "content": SYSTEM_PROMPT.format(cwd=cwd)}
-
-
-def _version() -> str:
-    try:
-        return version("helexa")
-    except PackageNotFoundError:
-        return "0"

@@ -11,12 +11,20 @@ import argparse
 import json
 import os
 from collections.abc import Mapping, Sequence
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any, Literal
 
 import attrs
 
-__all__ = ["DEFAULT_ENDPOINT", "AcpConfig", "ToolFormat", "build_parser", "load_config"]
+__all__ = [
+    "DEFAULT_ENDPOINT",
+    "AcpConfig",
+    "ToolFormat",
+    "build_parser",
+    "helexa_version",
+    "load_config",
+]
 
 DEFAULT_ENDPOINT = "http://127.0.0.1:31313/v1"  # the local cortex
 ToolFormat = Literal["auto", "openai", "hermes"]
@@ -40,6 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="An Agent Client Protocol agent (speaks ACP on stdin/stdout) over any "
         "OpenAI-compatible endpoint; the local cortex by default.",
     )
+    parser.add_argument("--version", action="version", version=f"helexa-acp {helexa_version()}")
     env = os.environ.get
     parser.add_argument(
         "--endpoint",
@@ -113,6 +122,13 @@ def load_config(argv: Sequence[str] | None = None) -> tuple[AcpConfig, argparse.
         state_dir=args.state_dir,
     )
     return config, args
+
+
+def helexa_version() -> str:
+    try:
+        return version("helexa")
+    except PackageNotFoundError:
+        return "0"
 
 
 def _default_state_dir() -> Path:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import signal
 import sys
 import threading
 from collections.abc import AsyncIterator, Iterator
@@ -102,6 +103,7 @@ class Editor:
         process = await asyncio.create_subprocess_exec(
             command, *(args or []), cwd=self._inside(cwd or str(self.root)),
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+            start_new_session=True,  # a job of its own: kill takes the shell's children too
         )  # fmt: skip
         terminal_id = f"term-{len(self.terminals)}"
         self.terminals[terminal_id] = process
@@ -121,13 +123,11 @@ class Editor:
 
     async def kill_terminal(self, session_id, terminal_id, **kwargs):
         with contextlib.suppress(ProcessLookupError):
-            self.terminals[terminal_id].kill()
+            os.killpg(self.terminals[terminal_id].pid, signal.SIGKILL)
 
     async def release_terminal(self, session_id, terminal_id, **kwargs):
-        process = self.terminals[terminal_id]
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
+        await self.kill_terminal(session_id, terminal_id)
+        await self.terminals[terminal_id].wait()
 
     def _inside(self, path: str) -> Path:
         resolved = Path(path).resolve()

@@ -262,6 +262,24 @@ def test_cancel_mid_stream_closes_the_upstream_stream(agent, tmp_path):
     assert turns == [("user", "Go"), ("assistant", "Writing a long answer"), ("user", "Go on")]
 
 
+def test_cancel_while_a_command_runs_kills_it(agent, tmp_path):
+    bridge, endpoint = agent
+    editor = bridge.fresh_editor(tmp_path)
+    endpoint.script([tool_call("run_command", {"command": "sleep 60"})])
+
+    async def main():
+        session = await bridge.conn.new_session(cwd=str(tmp_path))
+        ask = bridge.conn.prompt(session_id=session.session_id, prompt=[text_block("Wait")])
+        running = asyncio.ensure_future(ask)
+        await editor.wait_for_update("tool_call_update")  # in progress, in its terminal
+        await bridge.conn.cancel(session_id=session.session_id)
+        stop = (await running).stop_reason
+        return stop, await asyncio.wait_for(editor.terminals["term-0"].wait(), 10)
+
+    stop, status = bridge.call(main())
+    assert stop == "cancelled" and status == -9  # killed through terminal/kill
+
+
 def test_a_session_is_loaded_and_replayed_after_a_restart(agent, tmp_path, state_dir):
     replies = [tool_call("read_file", {"path": "notes.txt"}), text("alpha, beta")]
     before = set(state_dir.glob("*.json"))
