@@ -11,8 +11,8 @@
 # import; (b)-(d) bench/device_check.py: build the synthetic model (neuron.synth) and an
 # fp32 twin (hardlinks), a real neuron on the device, greedy identity against
 # transformers' generate, SIGKILL of the worker mid-stream, tok/s against padded generate;
-# (e) on a GPU only, bench/engine.py --device for the worker/engine/generate split, if the
-# time budget allows. Bounded: DEVICE_CHECK_BUDGET seconds in all (default 420).
+# (e) on a GPU only, bench/engine.py --device for the worker/engine/generate split, and (f)
+# the same for a hybrid family (DEVICE_CHECK_ARCHS), while the time budget allows. Bounded: DEVICE_CHECK_BUDGET seconds in all (default 420).
 # DEVICE_CHECK_WHEELS: the wheel folder (default .whl); PYTHON: the interpreter.
 # Exit status: 0 all checks passed, 1 a check failed, 2 set-up failed.
 set -uo pipefail
@@ -86,5 +86,22 @@ if [ $dry = 0 ] && [ "$(left)" -gt 90 ]; then
         echo "(engine.py exit $?)"
     } | tee -a "$report"
 fi
+# (f) the hybrid families (DEVICE_CHECK_ARCHS, default qwen3_5: linear attention + full
+# attention) through bench/engine.py: worker tokens vs a manual loop, tok/s vs generate.
+for arch in ${DEVICE_CHECK_ARCHS-qwen3_5}; do
+    if [ $dry = 1 ] || [ "$(left)" -le 90 ]; then
+        echo "(f) bench/engine.py --arch $arch: skipped ($(left) s left)" | tee -a "$report"
+        continue
+    fi
+    say "(f) bench/engine.py --device $device --arch $arch ($(left) s left)"
+    {
+        echo
+        echo "(f) bench/engine.py --device $device --arch $arch --size $size"
+        timeout --signal=INT --kill-after=15 "$(left)" "$py" bench/engine.py --device "$device" \
+            --arch "$arch" --size $size --cache "$work/models" --sections ab --concurrency 1,16 \
+            --new-tokens 32 --repeats 1 --retries 0 2>&1
+        echo "(engine.py exit $?)"
+    } | tee -a "$report"
+done
 say "done: exit $status, report $report"
 exit $status
