@@ -12,7 +12,8 @@
 # fp32 twin (hardlinks), a real neuron on the device, greedy identity against
 # transformers' generate, SIGKILL of the worker mid-stream, tok/s against padded generate;
 # (e) on a GPU only, bench/engine.py --device for the worker/engine/generate split, and (f)
-# the same for a hybrid family (DEVICE_CHECK_ARCHS), while the time budget allows. Bounded: DEVICE_CHECK_BUDGET seconds in all (default 420).
+# the same for a hybrid family (DEVICE_CHECK_ARCHS), while the time budget allows.
+# Bounded: DEVICE_CHECK_BUDGET seconds in all (default 360).
 # DEVICE_CHECK_WHEELS: the wheel folder (default .whl); PYTHON: the interpreter.
 # Exit status: 0 all checks passed, 1 a check failed, 2 set-up failed.
 set -uo pipefail
@@ -34,7 +35,7 @@ mkdir -p "$out"
 work=$(mktemp -d "${TMPDIR:-/tmp}/device-check.XXXXXX")
 trap 'rm -rf "$work"' EXIT
 report=$out/device-check.txt
-deadline=$((SECONDS + ${DEVICE_CHECK_BUDGET:-420}))
+deadline=$((SECONDS + ${DEVICE_CHECK_BUDGET:-360}))
 py=${PYTHON:-}
 if [ -z "$py" ]; then
     if [ -x .venv/bin/python ]; then py=.venv/bin/python; else py=python3; fi
