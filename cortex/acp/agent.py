@@ -149,10 +149,13 @@ class HelexaAgent:
         if session.turn is not None:
             raise RequestError.invalid_request({"details": "a prompt turn is already running"})
         session.history.append({"role": "user", "content": user_text(prompt)})
-        session.turn = asyncio.create_task(self._run_turn(session))
+        session.turn = turn = asyncio.create_task(self._run_turn(session))
         try:
-            await asyncio.wait({session.turn})
-            return PromptResponse(stop_reason=self._outcome(session.turn))
+            await asyncio.wait({turn})
+            return PromptResponse(stop_reason=self._outcome(turn))
+        except asyncio.CancelledError:  # the connection is closing: the turn goes too
+            turn.cancel()
+            raise
         finally:
             session.turn = None
             answer_unanswered(session.history)

@@ -17,6 +17,7 @@ Not for: the session's lifetime and cancellation (`cortex.acp.agent`).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import secrets
@@ -90,50 +91,68 @@ def answer_unanswered(history: list[dict[str, Any]]) -> None:
             )
 
 
-async def _ask(
-    session: Session, client: Client, endpoint: Endpoint, extra_body: dict[str, Any], reply: _Reply
-) -> None:
+async def _ask(session: Session, client: Client, endpoint: Endpoint, extra_body: dict[str, Any],
+               reply: _Reply) -> None:  # fmt: skip
+    step = _Step(session, client, reply)
+    async with contextlib.aclosing(endpoint.stream_chat(_body(session, extra_body))) as events:
+        async for event in events:
+            await step.take(event)
+    await step.finish()
+
+
+def _body(session: Session, extra_body: dict[str, Any]) -> dict[str, Any]:
     specs = session.toolbox.specs()
-    hermes_mode = session.tool_format == "hermes"
-    messages = (
-        hermes.render_messages(session.history, specs) if hermes_mode and specs else session.history
-    )
+    hermes_mode = session.tool_format == "hermes" and specs
+    messages = hermes.render_messages(session.history, specs) if hermes_mode else session.history
     body: dict[str, Any] = {**extra_body, "model": session.model, "messages": messages}
     if specs and not hermes_mode:
         body["tools"] = specs
-    splitter = hermes.CallSplitter() if session.tool_format != "openai" else None
-    structured: dict[int, dict[str, str]] = {}
-    blocks: list[hermes.CallBlock] = []
+    return body
 
-    async def say(text: str) -> None:
-        reply.text += text
-        await client.session_update(session_id=session.id, update=update_agent_message_text(text))
 
-    async for event in endpoint.stream_chat(body):
+class _Step:
+    """One streamed reply: shown to the editor as it comes, its calls gathered."""
+
+    def __init__(self, session: Session, client: Client, reply: _Reply) -> None:
+        self._session, self._client, self._reply = session, client, reply
+        self._splitter = hermes.CallSplitter() if session.tool_format != "openai" else None
+        self._structured: dict[int, dict[str, str]] = {}
+        self._blocks: list[hermes.CallBlock] = []
+
+    async def take(self, event: Any) -> None:
         if isinstance(event, ReasoningDelta):
-            await client.session_update(
-                session_id=session.id, update=update_agent_thought_text(event.text)
-            )
+            await self._update(update_agent_thought_text(event.text))
         elif isinstance(event, TextDelta):
-            for piece in splitter.feed(event.text) if splitter else [event.text]:
+            pieces = self._splitter.feed(event.text) if self._splitter else [event.text]
+            for piece in pieces:
                 if isinstance(piece, hermes.CallBlock):
-                    blocks.append(piece)
+                    self._blocks.append(piece)
                 else:
-                    await say(piece)
+                    await self._say(piece)
         elif isinstance(event, ToolCallDelta):
-            _gather(structured, event)
+            _gather(self._structured, event)
         elif isinstance(event, Finished):
-            reply.finish = event.reason
-    if splitter and (rest := splitter.finish()):
-        await say(rest)
-    reply.calls += [_structured_call(parts) for _, parts in sorted(structured.items())]
-    for block in blocks:
-        parsed = hermes.parse_call(block.body, session.toolbox.schemas())
-        if parsed is None:  # not a call after all: show it as the model wrote it
-            await say(f"{hermes.OPEN}{block.body}{hermes.CLOSE}")
-            continue
-        reply.saw_hermes = True
-        reply.calls.append(ToolCall(_new_call_id(), parsed.name, parsed.arguments))
+            self._reply.finish = event.reason
+
+    async def finish(self) -> None:
+        if self._splitter and (rest := self._splitter.finish()):
+            await self._say(rest)
+        calls = [_structured_call(parts) for _, parts in sorted(self._structured.items())]
+        self._reply.calls += calls
+        for block in self._blocks:
+            parsed = hermes.parse_call(block.body, self._session.toolbox.schemas())
+            if parsed is None:  # not a call after all: show it as the model wrote it
+                await self._say(f"{hermes.OPEN}{block.body}{hermes.CLOSE}")
+                continue
+            self._reply.saw_hermes = True
+            self._reply.calls.append(ToolCall(_new_call_id(), parsed.name, parsed.arguments))
+
+    async def _say(self, text: str) -> None:
+        self._reply.text += text
+        await self._update(update_agent_message_text(text))
+
+    async def _update(self, update: Any) -> None:
+        await self._client.session_update(session_id=self._session.id, update=update)
 
 
 def _gather(structured: dict[int, dict[str, str]], delta: ToolCallDelta) -> None:
