@@ -15,7 +15,7 @@
 # the same for a hybrid family (DEVICE_CHECK_ARCHS), while the time budget allows.
 # Bounded: DEVICE_CHECK_BUDGET seconds in all (default 360).
 # DEVICE_CHECK_WHEELS: the wheel folder (default .whl); PYTHON: the interpreter.
-# Exit status: 0 all checks passed, 1 a check failed, 2 set-up failed.
+# Exit status: 0 all checks passed, 1 a check failed, 2 set-up failed, 124 out of time.
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 2
 
