@@ -91,7 +91,7 @@ def test_unit_runs_the_daemon_as_a_notify_service(program):
     assert one(unit, "Service", "User") == program
 
 
-@pytest.mark.parametrize("program", ["cortex", "neuron"])
+@pytest.mark.parametrize("program", ["cortex", "neuron", "helexa-bench"])
 def test_unit_is_hardened(program):
     service = read_unit(f"{program}.service")["Service"]
     assert service["CapabilityBoundingSet"] == [""]
@@ -102,6 +102,19 @@ def test_unit_is_hardened(program):
     families = set(service["RestrictAddressFamilies"][0].split())
     assert families == {"AF_UNIX", "AF_INET", "AF_INET6"}  # AF_UNIX: the notify socket
     assert service["SystemCallFilter"][0] == "@system-service"
+
+
+def test_bench_unit_runs_the_sweep_as_a_notify_service_that_always_restarts():
+    unit = read_unit("helexa-bench.service")
+    argv = shlex.split(one(unit, "Service", "ExecStart"))
+    assert argv == ["/usr/bin/helexa-bench", "run", "--config",
+                    "/etc/helexa-bench/helexa-bench.toml"]  # fmt: skip
+    assert one(unit, "Service", "Type") == "notify"
+    assert one(unit, "Service", "Restart") == "always"  # upstream's choice: a loop, no drain
+    assert one(unit, "Service", "RestartPreventExitStatus") == "2"
+    assert one(unit, "Service", "User") == "helexa-bench"
+    assert one(unit, "Service", "StateDirectory") == "helexa-bench"  # the database's home
+    assert seconds(one(unit, "Service", "WatchdogSec")) > 0
 
 
 def test_cortex_stop_budget_covers_the_drain():
@@ -159,6 +172,16 @@ def test_example_neuron_config_loads():
     assert config.model_roots[0] == "/var/lib/neuron/models"
     assert config.timeouts.drain == 30
     assert all("unknown key" not in note for note in config.notes)
+
+
+def test_example_bench_config_loads():
+    from cortex.benchd.config import load_config
+
+    config = load_config(EXAMPLES / "helexa-bench" / "helexa-bench.toml", {})
+    assert config.bench.db_path == "/var/lib/helexa-bench/bench.sqlite"
+    assert config.api.address == ("0.0.0.0", 13132)
+    assert [t.name for t in config.targets] == ["node1"]
+    assert config.notes == ()
 
 
 # ------------------------------------------------------------------ the notify socket
@@ -437,3 +460,26 @@ def test_systemd_check_script_passes():
     out = subprocess.run(["bash", str(ROOT / ".ci" / "systemd-check")], env=env,
                          capture_output=True, text=True, timeout=120)  # fmt: skip
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+@pytest.mark.slow
+def test_bench_under_its_unit_notifies_ready_serves_and_stops(run_unit, notify_socket, tmp_path):
+    text = (EXAMPLES / "helexa-bench" / "helexa-bench.toml").read_text()
+    text = _edit(text, 'listen = "0.0.0.0:13132"', 'listen = "127.0.0.1:0"')
+    state = tmp_path / "state" / "helexa-bench"  # the unit's StateDirectory, moved
+    text = _edit(text, 'db_path = "/var/lib/helexa-bench/bench.sqlite"',
+                 f"db_path = {json.dumps(str(state / 'bench.sqlite'))}")  # fmt: skip
+    down = f'endpoint = "http://127.0.0.1:{_free_port()}"'  # nothing listens there
+    text = _edit(text, 'endpoint = "http://node1.lan:13131"', down)
+    run = run_unit("helexa-bench", text)
+    wait = notify_socket.wait_for
+
+    ready = wait(lambda f: f.get("READY") == "1", 60, "READY=1", run.process, run.log)
+    assert ready.pid == run.process.pid and ready.fields["STATUS"] == "run: 1 target(s)"
+    url = re.search(r"helexa-bench api listening url=(\S+)", run.log.read_text()).group(1)
+    import httpx
+
+    health = httpx.get(f"{url}/api/health", timeout=10)
+    assert health.status_code == 200 and health.json()["status"] == "ok"
+    _stop_and_check(run, notify_socket)
+    assert (state / "bench.sqlite").exists()

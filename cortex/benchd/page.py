@@ -140,11 +140,15 @@ _SCRIPT = r"""
   const builds = [];
   const add = (list, item) => list.includes(item) || list.push(item);
   data.series.forEach((s) => s.points.forEach((p) => add(builds, p.build)));
-  const trend = data.series.map((s, i) => ({
-    label: s.target + ' ' + s.model + ' ' + s.scenario, borderColor: colour(i),
-    backgroundColor: colour(i), data: s.points.map((p) => ({x: p.build, y: p.decode_tps}))}));
-  chart('chart-trend', {type: 'line', data: {labels: builds, datasets: trend},
-        options: axes('build (first measured → last)', 'decode tok/s', 'category')}, count(trend));
+  function trend(key, id, label) {
+    const sets = data.series.map((s, i) => ({
+      label: s.target + ' ' + s.model + ' ' + s.scenario, borderColor: colour(i),
+      backgroundColor: colour(i), data: s.points.map((p) => ({x: p.build, y: p[key]}))}));
+    chart(id, {type: 'line', data: {labels: builds, datasets: sets},
+               options: axes('build (first measured → last)', label, 'category')}, count(sets));
+  }
+  trend('decode_tps', 'chart-trend-tps', 'decode tok/s');
+  trend('ttft_s', 'chart-trend-ttft', 'TTFT (s)');
 
   const labels = data.compare.map((c) => c.model + ' ' + c.scenario);
   const names = [];
@@ -173,7 +177,8 @@ def render(report: dict[str, Any], title: str = "helexa-bench report") -> str:
         ("chart-scaling-tps", "decode tok/s vs prompt size"),
         ("chart-scaling-ttft", "TTFT vs prompt size"),
         ("chart-concurrency", "TTFT vs concurrency (▲ = knee)"),
-        ("chart-trend", "decode tok/s per build"),
+        ("chart-trend-tps", "decode tok/s per build"),
+        ("chart-trend-ttft", "TTFT per build"),
         ("chart-peers-tps", "side by side: decode tok/s"),
         ("chart-peers-ttft", "side by side: TTFT"),
     ))  # fmt: skip
