@@ -99,14 +99,20 @@ async def gateway(neuron, nursery):
         gw.stop()
 
 
-async def in_browser(scenario: Callable[[Any], None], name: str) -> list[str]:
-    """Run `scenario(page)` in a fresh headless Chromium, off the trio thread; the
+Scenario = Callable[[Any, Callable[[str], None]], None]
+
+
+async def in_browser(scenario: Scenario, name: str) -> list[str]:
+    """Run `scenario(page, shot)` in a fresh headless Chromium, off the trio thread
+    (`shot(view)` saves a screenshot under `<artifacts>/dashboard/<name>/`); the
     console errors the page logged."""
     return await trio.to_thread.run_sync(functools.partial(_browse, scenario, name))
 
 
-def _browse(scenario: Callable[[Any], None], name: str) -> list[str]:
+def _browse(scenario: Scenario, name: str) -> list[str]:
     errors: list[str] = []
+    folder = ARTIFACTS / "dashboard" / name
+    folder.mkdir(parents=True, exist_ok=True)
     with sync_api.sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
         try:
@@ -114,16 +120,10 @@ def _browse(scenario: Callable[[Any], None], name: str) -> list[str]:
             page.set_default_timeout(TIMEOUT_MS)
             page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
             page.on("pageerror", lambda exc: errors.append(f"uncaught: {exc}"))
-            page.shots = ARTIFACTS / "dashboard" / name  # type: ignore[attr-defined]
-            page.shots.mkdir(parents=True, exist_ok=True)  # type: ignore[attr-defined]
-            scenario(page)
+            scenario(page, lambda view: page.screenshot(path=str(folder / f"{view}.png")))
         finally:
             browser.close()
     return errors
-
-
-def shot(page: Any, view: str) -> None:
-    page.screenshot(path=str(page.shots / f"{view}.png"))
 
 
 def open_view(page: Any, view: str) -> None:
@@ -163,7 +163,7 @@ def watch(page: Any, selector: str, name: str) -> None:
 async def test_an_open_gateway_shows_drives_and_streams(gateway, neuron):
     gw = await gateway()
 
-    def scenario(page: Any) -> None:
+    def scenario(page: Any, shot: Callable[[str], None]) -> None:
         page.goto(gw.url + "/")  # a browser asking for / lands on the dashboard
         assert page.url.startswith(gw.url + "/ui/"), page.url
         node = page.locator('article[data-node="n1"]')
@@ -171,7 +171,7 @@ async def test_an_open_gateway_shows_drives_and_streams(gateway, neuron):
         sync_api.expect(node).to_contain_text("loaded")
         sync_api.expect(node.locator("h3")).to_contain_text("up")
         sync_api.expect(page.locator("#auth-status")).to_have_text("open gateway: no key needed")
-        shot(page, "fleet")
+        shot("fleet")
 
         open_view(page, "models")
         page.get_by_role("button", name=f"Unload {QWEN} from n1").click()
@@ -187,7 +187,7 @@ async def test_an_open_gateway_shows_drives_and_streams(gateway, neuron):
         assert page.evaluate("window.sawProgress"), "no progress was shown during the load"
         assert neuron_status(neuron, QWEN) == "loaded"
         sync_api.expect(page.locator("#models-body")).to_contain_text("n1: loaded")
-        shot(page, "models")
+        shot("models")
 
         page.get_by_role("button", name="Drain n1").click()
         confirm(page)
@@ -209,7 +209,7 @@ async def test_an_open_gateway_shows_drives_and_streams(gateway, neuron):
         chunks = int(re.search(r"(\d+) chunks", stats.inner_text()).group(1))
         assert chunks >= 1 and page.evaluate("window.sawPartial")
         assert page.locator("#transcript .assistant pre").inner_text().strip()
-        shot(page, "playground")
+        shot("playground")
 
         open_view(page, "traffic")
         recent = page.locator("#traffic-body tbody tr").first
@@ -217,13 +217,13 @@ async def test_an_open_gateway_shows_drives_and_streams(gateway, neuron):
         sync_api.expect(recent).to_contain_text(QWEN)
         sync_api.expect(recent).to_contain_text("ok")
         sync_api.expect(page.locator("#chart-tps svg rect").first).to_be_attached()
-        shot(page, "traffic")
+        shot("traffic")
 
         open_view(page, "actors")
         sync_api.expect(page.locator("#actors-summary")).to_contain_text("(live)")
         sync_api.expect(page.locator("#actors-body")).to_contain_text("fleet")
         sync_api.expect(page.locator("#node-actors")).to_contain_text("Node n1")
-        shot(page, "actors")
+        shot("actors")
         root = page.locator("#actors-body > details")
         root.locator("> summary").click()  # collapse the whole tree
         assert root.get_attribute("open") is None
@@ -243,7 +243,7 @@ async def test_keys_a_wrong_key_is_401_and_a_user_key_may_not_act(gateway, neuro
         page.fill("#key-input", key)
         page.get_by_role("button", name="Use key").click()
 
-    def scenario(page: Any) -> None:
+    def scenario(page: Any, shot: Callable[[str], None]) -> None:
         page.goto(gw.url + "/ui/")
         status = page.locator("#auth-status")
         sync_api.expect(status).to_contain_text("401: missing API key")
@@ -251,7 +251,7 @@ async def test_keys_a_wrong_key_is_401_and_a_user_key_may_not_act(gateway, neuro
 
         use_key(page, "sk-wrong-0000")
         sync_api.expect(status).to_have_text("401: invalid API key")
-        shot(page, "wrong-key")
+        shot("wrong-key")
 
         use_key(page, USER)
         sync_api.expect(status).to_contain_text("403: key 'team-user' may not use admin routes")
@@ -260,7 +260,7 @@ async def test_keys_a_wrong_key_is_401_and_a_user_key_may_not_act(gateway, neuro
         confirm(page)
         notice(page, "^403: key 'team-user' may not use admin routes")
         sync_api.expect(page.locator("#nodes-body")).to_contain_text("403")
-        shot(page, "user-key-refused")
+        shot("user-key-refused")
 
         use_key(page, ADMIN)
         sync_api.expect(status).to_have_text("admin key")
