@@ -21,9 +21,8 @@ from acp import text_block
 from scripted_model import SCRIPTED, TEXT, THINKING
 
 from neuron.synth import TOKEN_IDS
-from tests.conftest import KEEP_ACROSS_TESTS
 from tests.cortex.acp.editor import Bridge
-from tests.neuron.daemon_harness import wait_for
+from tests.neuron.daemon_harness import KEEP_ACROSS_TESTS, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 

@@ -20,7 +20,7 @@ from scripted_endpoint import MODELS, Reply, ScriptedEndpoint, text, tool_call
 
 from cortex.acp.endpoint import Endpoint
 from cortex.acp.errors import EndpointUnreachable
-from tests.conftest import KEEP_ACROSS_TESTS
+from tests.neuron.daemon_harness import KEEP_ACROSS_TESTS
 
 pytestmark = [pytest.mark.slow]
 
