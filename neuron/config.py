@@ -180,8 +180,9 @@ class Cpu:
     devices    1     CPU devices (worker processes) `devices = "auto"` creates
                      on a host without GPUs
     threads    —     torch threads per CPU device; default: usable cores
+                     less one (left to the neuron parent and a gateway),
                      divided by the number of CPU devices (at least 1), so
-                     workers x threads never exceeds the cores
+                     workers x threads stays below the cores
     memory_mb  —     memory budget per CPU device; default: usable host
                      memory divided by the number of CPU devices
     """
@@ -352,7 +353,7 @@ class NeuronConfig:
         if device_kind(entry.id) == "cuda":
             memory = entry.memory_mb * MIB if entry.memory_mb else None
             return DeviceSpec(entry.id, entry.threads or 1, memory, batch)
-        threads = entry.threads or self.cpu.threads or max(1, host.cores // max(1, cpus))
+        threads = entry.threads or self.cpu.threads or default_cpu_threads(host.cores, cpus)
         memory_mb = entry.memory_mb or self.cpu.memory_mb
         memory = memory_mb * MIB if memory_mb else host.memory_bytes // max(1, cpus)
         return DeviceSpec(entry.id, threads, memory, batch)
@@ -536,6 +537,17 @@ def find_config_path(env: Mapping[str, str]) -> Path | None:
     if env.get("NEURON_CONFIG"):
         return Path(env["NEURON_CONFIG"])
     return DEFAULT_CONFIG_PATH if DEFAULT_CONFIG_PATH.is_file() else None
+
+
+def default_cpu_threads(cores: int, cpu_devices: int) -> int:
+    """Torch threads per CPU device: the cores less one, shared out (at least 1).
+
+    The spare core runs the neuron parent (tokenising, detokenising, HTTP) and a
+    gateway beside it. A worker whose OpenMP threads outnumber the free cores
+    collapses: SmolLM2-135M decoded at 0.4 tok/s with 2 threads on a busy 2-core box
+    and at 4.2 tok/s with 1 (bench/threads.py; figures in bench/README.md).
+    """
+    return max(1, (cores - 1) // max(1, cpu_devices))
 
 
 def default_model_roots(env: Mapping[str, str]) -> tuple[str, ...]:

@@ -212,6 +212,12 @@ class WorkerProcess:
         env = dict(os.environ)
         env.setdefault("HF_HUB_OFFLINE", "1")
         env.setdefault("TOKENIZERS_PARALLELISM", "false")
+        if self.spec.id.startswith("cpu"):
+            # Idle OpenMP threads sleep instead of spinning: a spinning thread takes
+            # the core the parent or a busy neighbour needs, and every parallel
+            # region then waits for it (bench/threads.py: 8x slower decode on a
+            # busy box). An operator's own OMP_WAIT_POLICY wins.
+            env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
         return env
 
     async def _handshake(self) -> wire.WorkerReady:

@@ -5,10 +5,10 @@ directories; the id is the path without `.gguf`. Before such a model's first loa
 parent runs `python -m neuron.worker.gguf_convert` in a child process, which writes a
 safetensors snapshot (config, tokenizer and chat template from the file, dequantized
 weights) into the cache; later loads read that snapshot like any other. The cache entry
-is keyed by the file's real path, size and modification time, so a replaced file is
-converted again. Entries appear atomically (written under a temporary name, then
-renamed), so two neurons converting the same file at once both end up with one whole
-entry.
+is keyed by the file's identity (device, inode), size and modification time, so a
+replaced file is converted again and hard links to one file share an entry. Entries
+appear atomically (written under a temporary name, then renamed), so two neurons
+converting the same file at once both end up with one whole entry.
 
 Cache directory: `$HELEXA_GGUF_CACHE`, else systemd's `$CACHE_DIRECTORY/gguf`, else
 `$XDG_CACHE_HOME/helexa/gguf` (default `~/.cache/helexa/gguf`).
@@ -49,10 +49,10 @@ def cache_dir(env: dict[str, str] | None = None) -> Path:
 
 def entry_for(gguf: Path, cache: Path) -> Path:
     """The cache entry that holds (or will hold) `gguf`'s converted snapshot."""
-    real = Path(os.path.realpath(gguf))
-    stat = real.stat()
-    key = hashlib.sha256(f"{real}\0{stat.st_size}\0{stat.st_mtime_ns}".encode()).hexdigest()
-    return cache / f"{real.stem[:64]}-{key[:16]}"
+    stat = Path(os.path.realpath(gguf)).stat()
+    # The file's identity, not its name: hard links to one file share one entry.
+    identity = f"{stat.st_dev}\0{stat.st_ino}\0{stat.st_size}\0{stat.st_mtime_ns}"
+    return cache / hashlib.sha256(identity.encode()).hexdigest()[:24]
 
 
 def converted(gguf: Path, cache: Path | None = None) -> Path:

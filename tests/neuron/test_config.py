@@ -411,15 +411,15 @@ def test_our_spelling_wins_over_upstreams(tmp_path):
 # ------------------------------------------------------------------ devices
 
 
-def test_auto_on_a_cpu_host_gives_one_device_with_every_core():
+def test_auto_on_a_cpu_host_gives_one_device_with_every_core_but_one():
     specs = load_config(None, {}).device_specs(host=HOST)
-    assert specs == [DeviceSpec("cpu:0", threads=8, memory_budget_bytes=32 * GIB)]
+    assert specs == [DeviceSpec("cpu:0", threads=7, memory_budget_bytes=32 * GIB)]
 
 
 def test_auto_splits_cores_and_memory_between_cpu_devices():
     specs = load_config(None, {"NEURON_CPU_DEVICES": "3"}).device_specs(host=HOST)
     assert [s.id for s in specs] == ["cpu:0", "cpu:1", "cpu:2"]
-    assert {s.threads for s in specs} == {2}  # 3 x 2 <= 8
+    assert {s.threads for s in specs} == {2}  # 3 x 2 <= 8 - 1
     assert {s.memory_budget_bytes for s in specs} == {32 * GIB // 3}
 
 
