@@ -99,6 +99,12 @@ class TargetClient:
 
     async def build(self) -> Build:
         """The build stamp; TargetUnreachable when the target does not answer."""
+        try:
+            return await self._build()
+        except (AttributeError, TypeError, KeyError, ValueError) as exc:
+            raise TargetUnreachable(f"unexpected build or discovery answer: {exc!r}") from exc
+
+    async def _build(self) -> Build:
         host = urlsplit(self.target.endpoint).hostname
         if self.target.kind == "openai":
             await self._get("/models")  # reachable at all?
@@ -130,6 +136,12 @@ class TargetClient:
 
     async def warm_models(self) -> list[ModelEntry]:
         """The models to bench: `models` from the config, else the warm ones."""
+        try:
+            return await self._warm_models()
+        except (AttributeError, TypeError, KeyError, ValueError) as exc:
+            raise TargetUnreachable(f"unexpected model list: {exc!r}") from exc
+
+    async def _warm_models(self) -> list[ModelEntry]:
         if self.target.kind == "neuron":
             entries = [_neuron_entry(m) for m in await self._get("/models")
                        if m.get("status") == "loaded"]  # fmt: skip

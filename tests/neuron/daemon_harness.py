@@ -232,15 +232,18 @@ def start_daemon(
     settings: Settings | None = None,
     token: str | None = None,
     wait_ready: bool = True,
+    env: dict[str, str] | None = None,
 ) -> RunningDaemon:
-    """Run `neuron serve` with `BASE_SETTINGS` overridden by `settings`."""
+    """Run `neuron serve` with `BASE_SETTINGS` overridden by `settings`; `env` adds
+    variables to its environment."""
     tmp.mkdir(parents=True, exist_ok=True)
     layers = [BASE_SETTINGS, settings or {}, {"auth": {"token": token}} if token else {}]
     config = tmp / "neuron.toml"
     config.write_text(neuron_toml(models, default_models, merge(*layers)))
     log_path = tmp / "neuron.log"
+    extra = env or {}
     env = {k: v for k, v in os.environ.items() if not k.startswith("NEURON_")}
-    env.update({KEEP_ACROSS_TESTS: "1", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"})
+    env.update({KEEP_ACROSS_TESTS: "1", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", **extra})
     with log_path.open("wb") as log_file:
         process = subprocess.Popen(
             [sys.executable, "-m", "neuron", "serve", "--config", str(config)],
