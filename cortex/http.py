@@ -45,6 +45,7 @@ from cortex.auth import Principal, with_usage
 from cortex.messages import COUNT_TOKENS_ROUTE, MESSAGES_ROUTE
 from cortex.meter import Meter, outcome_for_status
 from cortex.relay import (
+    SSE_HEADERS,
     Broken,
     Chunk,
     Head,
@@ -69,6 +70,7 @@ from protocol.http import (
 from protocol.ids import ModelId, NodeName
 from protocol.node import ACCOUNT_ID_HEADER, KEY_ID_HEADER
 from protocol.openai import ChatCompletionChunk, CompletionId, FinishReason
+from protocol.streaming import END, IDLE, open_event_stream
 
 if TYPE_CHECKING:
     from cortex.gateway import Gateway
@@ -176,17 +178,16 @@ async def _proxy(gateway: Gateway, path: str):
     raw, model, stream = _peek(await read_body(request), gateway)
     meter = Meter(gateway.metrics, path, model)
     meter.grant = request.helexa_grant
-    with gateway.metrics.track(path):
-        try:
-            if stream:
-                return await _proxy_stream(gateway, path, raw, model, meter)
-            return await _proxy_once(gateway, path, raw, model, meter)
-        except ApiError as exc:
-            meter.finish(outcome_for_status(exc.status, exc.type))
-            raise
-        except BaseException:
-            meter.finish("cancelled")
-            raise
+    try:
+        if stream:
+            return await _proxy_stream(gateway, path, raw, model, meter)
+        return await _proxy_once(gateway, path, raw, model, meter)
+    except ApiError as exc:
+        meter.finish(outcome_for_status(exc.status, exc.type))
+        raise
+    except BaseException:
+        meter.finish("cancelled")
+        raise
 
 
 async def _proxy_once(gateway: Gateway, path: str, raw: bytes, model: str, meter: Meter):
@@ -199,29 +200,29 @@ async def _proxy_once(gateway: Gateway, path: str, raw: bytes, model: str, meter
 
 
 async def _proxy_stream(gateway: Gateway, path: str, raw: bytes, model: str, meter: Meter):
-    send, receive = trio.open_memory_channel[Any](64)
-    ref = await gateway.requests.start_task(
-        _produce, gateway, path, raw, model, _upstream_headers(), send, meter,
-        name=request_id(), kind="request",
+    headers, rid = _upstream_headers(), request_id()
+    stream = await open_event_stream(
+        lambda send: gateway.requests.start_task(_produce, gateway, path, raw, model, headers,
+                                                 send, meter, name=rid, kind="request"),
+        keepalive=gateway.config.http.keepalive_interval,
     )  # fmt: skip
-    try:
-        first = await _first_event(receive, gateway.config.http.keepalive_interval)
-    except BaseException:
-        ref.cancel_nowait()
-        raise
-    if first is _END:
+    first = stream.first
+    if first is END or isinstance(first, Broken) or (isinstance(first, Head)
+                                                     and first.status != 200):  # fmt: skip
+        stream.close()
+        return _refused(first, meter)
+    return Response(stream.body(_RelayRenderer(meter)), 200, SSE_HEADERS)
+
+
+def _refused(first: Any, meter: Meter) -> Response:
+    """A stream the node refused before it began: its answer, status and all."""
+    if first is END:
         raise InternalError("the relay ended before the node answered")
     if isinstance(first, Broken):
         raise first.error
-    if isinstance(first, Head) and first.status != 200:
-        body = b"".join([c.data async for c in receive if isinstance(c, Chunk)])
-        meter.head(first)
-        meter.finish(outcome_for_status(first.status, body))
-        return Response(body, first.status, dict(first.headers))
-    headers = {"Content-Type": sse.CONTENT_TYPE, "Cache-Control": "no-cache",
-               "X-Accel-Buffering": "no"}  # fmt: skip
-    keepalive = gateway.config.http.keepalive_interval
-    return _stream_body(first, receive, ref, keepalive, meter), 200, headers
+    meter.head(first)
+    meter.finish(outcome_for_status(first.status, first.body))
+    return Response(first.body, first.status, dict(first.headers))
 
 
 async def _produce(task: Any, gateway: Gateway, path: str, raw: bytes, model: str,
@@ -234,84 +235,45 @@ async def _produce(task: Any, gateway: Gateway, path: str, raw: bytes, model: st
                            retries=gateway.config.http.retries, status=status)  # fmt: skip
 
 
-_END = object()  # the producer closed its channel
+class _RelayRenderer:
+    """The node's SSE bytes as they came (keepalive comments while it is silent); a
+    failure after the stream began becomes an in-band error (`_in_band`)."""
 
+    def __init__(self, meter: Meter) -> None:
+        self.meter = meter
+        self.done = False
+        self.outcome = "cancelled"  # unless the stream ends on its own: the client went away
+        self.stream_id: bytes | None = None  # the node's completion id, for a final error chunk
 
-async def _first_event(receive: trio.MemoryReceiveChannel, wait: float) -> Any:
-    """The producer's next event; None if it takes longer than `wait`; `_END` at the end."""
-    try:
-        return receive.receive_nowait()  # already there: no timer (the common case)
-    except trio.WouldBlock:
-        pass
-    except trio.EndOfChannel:
-        return _END
-    with trio.move_on_after(wait):
-        try:
-            return await receive.receive()
-        except trio.EndOfChannel:
-            return _END
-    return None
+    def render(self, event: Any) -> bytes:
+        if isinstance(event, Chunk):
+            self.meter.chunk(event.data)
+            if self.stream_id is None and (found := _STREAM_ID.search(event.data)):
+                self.stream_id = found.group(1)
+            return event.data
+        if event is IDLE:
+            return sse.KEEPALIVE  # waiting for a load or a queue: keep the client
+        if event is END:
+            return self._end("ok", b"")  # the node's stream is complete
+        if isinstance(event, Head):
+            self.meter.head(event)
+            if event.status == 200:
+                return b""
+            error = error_from_body(event.status, event.body, None)
+            return self._end(outcome_for_status(event.status, event.body), self._in_band(error))
+        if isinstance(event, Broken):
+            return self._end("stream_error", self._in_band(event.error))
+        raise TypeError(f"not a relay event: {event!r}")
 
+    def closed(self) -> None:
+        self.meter.finish(self.outcome)
 
-async def _stream_body(first: Any, receive: trio.MemoryReceiveChannel, ref: Any,
-                       keepalive: float, meter: Meter) -> AsyncIterator[bytes]:  # fmt: skip
-    outcome = "cancelled"  # unless the loop ends on its own: the client went away
-    stream_id: bytes | None = None  # the node's completion id, for a final error chunk
-    try:
-        async with receive:
-            event = first
-            while True:
-                if event is None:
-                    yield sse.KEEPALIVE  # waiting for a load or a queue: keep the client
-                elif isinstance(event, Head):
-                    meter.head(event)
-                    if event.status != 200:
-                        rest = b"".join([c.data async for c in receive if isinstance(c, Chunk)])
-                        outcome = outcome_for_status(event.status, rest)
-                        error = error_from_body(event.status, rest, None)
-                        yield _in_band(error, meter.route, meter.model, stream_id)
-                        return
-                elif isinstance(event, Chunk):
-                    data, pending = _ready_chunks(event, receive)
-                    meter.chunk(data)
-                    if stream_id is None and (found := _STREAM_ID.search(data)):
-                        stream_id = found.group(1)
-                    yield data
-                    if pending is not None:
-                        event = pending
-                        continue
-                elif isinstance(event, Broken):
-                    outcome = "stream_error"
-                    yield _in_band(event.error, meter.route, meter.model, stream_id)
-                    return
-                event = await _first_event(receive, keepalive)
-                if event is _END:
-                    outcome = "ok"
-                    return  # the node's stream is complete
-    finally:
-        ref.cancel_nowait()
-        meter.finish(outcome)
+    def _end(self, outcome: str, data: bytes) -> bytes:
+        self.done, self.outcome = True, outcome
+        return data
 
-
-def _ready_chunks(first: Chunk, receive: trio.MemoryReceiveChannel) -> tuple[bytes, Any]:
-    """`first` and the chunks already waiting behind it, as one write, and the next
-    event if it is not a chunk. Nothing is waited for: a client that keeps up gets each
-    chunk as it came; one that falls behind gets fewer, larger writes (which is what
-    lets the gateway catch up), the same bytes either way."""
-    parts, size = [first.data], len(first.data)
-    while size < _COALESCE_BYTES:
-        try:
-            event = receive.receive_nowait()
-        except (trio.WouldBlock, trio.EndOfChannel):  # the end is seen again by the caller
-            break
-        if not isinstance(event, Chunk):
-            return b"".join(parts), event
-        parts.append(event.data)
-        size += len(event.data)
-    return (parts[0] if len(parts) == 1 else b"".join(parts)), None
-
-
-_COALESCE_BYTES = 64 * 1024
+    def _in_band(self, error: ApiError) -> bytes:
+        return _in_band(error, self.meter.route, self.meter.model, self.stream_id)
 
 
 def _in_band(error: ApiError, route: str, model: str | None, stream_id: bytes | None) -> bytes:

@@ -23,22 +23,24 @@ a node (`cortex.fleet`).
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import trio
+from quart import Response
 
 from cortex.auth import Grant, Principal
 from cortex.meter import Meter, outcome_for_status
-from cortex.relay import Broken, Chunk, Head, answer_in_full, error_from_body
+from cortex.relay import SSE_HEADERS, Broken, Chunk, Head, answer_in_full, error_from_body
 from cortex.relay import stream_events as relay_stream
 from protocol import anthropic as an
-from protocol import encode_json, parse, sse
+from protocol import encode_json, parse
 from protocol.errors import ApiError, InternalError, UpstreamError
 from protocol.http import json_response
 from protocol.ids import ModelId
 from protocol.node import TokenCount
 from protocol.openai import ChatCompletion
+from protocol.streaming import END, IDLE, open_event_stream
 from protocol.translate_anthropic import (
     ChatStreamToAnthropic,
     chat_to_message,
@@ -58,9 +60,6 @@ COUNT_TOKENS_ROUTE = "/v1/messages/count_tokens"
 _CHAT = "/v1/chat/completions"
 _TOKENIZE = "/v1/chat/tokenize"
 _PROMPT_TOKENS = "x-helexa-prompt-tokens"  # the node's stream head carries the prompt's size
-_STREAM_HEADERS = {"Content-Type": sse.CONTENT_TYPE, "Cache-Control": "no-cache",
-                   "X-Accel-Buffering": "no"}  # fmt: skip
-_END = object()  # the producer closed its channel
 
 
 async def create_message(gateway: Gateway, raw: bytes, headers: Mapping[str, str], rid: str,
@@ -99,15 +98,14 @@ def _metering(gateway: Gateway, route: str, model: ModelId,
     it settles the key's `grant` with the usage it reads."""
     meter = Meter(gateway.metrics, route, model)
     meter.grant = grant
-    with gateway.metrics.track(route):
-        try:
-            yield meter
-        except ApiError as exc:
-            meter.finish(outcome_for_status(exc.status, exc.type))
-            raise
-        except BaseException:
-            meter.finish("cancelled")
-            raise
+    try:
+        yield meter
+    except ApiError as exc:
+        meter.finish(outcome_for_status(exc.status, exc.type))
+        raise
+    except BaseException:
+        meter.finish("cancelled")
+        raise
 
 
 # -- one reply -----------------------------------------------------------------------------
@@ -148,24 +146,32 @@ def _node_reply(data: bytes, cls: type[T]) -> T:
 
 async def _stream(gateway: Gateway, body: bytes, model: ModelId, headers: Mapping[str, str],
                   rid: str, meter: Meter):  # fmt: skip
-    send, receive = trio.open_memory_channel[Any](64)
-    ref = await gateway.requests.start_task(_produce, gateway, body, model, headers, send, meter,
-                                            name=rid, kind="request")  # fmt: skip
-    keepalive = gateway.config.http.keepalive_interval
-    try:
-        first = await _next_event(receive, keepalive)
-    except BaseException:
-        ref.cancel_nowait()
-        raise
-    if first is _END:
-        raise InternalError("the relay ended before the node answered")
-    if isinstance(first, Broken):
-        raise first.error
-    if isinstance(first, Head) and first.status != 200:
-        meter.head(first)
-        raise await _refusal(first, receive)
+    stream = await open_event_stream(
+        lambda send: gateway.requests.start_task(_produce, gateway, body, model, headers, send,
+                                                 meter, name=rid, kind="request"),
+        keepalive=gateway.config.http.keepalive_interval,
+    )  # fmt: skip
+    first = stream.first
+    if first is END or isinstance(first, Broken) or (isinstance(first, Head)
+                                                     and first.status != 200):  # fmt: skip
+        stream.close()
+        raise _refusal(first, meter)
     translator = ChatStreamToAnthropic(model=model, input_tokens=_prompt_tokens(first))
-    return _body(first, receive, ref, keepalive, meter, translator), 200, _STREAM_HEADERS
+    return Response(stream.body(AnthropicRenderer(meter, translator)), 200, SSE_HEADERS)
+
+
+def _refusal(first: Any, meter: Meter) -> ApiError:
+    """Why a stream failed before it began (raised: a plain HTTP error)."""
+    if first is END:
+        return InternalError("the relay ended before the node answered")
+    if isinstance(first, Broken):
+        return first.error
+    meter.head(first)
+    return _node_error(first)
+
+
+def _node_error(head: Head) -> ApiError:
+    return error_from_body(head.status, head.body, head.headers.get("retry-after"))
 
 
 def _prompt_tokens(first: Any) -> int:
@@ -184,55 +190,33 @@ async def _produce(task: Any, gateway: Gateway, body: bytes, model: ModelId,
                            retries=gateway.config.http.retries, status=status)  # fmt: skip
 
 
-async def _next_event(receive: trio.MemoryReceiveChannel, wait: float) -> Any:
-    """The producer's next event; None after `wait` seconds of silence; `_END` at the end."""
-    with trio.move_on_after(wait):
-        try:
-            return await receive.receive()
-        except trio.EndOfChannel:
-            return _END
-    return None
+class AnthropicRenderer:
+    """The node's chat stream re-framed as Anthropic events as it arrives (`ping`s
+    while it is silent); a failure after `message_start` is one `error` event."""
 
+    def __init__(self, meter: Meter, translator: ChatStreamToAnthropic) -> None:
+        self.meter = meter
+        self.translator = translator
 
-async def _refusal(head: Head, receive: trio.MemoryReceiveChannel) -> ApiError:
-    rest = b"".join([c.data async for c in receive if isinstance(c, Chunk)])
-    return error_from_body(head.status, rest, head.headers.get("retry-after"))
+    @property
+    def done(self) -> bool:
+        return self.translator.ended
 
+    def render(self, event: Any) -> bytes:
+        translator = self.translator
+        if isinstance(event, Chunk):
+            self.meter.chunk(event.data)
+            return translator.feed(event.data)
+        if event is IDLE:
+            return translator.ping()  # waiting for a load or a queue: the Anthropic keepalive
+        if event is END:
+            return translator.close()
+        if isinstance(event, Head):
+            self.meter.head(event)
+            return b"" if event.status == 200 else translator.fail(_node_error(event))
+        if isinstance(event, Broken):
+            return translator.fail(event.error)
+        raise TypeError(f"not a relay event: {event!r}")
 
-async def _body(
-    first: Any,
-    receive: trio.MemoryReceiveChannel,
-    ref: Any,
-    keepalive: float,
-    meter: Meter,
-    translator: ChatStreamToAnthropic,
-) -> AsyncIterator[bytes]:
-    try:
-        async with receive:
-            event = first
-            while not translator.ended:
-                out = await _translate(event, receive, meter, translator)
-                if out:
-                    yield out
-                event = await _next_event(receive, keepalive)
-    finally:
-        ref.cancel_nowait()
-        meter.finish(translator.outcome or "cancelled")  # no outcome: the client went away
-
-
-async def _translate(event: Any, receive: trio.MemoryReceiveChannel, meter: Meter,
-                     translator: ChatStreamToAnthropic) -> bytes:  # fmt: skip
-    """The client's bytes for one relay event (None: still waiting)."""
-    if event is None:
-        return translator.ping()  # waiting for a load or a queue: the Anthropic keepalive
-    if event is _END:
-        return translator.close()
-    if isinstance(event, Head):
-        meter.head(event)
-        return b"" if event.status == 200 else translator.fail(await _refusal(event, receive))
-    if isinstance(event, Chunk):
-        meter.chunk(event.data)
-        return translator.feed(event.data)
-    if isinstance(event, Broken):
-        return translator.fail(event.error)
-    raise TypeError(f"not a relay event: {event!r}")
+    def closed(self) -> None:
+        self.meter.finish(self.translator.outcome or "cancelled")  # none: the client went away

@@ -60,6 +60,8 @@ class Meter:
         self._tail = bytearray()
         self._done = False
         self.grant: Grant | None = None
+        self._in_flight = metrics.in_flight(route)
+        self._in_flight.inc()  # until `finish`: a stream counts until its body ends
 
     def answered(self, node: str, cold: bool, load_wait: float | None = None,
                  head_wait: float = 0.0, queue_wait: float | None = None,
@@ -99,6 +101,7 @@ class Meter:
         if self._done:
             return
         self._done = True
+        self._in_flight.dec()
         now = trio.current_time()
         usage = _usage(bytes(self._tail))
         if self.grant is not None and self.node is not None:

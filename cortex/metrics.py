@@ -27,7 +27,7 @@ import contextlib
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from importlib.metadata import PackageNotFoundError, version
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import attrs
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, ProcessCollector
@@ -318,9 +318,10 @@ class CortexMetrics:
 
     # ------------------------------------------------------------------ recording
 
-    def track(self, route: str) -> contextlib.AbstractContextManager[None]:
-        """`with metrics.track(route):` counts the request in flight meanwhile."""
-        return self.requests_in_flight.labels(_bounded(route, ROUTES)).track_inprogress()
+    def in_flight(self, route: str) -> Any:
+        """The `cortex_requests_in_flight` gauge of `route`: a `cortex.meter.Meter` counts
+        its request there from arrival until it finishes (a stream: until its body ends)."""
+        return self.requests_in_flight.labels(_bounded(route, ROUTES))
 
     def request_finished(self, record: RequestRecord) -> None:
         route, outcome = _bounded(record.route, ROUTES), _bounded(record.outcome, OUTCOMES)

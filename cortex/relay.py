@@ -7,10 +7,11 @@ or answered a retriable 503 (worker died, model recovering, node shutting
 down) — is retried on another replica, a bounded number of times.
 
 `stream_events` runs a streaming request as a producer feeding a memory
-channel: first the upstream head, then each body chunk exactly as it
-arrived (never buffered or re-framed), then the end. A failure after the
-head is reported in-band. The HTTP layer turns these into a response, with
-SSE keepalive comments while the request waits (for a load, a queue).
+channel (`protocol.streaming`): first the upstream head, then each body chunk
+exactly as it arrived (never buffered or re-framed), then the end; a refusal
+(a head that is not 200) comes with its whole body and nothing follows. A
+failure after the head is reported in-band. The HTTP layer renders these,
+with SSE keepalive comments while the request waits (for a load, a queue).
 
 Not for: choosing nodes (`cortex.placement` via `cortex.fleet`).
 """
@@ -46,7 +47,8 @@ RETRIABLE_CODES = frozenset({
 
 @attrs.frozen
 class Head:
-    """The node answered: status and headers; the body follows as chunks."""
+    """The node answered: status and headers; a 200's body follows as chunks, any
+    other status's whole body is `body`."""
 
     status: int
     headers: Mapping[str, str]
@@ -55,6 +57,7 @@ class Head:
     load_wait: float = 0.0
     head_wait: float = 0.0  # request sent → this head (a stream's: the node admitted it)
     retried_on: tuple[NodeName, ...] = ()  # nodes that failed the request before this one
+    body: bytes = b""  # a refusal's body (status not 200)
 
 
 @attrs.frozen
@@ -68,6 +71,9 @@ class Broken:
 
     error: ApiError
 
+
+SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
+               "X-Accel-Buffering": "no"}  # fmt: skip
 
 # `x-helexa-prompt-tokens`: the prompt's size on a node's stream head (Anthropic message_start).
 _FORWARDED_RESPONSE_HEADERS = ("content-type", "retry-after", "cache-control",
@@ -144,7 +150,8 @@ async def stream_events(
     retries: int,
     status: Any = None,
 ) -> None:
-    """Producer: Head, Chunk…, then close; or Broken. Closes `send` when done."""
+    """Producer: Head, Chunk…, then close; a refused Head with its body; or Broken.
+    Closes `send` when done."""
     async with send:
         try:
             acquired, response = await open_upstream(fleet, model, path, body, headers, client,
@@ -153,10 +160,13 @@ async def stream_events(
             await send.send(Broken(exc))
             return
         try:
+            refusal = b"" if response.status_code == 200 else await response.aread()
             head = Head(response.status_code, response_headers(response), acquired.node.name,
                         acquired.cold, acquired.load_wait, acquired.head_wait,
-                        acquired.retried_on)  # fmt: skip
+                        acquired.retried_on, refusal)  # fmt: skip
             await send.send(head)
+            if response.status_code != 200:
+                return
             if status is not None:
                 status(phase="streaming")
             async with contextlib.aclosing(response.aiter_raw()) as chunks:

@@ -291,7 +291,7 @@ async def _stream(neuron: Neuron, job: Any, renderer: Any):
     headers = {"Content-Type": sse.CONTENT_TYPE, "Cache-Control": "no-cache",
                "X-Accel-Buffering": "no",
                PROMPT_TOKENS_HEADER: str(len(job.prompt_ids))}  # fmt: skip
-    return body, 200, headers
+    return Response(body, 200, headers)
 
 
 async def _collect(neuron: Neuron, job: Any) -> list:

@@ -10,9 +10,10 @@ HTTP error — with a comment keepalive whenever the stream is idle, and an
 in-band error plus a final chunk if it fails later. `collect` runs a job in
 the caller's task for non-streaming responses.
 
-The streaming body reads from a memory channel fed by the request actor
-(no yield inside a nursery); a client that goes away cancels the actor, which
-cancels the sequence in its worker.
+The streaming body is `protocol.streaming`'s, fed by the request actor (no
+yield inside a nursery); a client that goes away — even before the body's
+first step — cancels the actor, which cancels the sequence in its worker.
+`SseRenderer` adapts a dialect's renderer (`neuron.render`) to it.
 
 Not for: HTTP specifics (status codes, headers) — that is `neuron.http`.
 """
@@ -21,7 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import AsyncIterator
 from typing import Any, Protocol
 
 import attrs
@@ -41,6 +41,7 @@ from protocol.completions import CompletionRequest
 from protocol.errors import InternalError, InvalidRequest, ServiceUnavailable
 from protocol.node import TokenCount
 from protocol.openai import ChatCompletionRequest, ResponseFormatText
+from protocol.streaming import END, IDLE, open_event_stream
 
 
 class Renderer(Protocol):
@@ -122,17 +123,18 @@ class Serving:
 
     async def stream(self, job: GenerationJob, renderer: Renderer, request_id: str):
         """Start `job`; once it has started, return its SSE body (else raise)."""
-        send, receive = trio.open_memory_channel[GenerationEvent](self.settings.stream_buffer)
-        ref = await self.requests.start_task(_produce, job, send, name=request_id,
-                                             kind="request")  # fmt: skip
-        try:
-            first = await receive.receive()
-        except BaseException:
-            ref.cancel_nowait()
-            raise
-        if isinstance(first, Failed):
-            raise first.error
-        return _sse_body(receive, renderer, ref, self.settings.keepalive_interval)
+        stream = await open_event_stream(
+            lambda send: self.requests.start_task(_produce, job, send, name=request_id,
+                                                  kind="request"),
+            keepalive=self.settings.keepalive_interval, first_timeout=math.inf,
+            buffer=self.settings.stream_buffer,
+        )  # fmt: skip
+        first = stream.first
+        if not isinstance(first, Started):
+            stream.close()
+            raise first.error if isinstance(first, Failed) else InternalError(
+                "generation ended before it started")  # fmt: skip
+        return stream.body(SseRenderer(renderer))
 
     async def collect(self, job: GenerationJob, request_id: str) -> list[GenerationEvent]:
         """Run `job` in this task (as a request actor) and return all its events.
@@ -162,44 +164,35 @@ async def _produce(task: Any, job: GenerationJob, send: trio.MemorySendChannel) 
             await generate(job, send)
 
 
-async def _sse_body(
-    receive: trio.MemoryReceiveChannel, renderer: Renderer, ref: Any, keepalive: float
-) -> AsyncIterator[bytes]:
-    try:
-        yield renderer.start()
-        async with receive:
-            while True:
-                event, idle = await _next_event(receive, keepalive)
-                if idle:
-                    yield sse.KEEPALIVE
-                    continue
-                chunk, done = _render(renderer, event)
-                if chunk:
-                    yield chunk
-                if done:
-                    return
-    finally:
-        ref.cancel_nowait()  # a no-op once the generation ended
+class SseRenderer:
+    """A dialect's renderer driven by generation events: its opening bytes first, a
+    comment keepalive whenever the stream is idle, an in-band failure at the end."""
 
+    def __init__(self, renderer: Renderer) -> None:
+        self.renderer = renderer
+        self.done = False
+        self._opened = False
 
-async def _next_event(receive: trio.MemoryReceiveChannel, keepalive: float):
-    """(event, idle): idle after `keepalive` seconds of silence."""
-    with trio.move_on_after(keepalive):
-        try:
-            return await receive.receive(), False
-        except trio.EndOfChannel:
-            return Failed(InternalError("generation ended without finishing")), False
-    return None, True
+    def render(self, event: Any) -> bytes:
+        opening = b"" if self._opened else self.renderer.start()
+        self._opened = True
+        return opening + self._render(event)
 
+    def _render(self, event: Any) -> bytes:
+        if event is IDLE:
+            return sse.KEEPALIVE
+        if event is END:
+            event = Failed(InternalError("generation ended without finishing"))
+        if isinstance(event, Finished):
+            self.done = True
+            return self.renderer.finish(event)
+        if isinstance(event, Failed):
+            self.done = True
+            return self.renderer.fail(event)
+        return b"" if isinstance(event, Started) else self.renderer.feed(event)
 
-def _render(renderer: Renderer, event: GenerationEvent) -> tuple[bytes, bool]:
-    if isinstance(event, Finished):
-        return renderer.finish(event), True
-    if isinstance(event, Failed):
-        return renderer.fail(event), True
-    if isinstance(event, Started):
-        return b"", False
-    return renderer.feed(event), False
+    def closed(self) -> None:
+        """Nothing to settle: the request actor counts its own outcome."""
 
 
 def _check_response_format(request: ChatCompletionRequest) -> None:

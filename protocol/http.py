@@ -16,13 +16,17 @@ This module holds what is the same for both at the edge of the wire:
   HTML page or a 500;
 * `install_edge` gives an app the request-id and error plumbing both daemons
   share: `request_id()` bound to the log context before each request, and
-  every failure turned into an `ApiError` for the daemon's own renderer.
+  every failure turned into an `ApiError` for the daemon's own renderer;
+* `at_request_end` runs a callback once the HTTP exchange is over however it
+  ended — body sent, or the client gone at any point, even before the body's
+  first step, where a body generator's `finally` never runs.
 
 Routes and serving logic live in the daemons; nothing here knows a route.
 """
 
 from __future__ import annotations
 
+import contextvars
 import functools
 import logging
 import uuid
@@ -51,6 +55,7 @@ from protocol.logs import printable, set_request_id
 
 __all__ = [
     "DEFAULT_MAX_BODY_BYTES",
+    "at_request_end",
     "error_response",
     "http_exception_error",
     "install_edge",
@@ -123,6 +128,42 @@ def prepare_app(
     # `//` in a path would be answered by an HTML redirect; an API answers 404 instead.
     app.url_map.merge_slashes = False
     app.after_request(_settle_body)
+    app.asgi_app = _ending_exchanges(app.asgi_app)  # type: ignore[method-assign]
+    return app
+
+
+# The callbacks to run when the current HTTP exchange ends (None: not in one).
+_at_end: contextvars.ContextVar[list[Callable[[], None]] | None] = contextvars.ContextVar(
+    "helexa_at_request_end", default=None
+)
+
+
+def at_request_end(callback: Callable[[], None]) -> None:
+    """Call `callback` (sync, must not raise) when this request's exchange is over:
+    its response sent, or abandoned by the client at any point. Outside an app
+    prepared by `prepare_app` (a test driving a route directly) it is not called."""
+    callbacks = _at_end.get()
+    if callbacks is not None:
+        callbacks.append(callback)
+
+
+def _ending_exchanges(asgi_app: Any) -> Any:
+    """The ASGI app, running each HTTP exchange's `at_request_end` callbacks after it.
+
+    The request's handler runs in a task started inside this call, which inherits the
+    context, so it appends to this exchange's list."""
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return await asgi_app(scope, receive, send)
+        callbacks: list[Callable[[], None]] = []
+        _at_end.set(callbacks)
+        try:
+            await asgi_app(scope, receive, send)
+        finally:
+            for callback in callbacks:
+                callback()
+
     return app
 
 

@@ -52,8 +52,9 @@ def health() -> Health:
 def exercised() -> CortexMetrics:
     """A metrics object with one of everything recorded."""
     m = CortexMetrics(nodes=["beast"], models=["org/a"])
-    with m.track(CHAT):
-        m.request_finished(record())
+    m.in_flight(CHAT).inc()
+    m.request_finished(record())
+    m.in_flight(CHAT).dec()
     m.request_finished(record(outcome="upstream_error", cold_start=False, retried_on=()))
     m.model_loaded("org/a", "beast", 12.0)
     m.evicted("org/a", "beast", "make_room")

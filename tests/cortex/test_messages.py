@@ -1,7 +1,7 @@
 """cortex.messages: an Anthropic stream body driven by relay events.
 
 The body is fed what `cortex.relay.stream_events` produces (Head, Chunk,
-Broken, the end) through a memory channel, on trio's autojump clock: silence
+Broken, the end) through `protocol.streaming`, on trio's autojump clock: silence
 becomes `ping` events (after `message_start`), a failure once the stream has
 begun one `error` event, and the meter records how the request ended, with
 the node's chat usage.
@@ -14,12 +14,13 @@ from typing import Any
 
 import trio
 
-from cortex.messages import _body, _prompt_tokens
+from cortex.messages import AnthropicRenderer, _prompt_tokens
 from cortex.meter import Meter
 from cortex.relay import Broken, Chunk, Head
 from protocol import encode_json
 from protocol import openai as chat
 from protocol.errors import UpstreamError
+from protocol.streaming import open_event_stream
 from protocol.translate_anthropic import ChatStreamToAnthropic
 
 MODEL = "helexa/m"
@@ -27,9 +28,23 @@ KEEPALIVE = 1.0
 IDS = {"id": "chatcmpl-1", "created": 1, "model": MODEL}
 
 
+class Gauge:
+    value = 0
+
+    def inc(self) -> None:
+        self.value += 1
+
+    def dec(self) -> None:
+        self.value -= 1
+
+
 class Records:
     def __init__(self) -> None:
         self.records: list[Any] = []
+        self.gauge = Gauge()
+
+    def in_flight(self, route: str) -> Gauge:
+        return self.gauge
 
     def request_finished(self, record: Any) -> None:
         self.records.append(record)
@@ -59,34 +74,37 @@ REPLY = (
 
 async def run(script: list[tuple[float, Any]]) -> tuple[list[dict], Records, Ref]:
     """Send each event after its delay; collect the body's events and the meter's record."""
-    send, receive = trio.open_memory_channel[Any](0)
     records, ref = Records(), Ref()
     meter = Meter(records, "/v1/messages", MODEL)  # type: ignore[arg-type]
 
-    async def produce() -> None:
-        async with send:
-            for delay, event in script:
-                await trio.sleep(delay)
-                await send.send(event)
+    async def start(send: trio.MemorySendChannel) -> Ref:
+        async def produce() -> None:
+            async with send:
+                for delay, event in script:
+                    await trio.sleep(delay)
+                    await send.send(event)
+
+        nursery.start_soon(produce)
+        return ref
 
     out = b""
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(produce)
-        first = await receive.receive()
-        translator = ChatStreamToAnthropic(model=MODEL, input_tokens=_prompt_tokens(first))
-        async for data in _body(first, receive, ref, KEEPALIVE, meter, translator):
+        stream = await open_event_stream(start, keepalive=KEEPALIVE)
+        translator = ChatStreamToAnthropic(model=MODEL, input_tokens=_prompt_tokens(stream.first))
+        async for data in stream.body(AnthropicRenderer(meter, translator)):
             out += data
+    assert records.gauge.value == 0  # counted in flight until the body ended
     events = [json.loads(f.split("\n")[1][6:]) for f in out.decode().split("\n\n") if f]
     return events, records, ref
 
 
-def head(status: int = 200) -> Head:
+def head(status: int = 200, body: bytes = b"") -> Head:
     headers = {"content-type": "text/event-stream", "x-helexa-prompt-tokens": "7"}
-    return Head(status, headers, "node-a", cold=True, load_wait=2.5)
+    return Head(status, headers, "node-a", cold=True, load_wait=2.5, body=body)
 
 
 async def test_silence_becomes_pings_after_message_start(autojump_clock):
-    events, records, ref = await run([(0, None), (2.5, head()), (0, Chunk(REPLY))])
+    events, records, ref = await run([(3.5, head()), (0, Chunk(REPLY))])
     types = [e["type"] for e in events]
     assert types[:4] == ["message_start", "ping", "ping", "ping"]
     assert types[4:] == ["content_block_start", "content_block_delta", "content_block_stop",
@@ -110,7 +128,7 @@ async def test_a_failure_after_the_stream_began_is_one_error_event(autojump_cloc
 
 async def test_a_refusal_after_pings_is_an_error_event_with_the_anthropic_type(autojump_clock):
     refusal = encode_json({"error": {"message": "busy", "type": "api_error", "code": "busy"}})
-    events, records, _ = await run([(0, None), (1.5, head(503)), (0, Chunk(refusal))])
+    events, records, _ = await run([(2.5, head(503, refusal))])
     assert [e["type"] for e in events] == ["message_start", "ping", "ping", "error"]
     assert events[-1]["error"] == {"type": "overloaded_error", "message": "busy"}
     assert records.records[0].outcome == "stream_error"
