@@ -25,6 +25,7 @@ _FAILURE_STATUS: dict[str, tuple[int, str]] = {
     "bad_request": (400, "invalid_request_error"),
     "not_found": (404, "invalid_request_error"),
     "load_failed": (422, "invalid_request_error"),
+    "unsupported_model": (422, "invalid_request_error"),
     "capacity": (503, "rate_limit_error"),
     "out_of_memory": (503, "api_error"),
     "device_fault": (503, "api_error"),

@@ -26,6 +26,7 @@ FailureKind = Literal[
     "bad_request",  # the job or sequence is invalid (e.g. a token id out of range)
     "not_found",  # no such model loaded in this worker
     "load_failed",  # weights/config could not be loaded
+    "unsupported_model",  # loaded, but the engine cannot serve it exactly (a layer kind)
     "capacity",  # the engine is full right now (retriable)
     "out_of_memory",  # the device ran out of memory
     "device_fault",  # the device is unusable; the worker should be restarted

@@ -49,6 +49,8 @@ def failure_kind(exc: BaseException) -> wire.FailureKind:
             return "capacity"
         case errors.UnsafeModelId() | errors.InvalidRequest():
             return "bad_request"
+        case errors.UnsupportedModel():
+            return "unsupported_model"
         case errors.ModelError():
             return "load_failed"
     return "internal"

@@ -62,7 +62,15 @@ text = st.text(max_size=20)
 floats = st.floats(allow_nan=False, allow_infinity=False)
 maybe = st.none().__or__
 failure_kinds = st.sampled_from(
-    ["bad_request", "not_found", "load_failed", "out_of_memory", "device_fault", "internal"]
+    [
+        "bad_request",
+        "not_found",
+        "load_failed",
+        "unsupported_model",
+        "out_of_memory",
+        "device_fault",
+        "internal",
+    ]
 )
 
 
