@@ -328,11 +328,17 @@ async def complete_all(url: str, bodies: list[dict]) -> tuple[list[dict], float]
     import trio
 
     answers: list[dict] = [{} for _ in bodies]
+    failures: list[str] = []  # not raised in the tasks: one clear error, not a group
 
     async def one(client: httpx.AsyncClient, i: int) -> None:
-        response = await client.post("/v1/completions", json=bodies[i])
+        try:
+            response = await client.post("/v1/completions", json=bodies[i])
+        except httpx.HTTPError as exc:
+            failures.append(f"completion {i}: {type(exc).__name__}: {exc}")
+            return
         if response.status_code != 200:
-            raise CheckFailed(f"completion {i}: {response.status_code} {response.text[:300]}")
+            failures.append(f"completion {i}: {response.status_code} {response.text[:300]}")
+            return
         answers[i] = response.json()
 
     limits = httpx.Limits(max_connections=len(bodies) + 4)
@@ -341,7 +347,10 @@ async def complete_all(url: str, bodies: list[dict]) -> tuple[list[dict], float]
         async with trio.open_nursery() as nursery:
             for i in range(len(bodies)):
                 nursery.start_soon(one, client, i)
-        return answers, time.perf_counter() - started
+        seconds = time.perf_counter() - started
+    if failures:
+        raise CheckFailed(f"{len(failures)} of {len(bodies)} requests failed; {failures[0]}")
+    return answers, seconds
 
 
 async def read_stream(client: Any, body: dict, started: Any) -> list[Any]:
@@ -424,7 +433,11 @@ async def kill_mid_stream(args: argparse.Namespace, neuron: Neuron, report: Repo
     async with httpx.AsyncClient(base_url=neuron.url, timeout=120) as client:
 
         async def one(event: trio.Event) -> None:
-            results.append(await read_stream(client, body, event))
+            try:
+                results.append(await read_stream(client, body, event))
+            except httpx.HTTPError as exc:  # not in-band: judged below
+                results.append([{"exception": repr(exc)}])
+                event.set()
             if len(results) == len(events):
                 all_ended.set()
 
@@ -704,6 +717,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         trio.run(kill_mid_stream, args, neuron, report)
     except CheckFailed as exc:
         report.verdict("neuron steps", False, str(exc))
+    except Exception as exc:  # reported; the neuron is stopped and the rest still runs
+        report.verdict("neuron steps", False, f"{type(exc).__name__}: {exc!r}"[:2000])
     finally:
         code = neuron.stop()
         report.line(f"  neuron stopped (exit {code}); log {neuron.log_path}")
