@@ -179,3 +179,50 @@ def test_an_unknown_cache_layer_kind_is_refused(synth_model, monkeypatch):
     monkeypatch.setattr(kv_arena, "DynamicCache", Indexed)
     with pytest.raises(UnsupportedModel, match="DynamicIndexedLayer"):
         Engine(loaded, EngineConfig(max_batch_size=2, max_seq_len=64))
+
+
+def _multimodal_checkpoint(text_dir, out, family: str):
+    """A tiny vision-language checkpoint whose language model is `text_dir`'s config."""
+    import shutil
+
+    import transformers
+
+    shutil.copytree(text_dir, out)
+    (out / "model.safetensors").unlink()
+    text = transformers.AutoConfig.from_pretrained(text_dir).to_dict()
+    if family == "qwen3_5":
+        vision = dict(depth=1, hidden_size=32, intermediate_size=64, num_heads=2,
+                      out_hidden_size=text["hidden_size"])  # fmt: skip
+        config = transformers.Qwen3_5Config(text_config=text, vision_config=vision,
+                                            tie_word_embeddings=True)  # fmt: skip
+        model = transformers.Qwen3_5ForConditionalGeneration(config)
+    else:
+        vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                      num_attention_heads=2, image_size=28, patch_size=14)  # fmt: skip
+        config = transformers.Gemma3Config(text_config=text, vision_config=vision,
+                                           mm_tokens_per_image=4)  # fmt: skip
+        model = transformers.Gemma3ForConditionalGeneration(config)
+    model.save_pretrained(out)
+    return model
+
+
+@pytest.mark.parametrize("family", ["qwen3_5", "gemma3"])
+def test_a_vision_language_checkpoint_serves_text_through_its_language_model(
+    synth_snapshot, tmp_path, family
+):
+    from neuron.worker.loader import load_model
+    from neuron.worker.snapshot import resolve_snapshot
+
+    torch.manual_seed(0)
+    saved = _multimodal_checkpoint(synth_snapshot(family), tmp_path / "vl" / "tiny", family)
+    loaded = load_model(resolve_snapshot("vl/tiny", [tmp_path]), dtype="fp32")
+    # The language model's weights are the checkpoint's, not a fresh initialisation.
+    ours = loaded.model.get_input_embeddings().weight
+    assert torch.equal(ours, saved.get_input_embeddings().weight)
+    engine = Engine(loaded, EngineConfig(max_batch_size=2, max_seq_len=128))
+    prompt = PROMPTS[SeqId(3)]
+    engine.add(SeqId(0), prompt, GREEDY)
+    tokens = []
+    while engine.has_work:
+        tokens.extend(t for output in engine.step().outputs for t in output.token_ids)
+    assert tokens == _generate(loaded.model, prompt)
