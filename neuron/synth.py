@@ -168,6 +168,7 @@ def synthesize(
     name: str | None = None,
     layout: Layout = "plain",
     dtype: DType | None = None,
+    max_positions: int | None = None,
 ) -> Path:
     """Build a synthetic model snapshot under `dest` (once) and return its directory.
 
@@ -175,9 +176,10 @@ def synthesize(
     `0.5b`, else fp32). `layout="plain"` writes `dest/org/name/`; `layout="hf-cache"`
     writes `dest/models--org--name/snapshots/<rev>/` with blobs and `refs/main`. A
     complete snapshot with a matching marker is reused, so repeated calls are cheap;
-    concurrent builders serialise on a lock file in `dest`.
+    concurrent builders serialise on a lock file in `dest`. `max_positions` sets the
+    context length (default 4096), e.g. 32768 to test agent-sized prompts.
     """
-    target, marker = _plan(dest, arch, size, seed, name, layout, dtype)
+    target, marker = _plan(dest, arch, size, seed, name, layout, dtype, max_positions)
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
     with _locked(dest):
@@ -185,7 +187,8 @@ def synthesize(
             return target
         with tempfile.TemporaryDirectory(dir=dest, prefix=".build-") as tmp:
             staging = Path(tmp) / "snapshot"
-            _write_snapshot(staging, marker, model_config(arch, size, dtype=dtype), seed)
+            config = model_config(arch, size, dtype=dtype, max_positions=max_positions)
+            _write_snapshot(staging, marker, config, seed)
             if layout == "plain":
                 _install_plain(staging, target)
             else:
@@ -202,22 +205,31 @@ def is_built(
     name: str | None = None,
     layout: Layout = "plain",
     dtype: DType | None = None,
+    max_positions: int | None = None,
 ) -> bool:
     """Whether `synthesize` with these arguments would reuse a complete build (cheap)."""
-    return _is_complete(*_plan(dest, arch, size, seed, name, layout, dtype))
+    return _is_complete(*_plan(dest, arch, size, seed, name, layout, dtype, max_positions))
 
 
-def _plan(dest, arch, size, seed, name, layout, dtype) -> tuple[Path, dict[str, object]]:
+def _plan(
+    dest, arch, size, seed, name, layout, dtype, max_positions=None
+) -> tuple[Path, dict[str, object]]:
     """The checked arguments' target directory under `dest`, and its marker."""
     name = name or default_name(arch, size)
     org, repo = _split_name(name)
     dtype = _checked_dtype(arch, size, dtype)
     _check_choice("layout", layout, LAYOUTS)
     marker = _marker(name, arch, size, seed, dtype)
+    if max_positions is not None and max_positions != _MAX_POSITIONS:
+        if max_positions < 64:
+            raise ValueError(f"max_positions must be at least 64, got {max_positions}")
+        marker["max_positions"] = max_positions  # absent by default: older builds stay valid
     return _target_dir(Path(dest), layout, org, repo, _revision(marker)), marker
 
 
-def model_config(arch: Arch, size: Size, *, dtype: DType | None = None):
+def model_config(
+    arch: Arch, size: Size, *, dtype: DType | None = None, max_positions: int | None = None
+):
     """The transformers config a build of `arch` and `size` writes (no weights made)."""
     import transformers
 
@@ -232,7 +244,7 @@ def model_config(arch: Arch, size: Size, *, dtype: DType | None = None):
         "num_attention_heads": shape.num_attention_heads,
         "num_key_value_heads": shape.num_key_value_heads,
         "head_dim": shape.head_dim,
-        "max_position_embeddings": _MAX_POSITIONS,
+        "max_position_embeddings": max_positions or _MAX_POSITIONS,
         "tie_word_embeddings": True,
         # With tied embeddings and the usual 0.02, the residual stream is mostly the
         # input token's own embedding and greedy decoding repeats it forever; 0.2 gives
@@ -410,6 +422,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--dtype", choices=list(DTYPES), help="weight dtype (default: bf16 for 0.5b, else fp32)"
     )
     parser.add_argument(
+        "--max-positions",
+        type=int,
+        help="context length, max_position_embeddings (default 4096; e.g. 32768)",
+    )
+    parser.add_argument(
         "--check",
         action="store_true",
         help="build nothing: exit 0 if a complete build is there, else 1",
@@ -420,7 +437,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     if args.check:
-        options = {k: getattr(args, k) for k in ("arch", "size", "seed", "name", "layout", "dtype")}
+        keys = ("arch", "size", "seed", "name", "layout", "dtype", "max_positions")
+        options = {k: getattr(args, k) for k in keys}
         sys.exit(0 if is_built(args.out_dir, **options) else 1)
     path = synthesize(
         args.out_dir,
@@ -430,6 +448,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         name=args.name,
         layout=args.layout,
         dtype=args.dtype,
+        max_positions=args.max_positions,
     )
     print(path)
 
@@ -552,7 +571,7 @@ def _sha256(path: Path) -> str:
 def _write_snapshot(out: Path, marker: dict[str, object], config, seed: int) -> None:
     from neuron.worker.loader import quiet_transformers
 
-    tokenizer = _wrap_tokenizer(_train_tokenizer(seed))
+    tokenizer = _wrap_tokenizer(_train_tokenizer(seed), config.max_position_embeddings)
     model = _build_model(config, seed)
     with quiet_transformers():
         model.save_pretrained(out)
@@ -598,7 +617,7 @@ def _train_tokenizer(seed: int):
     return tokenizer
 
 
-def _wrap_tokenizer(tokenizer):
+def _wrap_tokenizer(tokenizer, max_positions: int = _MAX_POSITIONS):
     from tokenizers import AddedToken
     from transformers import PreTrainedTokenizerFast
 
@@ -613,7 +632,7 @@ def _wrap_tokenizer(tokenizer):
         eos_token="<|im_end|>",
         pad_token="<|endoftext|>",
         chat_template=CHAT_TEMPLATE,
-        model_max_length=_MAX_POSITIONS,
+        model_max_length=max_positions,
         clean_up_tokenization_spaces=False,
     )
 

@@ -340,3 +340,21 @@ def test_an_incomplete_snapshot_is_rebuilt(tmp_path, demo_models):
     with pytest.raises(SystemExit) as exited:
         main(check)
     assert exited.value.code == 0
+
+
+def test_max_positions_makes_a_long_context_model_beside_the_default(tmp_path, demo_models):
+    long = synthesize(tmp_path, name="helexa/qwen3-tiny-32k", max_positions=32768)
+    config = json.loads((long / "config.json").read_text())
+    assert config["max_position_embeddings"] == 32768
+    tokenizer_config = json.loads((long / "tokenizer_config.json").read_text())
+    assert tokenizer_config["model_max_length"] == 32768
+    assert is_built(tmp_path, name="helexa/qwen3-tiny-32k", max_positions=32768)
+    assert not is_built(tmp_path, name="helexa/qwen3-tiny-32k")  # another build
+    default = json.loads((demo_models.plain_path / "config.json").read_text())
+    assert default["max_position_embeddings"] == 4096
+    # The default marker is unchanged: builds made before the option stay valid.
+    assert is_built(demo_models.plain_root, name=DEMO_MODEL_NAME)
+    command = [str(tmp_path), "--name", "helexa/qwen3-tiny-32k", "--max-positions", "32768"]
+    with pytest.raises(SystemExit) as exited:
+        main([*command, "--check"])
+    assert exited.value.code == 0
