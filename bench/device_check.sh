@@ -76,8 +76,12 @@ timeout --signal=INT --kill-after=20 "$(left)" "$py" bench/device_check.py \
 status=$?
 cp "$work/neuron.log" "$out/neuron.log" 2>/dev/null
 [ $status = 124 ] && echo "device check: out of time (DEVICE_CHECK_BUDGET)" >>"$report"
+if [ $status = 2 ] || [ $dry = 1 ]; then  # set-up failed, or (e) and (f) are GPU-only
+    say "done: exit $status, report $report"
+    exit $status
+fi
 
-if [ $dry = 0 ] && [ "$(left)" -gt 90 ]; then
+if [ "$(left)" -gt 90 ]; then
     say "(e) bench/engine.py --device $device ($(left) s left)"
     {
         echo
@@ -90,7 +94,7 @@ fi
 # (f) the hybrid families (DEVICE_CHECK_ARCHS, default qwen3_5: linear attention + full
 # attention) through bench/engine.py: worker tokens vs a manual loop, tok/s vs generate.
 for arch in ${DEVICE_CHECK_ARCHS-qwen3_5}; do
-    if [ $dry = 1 ] || [ "$(left)" -le 90 ]; then
+    if [ "$(left)" -le 90 ]; then
         echo "(f) bench/engine.py --arch $arch: skipped ($(left) s left)" | tee -a "$report"
         continue
     fi
