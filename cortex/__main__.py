@@ -37,6 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--devices", default="", help="e.g. cpu:0,cpu:1 (default: auto)")
     up.add_argument("--port", type=int, default=31313)
     up.add_argument("--neuron-port", type=int, default=13131)
+    up.add_argument("--max-prompt-tokens", type=int, help="the neuron's longest prompt "
+                    "(its [limits] max_prompt_tokens; default 16384)")  # fmt: skip
     return parser
 
 
@@ -113,7 +115,8 @@ def _up(args: argparse.Namespace) -> int:
     configure_logging("plain", "warning")
     devices = tuple(d for d in args.devices.split(",") if d)
     options = UpOptions(models=tuple(args.model), devices=devices, port=args.port,
-                        metrics_port=args.port + 1, neuron_port=args.neuron_port)  # fmt: skip
+                        metrics_port=args.port + 1, neuron_port=args.neuron_port,
+                        max_prompt_tokens=args.max_prompt_tokens)  # fmt: skip
     return trio.run(run_up, options)
 
 

@@ -97,6 +97,13 @@ def prepare(state: Path, models_root: Path) -> str | None:
     return DEMO_ID
 
 
-def question(model: str) -> str:
-    """What the banner's curl line asks `model`."""
-    return "What is the capital of France?" if model == DEMO_ID else "Hello!"
+def request_body(model: str) -> dict[str, object]:
+    """The chat request the banner's curl line sends to `model`.
+
+    For the real model: a question with a known answer, greedy and bounded, so the
+    first thing a newcomer sees is "The capital of France is Paris." within seconds.
+    """
+    if model != DEMO_ID:
+        return {"model": model, "messages": [{"role": "user", "content": "Hello!"}]}
+    question = [{"role": "user", "content": "What is the capital of France?"}]
+    return {"model": model, "messages": question, "max_tokens": 64, "temperature": 0}

@@ -50,6 +50,7 @@ class UpOptions:
     metrics_port: int = 31314
     neuron_port: int = 13131
     state_dir: Path | None = None
+    max_prompt_tokens: int | None = None  # the neuron's [limits]; None: its default
 
 
 def state_dir(options: UpOptions) -> Path:
@@ -72,6 +73,8 @@ def neuron_toml(options: UpOptions, roots: list[str], models: list[str]) -> str:
         f"host = {_toml_value('127.0.0.1')}",
         f"port = {options.neuron_port}",
     ]
+    if options.max_prompt_tokens is not None:
+        lines += ["[limits]", f"max_prompt_tokens = {options.max_prompt_tokens}"]
     for model in models:
         lines += ["[[models]]", f"id = {_toml_value(model)}"]
     return "\n".join(line for line in lines if line) + "\n"
@@ -126,8 +129,7 @@ def gateway_config(options: UpOptions, neuron_url: str):
 
 
 def _banner(url: str, model: str) -> str:
-    question = demo.question(model)
-    body = json.dumps({"model": model, "messages": [{"role": "user", "content": question}]})
+    body = json.dumps(demo.request_body(model))
     return (
         f"\nhelexa is up: {url}  (metrics on the next port, Ctrl-C to stop)\n"
         f"  curl {url}/v1/chat/completions -H 'content-type: application/json' -d '{body}'\n"
