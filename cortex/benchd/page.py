@@ -137,13 +137,19 @@ _SCRIPT = r"""
   chart('chart-concurrency', {type: 'line', data: {datasets: conc},
         options: axes('concurrent streams', 'TTFT (s)')}, count(conc));
 
-  const builds = [];
+  // Every build on one axis, in the order each was first measured; a line joins the
+  // builds of its own target.
+  const first = {};
+  data.series.forEach((s) => s.points.forEach((p) => {
+    if (!(p.build in first) || p.first_ts < first[p.build]) first[p.build] = p.first_ts;
+  }));
+  const builds = Object.keys(first).sort((a, b) => (first[a] < first[b] ? -1 : 1));
   const add = (list, item) => list.includes(item) || list.push(item);
-  data.series.forEach((s) => s.points.forEach((p) => add(builds, p.build)));
   function trend(key, id, label) {
     const sets = data.series.map((s, i) => ({
       label: s.target + ' ' + s.model + ' ' + s.scenario, borderColor: colour(i),
-      backgroundColor: colour(i), data: s.points.map((p) => ({x: p.build, y: p[key]}))}));
+      backgroundColor: colour(i), spanGaps: true,
+      data: s.points.map((p) => ({x: p.build, y: p[key]}))}));
     chart(id, {type: 'line', data: {labels: builds, datasets: sets},
                options: axes('build (first measured → last)', label, 'category')}, count(sets));
   }

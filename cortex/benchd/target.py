@@ -95,6 +95,15 @@ class TargetClient:
         except ValueError:
             raise TargetUnreachable(f"GET {path}: not JSON") from None
 
+    async def _answers(self, path: str) -> None:
+        """TargetUnreachable unless the target answers `GET path` with any status (a peer
+        may fail its model list yet serve the models the config names)."""
+        try:
+            await self.http.get(self.target.endpoint + path, headers=self.headers,
+                                timeout=_PROBE_TIMEOUT)  # fmt: skip
+        except httpx.HTTPError as exc:
+            raise TargetUnreachable(f"GET {path}: {type(exc).__name__}: {exc}") from exc
+
     # -- build and host ------------------------------------------------------------------
 
     async def build(self) -> Build:
@@ -107,7 +116,7 @@ class TargetClient:
     async def _build(self) -> Build:
         host = urlsplit(self.target.endpoint).hostname
         if self.target.kind == "openai":
-            await self._get("/models")  # reachable at all?
+            await self._answers("/models")  # reachable at all?
             return Build(git_sha=self.target.build or UNKNOWN, hostname=host)
         version = self._built(await self._get("/version"))
         if self.target.kind == "cortex":
@@ -142,14 +151,16 @@ class TargetClient:
             raise TargetUnreachable(f"unexpected model list: {exc!r}") from exc
 
     async def _warm_models(self) -> list[ModelEntry]:
-        if self.target.kind == "neuron":
+        if self.target.kind == "openai" and self.target.models is not None:
+            entries = [ModelEntry(m, m) for m in self.target.models]
+        elif self.target.kind == "neuron":
             entries = [_neuron_entry(m) for m in await self._get("/models")
                        if m.get("status") == "loaded"]  # fmt: skip
         else:
             path = "/models" if self.target.kind == "openai" else "/v1/models"
             entries = [_openai_entry(m) for m in (await self._get(path)).get("data", [])
                        if _warm(m)]  # fmt: skip
-        if self.target.models is not None:
+        if self.target.models is not None and self.target.kind != "openai":
             known = {e.served_id: e for e in entries}
             entries = [known.get(m) or ModelEntry(m, m) for m in self.target.models]
         aliases = self.target.aliases
