@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 SUFFIX = ".gguf"
 CONVERT_TIMEOUT = 1800.0  # seconds; a 7B file takes minutes on a small host
 _EXIT_UNSUPPORTED = 3  # gguf_convert.EXIT_UNSUPPORTED (not imported: that module needs torch)
+FORMAT = 2  # of the converted snapshots; part of the cache key, so a change converts anew
 
 
 def cache_dir(env: dict[str, str] | None = None) -> Path:
@@ -51,7 +52,7 @@ def entry_for(gguf: Path, cache: Path) -> Path:
     """The cache entry that holds (or will hold) `gguf`'s converted snapshot."""
     stat = Path(os.path.realpath(gguf)).stat()
     # The file's identity, not its name: hard links to one file share one entry.
-    identity = f"{stat.st_dev}\0{stat.st_ino}\0{stat.st_size}\0{stat.st_mtime_ns}"
+    identity = f"{FORMAT}\0{stat.st_dev}\0{stat.st_ino}\0{stat.st_size}\0{stat.st_mtime_ns}"
     return cache / hashlib.sha256(identity.encode()).hexdigest()[:24]
 
 

@@ -57,6 +57,7 @@ def convert(gguf: Path, destination: Path) -> None:
         raise Unsupported(f"the file lacks {len(missing)} weights, e.g. {sorted(missing)[0]}")
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     config.dtype = DECLARED_DTYPE
+    config.architectures = [type(shell).__name__]  # e.g. LlamaForCausalLM, as hub configs say
     config.save_pretrained(destination)
     GenerationConfig.from_model_config(config).save_pretrained(destination)
     tokenizer.save_pretrained(destination)
