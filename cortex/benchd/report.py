@@ -104,6 +104,7 @@ def compare(lines: Sequence[Row], baseline: str | None = None) -> list[Row]:
         base = next((g for g in group if g["target"] == base_name), None)
         if len(group) < 2 or base is None:
             continue
+        group.sort(key=lambda g: (g is not base, g["target"]))  # the baseline first
         out.append({"model": model, "scenario": scenario, "baseline": base_name, "targets": [
             {"target": g["target"], "label": g["label"], "kind": g["kind"], "build": g["build"],
              "decode_tps": g["decode_tps"], "ttft_s": g["ttft_s"],
