@@ -36,9 +36,10 @@ def _inference(path: str, summary: str, request: Any, reply: Any, event: Any) ->
     )  # fmt: skip
 
 
-def _get(path: str, summary: str, body: Body, tag: str = "node", errors: str = "openai") -> Route:
+def _get(path: str, summary: str, body: Body, tag: str = "node", errors: str = "openai",
+         statuses: tuple[int, ...] = (401, 500)) -> Route:  # fmt: skip
     return Route("GET", path, summary, responses=(body,), errors=errors,
-                 error_statuses=(401, 500), tags=(tag,))  # fmt: skip
+                 error_statuses=statuses, tags=(tag,))  # fmt: skip
 
 
 ROUTES: tuple[Route, ...] = (
@@ -71,7 +72,7 @@ ROUTES: tuple[Route, ...] = (
           request=Body(node.UnloadRequest, internal=True), responses=(Body(node.UnloadResult),),
           errors="flat", error_statuses=_MANAGEMENT_ERRORS, tags=("management",)),
     _get("/models/{model_id}/endpoint", "where to send inference for a loaded model",
-         Body(node.Endpoint), "management", "flat"),
+         Body(node.Endpoint), "management", "flat", (400, 401, 404, 500)),
 )  # fmt: skip
 
 

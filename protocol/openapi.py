@@ -2,7 +2,11 @@
 
 `schema_for` turns a protocol type into JSON Schema exactly as
 `protocol._converter` reads it: field names on the wire (`wire_name`),
-required fields (no default), `Literal` tags as `enum`s, unions as `anyOf`,
+required fields (no default), `Literal` tags as `enum`s, unions as `anyOf`
+(a tagged member needs its tag there even when the tag has a default: the
+converter never guesses a kind), ids and bodies no daemon accepts empty with
+`minLength`/`minItems` (`NON_EMPTY`), the kinds no daemon serves left out of
+their unions (`UNSERVED`), an event stream as its SSE framing (`sse_schema`),
 tuples and lists as arrays, `int`-keyed mappings as objects whose keys are
 decimal strings, floats as (finite) numbers, and unknown keys tolerated on
 public bodies but refused on internal ones (`additionalProperties`). Each
@@ -24,9 +28,11 @@ from typing import Any, Literal, get_args, get_origin
 
 import attrs
 
-from protocol import anthropic, node, openai
+from protocol import anthropic, completions, node, openai, responses
+from protocol._converter import _discriminators, _is_catch_all
 
-__all__ = ["ERROR_BODIES", "Body", "Route", "document", "schema_for"]
+__all__ = ["ERROR_BODIES", "NON_EMPTY", "SSE", "UNSERVED", "Body", "Route", "document",
+           "schema_for", "sse_schema"]  # fmt: skip
 
 _NoneType = type(None)
 # The converter's field metadata (protocol._converter.field).
@@ -74,7 +80,7 @@ class _Components:
     def __init__(self) -> None:
         self.schemas: dict[str, dict[str, Any]] = {}
         self.responses: dict[str, dict[str, Any]] = {}
-        self._names: dict[tuple[type, bool], str] = {}
+        self._names: dict[tuple[type, bool, bool], str] = {}
 
     def error_response(self, dialect: str) -> dict[str, Any]:
         """A `$ref` to the shared error response of `dialect`."""
@@ -87,13 +93,15 @@ class _Components:
             }
         return {"$ref": f"#/components/responses/{name}"}
 
-    def ref(self, cls: type, internal: bool) -> dict[str, Any]:
-        key = (cls, internal)
+    def ref(self, cls: type, internal: bool, tagged: bool = False) -> dict[str, Any]:
+        """`cls`'s component; `tagged`: as a union member, its tags required."""
+        key = (cls, internal, tagged)
         if key not in self._names:
             name = _component_name(cls) + (".strict" if internal else "")
+            name += ".tagged" if tagged else ""
             self._names[key] = name
             self.schemas[name] = {}  # reserved first: classes may refer to themselves
-            self.schemas[name] = _object_schema(cls, self, internal)
+            self.schemas[name] = _object_schema(cls, self, internal, tagged)
         return {"$ref": f"#/components/schemas/{self._names[key]}"}
 
 
@@ -102,10 +110,36 @@ def _component_name(cls: type) -> str:
     return f"{module}.{cls.__qualname__}"
 
 
+# Values every daemon refuses when empty (a 400 or 404, never an answer): ids by
+# NewType name, fields by (class, wire name).
+NON_EMPTY_IDS = frozenset({"ModelId"})
+NON_EMPTY: frozenset[tuple[type, str]] = frozenset({
+    (openai.ChatCompletionRequest, "messages"), (anthropic.MessagesRequest, "messages"),
+    (anthropic.CountTokensRequest, "messages"), (completions.CompletionRequest, "prompt"),
+})  # fmt: skip
+
+
+# What the types read but no daemon serves (a 400): union members (no constrained
+# decoding, so no JSON response format; no Files API), and fields that must be null
+# (no conversation state is kept).
+UNSERVED = frozenset(
+    {
+        openai.ResponseFormatJsonObject,
+        openai.ResponseFormatJsonSchema,
+        anthropic.FileSource,
+        responses.TextFormatJsonObject,
+        responses.TextFormatJsonSchema,
+    }
+)
+UNSERVED_FIELDS = frozenset({(responses.ResponsesRequest, "previous_response_id")})
+
+
 def schema_for(tp: Any, components: _Components | None = None, internal: bool = False) -> dict:
     """The JSON Schema of `tp` as the converter reads it; attrs classes become `$ref`s
     into `components` (a fresh, discarded set when none is given)."""
     components = components if components is not None else _Components()
+    if getattr(tp, "__name__", None) in NON_EMPTY_IDS and hasattr(tp, "__supertype__"):
+        return _non_empty(schema_for(tp.__supertype__, components, internal))
     while hasattr(tp, "__supertype__"):  # NewType
         tp = tp.__supertype__
     if attrs.has(tp):
@@ -115,7 +149,9 @@ def schema_for(tp: Any, components: _Components | None = None, internal: bool = 
         values = list(get_args(tp))
         return {"const": values[0]} if len(values) == 1 else {"enum": values}
     if origin in (typing.Union, types.UnionType):
-        return {"anyOf": [schema_for(m, components, internal) for m in get_args(tp)]}
+        members = get_args(tp)
+        return {"anyOf": [_member(m, members, components, internal)
+                          for m in members if m not in UNSERVED]}  # fmt: skip
     if origin in (list, tuple, Sequence) or tp in (list, tuple):
         args = get_args(tp)
         items = schema_for(args[0], components, internal) if args else {}
@@ -123,6 +159,42 @@ def schema_for(tp: Any, components: _Components | None = None, internal: bool = 
     if origin in (dict, Mapping) or tp in (dict, Mapping):
         return _mapping_schema(get_args(tp), components, internal)
     return dict(_SCALARS.get(tp, {}))
+
+
+def _member(member: Any, members: tuple[Any, ...], components: _Components,
+            internal: bool) -> dict[str, Any]:  # fmt: skip
+    """A union member's schema. Among several object members the converter tries a
+    tagged one only when one of its tags is present (`_converter._tags_match`), so
+    there the tag is required whatever its default; a catch-all member needs none."""
+    objects = [m for m in members if attrs.has(m) or get_origin(m) in (dict, Mapping)]
+    if len(objects) < 2 or not _tag_needed(member):
+        return schema_for(member, components, internal)
+    return components.ref(member, internal, tagged=True)
+
+
+def _kind_tag(cls: type) -> str:
+    """The tag a union member is told by: `type` when it has one, else its first
+    tag that cannot be null (one present tag is enough for the converter to try it)."""
+    tags = {k: v for k, v in _discriminators(cls).items() if None not in v}
+    return "type" if "type" in tags else min(tags)
+
+
+def _tag_needed(member: Any) -> bool:
+    if not attrs.has(member) or _is_catch_all(member):
+        return False
+    tags = _discriminators(member)
+    return bool(tags) and not all(None in allowed for allowed in tags.values())
+
+
+def _non_empty(schema: dict[str, Any]) -> dict[str, Any]:
+    """`schema` refusing "" and []; in a union, each string and array member."""
+    if "anyOf" in schema:
+        return {**schema, "anyOf": [_non_empty(m) for m in schema["anyOf"]]}
+    if schema.get("type") == "string":
+        return {**schema, "minLength": 1}
+    if schema.get("type") == "array":
+        return {**schema, "minItems": 1}
+    return schema
 
 
 _SCALARS: dict[Any, dict[str, Any]] = {
@@ -148,7 +220,9 @@ def _mapping_schema(args: tuple[Any, ...], components: _Components, internal: bo
     return schema
 
 
-def _object_schema(cls: type, components: _Components, internal: bool) -> dict[str, Any]:
+def _object_schema(
+    cls: type, components: _Components, internal: bool, tagged: bool = False
+) -> dict[str, Any]:
     fields = attrs.fields(attrs.resolve_types(cls))
     properties: dict[str, Any] = {}
     required: list[str] = []
@@ -159,6 +233,10 @@ def _object_schema(cls: type, components: _Components, internal: bool) -> dict[s
             continue
         name = a.metadata.get(_WIRE_NAME, a.name)
         prop = schema_for(a.type, components, internal)
+        if (cls, name) in NON_EMPTY:
+            prop = _non_empty(prop)
+        if (cls, name) in UNSERVED_FIELDS:
+            prop = {"type": "null"}
         default = _json_default(a)
         if default is not None:
             prop = {**prop, "default": default}
@@ -166,6 +244,8 @@ def _object_schema(cls: type, components: _Components, internal: bool) -> dict[s
         if a.default is attrs.NOTHING:
             required.append(name)
     schema: dict[str, Any] = {"type": "object", "properties": properties}
+    if tagged and (tag := _kind_tag(cls)) not in required:
+        required.append(tag)
     if required:
         schema["required"] = required
     # Public bodies tolerate unknown keys (dropped, or kept by a rest_keys field).
@@ -247,5 +327,23 @@ def _content(bodies: Sequence[Body], components: _Components) -> dict[str, Any]:
             schema = schema_for(body.type, components, body.internal)
         else:
             schema = dict(body.schema or {})
+        if body.media_type == SSE:
+            schema = sse_schema(schema)
         content[body.media_type] = {"schema": schema}
     return content
+
+
+SSE = "text/event-stream"
+
+
+def sse_schema(payload: dict[str, Any]) -> dict[str, Any]:
+    """An event stream as what it is on the wire: a sequence of SSE events (`event`,
+    `data`, `id`, `retry`; comments are keepalives), each `data` the JSON text of one
+    `payload` — or `[DONE]`, which ends an OpenAI stream."""
+    data = {"type": "string", "contentMediaType": "application/json", "contentSchema": payload,
+            "description": "the JSON text of one event payload, or [DONE]"}  # fmt: skip
+    event = {"type": "object", "required": ["data"], "additionalProperties": False,
+             "properties": {"event": {"type": "string"}, "data": data,
+                            "id": {"type": "string"}, "retry": {"type": "integer"}}}  # fmt: skip
+    return {"type": "array", "items": event,
+            "description": "text/event-stream: one SSE event per item, in order"}  # fmt: skip

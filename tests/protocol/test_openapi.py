@@ -45,8 +45,9 @@ def test_attrs_classes_become_named_components_with_wire_rules():
         "propertyNames": {"pattern": "^-?[0-9]+$"},  # int keys travel as decimal text
         "additionalProperties": {"type": "number"},
     }
-    part = schemas["openai.TextPart"]
+    part = schemas["openai.TextPart.tagged"]  # a union member: its tag is required
     assert part["properties"]["type"] == {"const": "text", "default": "text"}
+    assert part["required"] == ["text", "type"]
     assert schemas["openai.OtherPart"]["additionalProperties"] is True  # rest_keys
 
 
@@ -59,7 +60,7 @@ def test_internal_bodies_refuse_unknown_keys_and_get_their_own_component():
 
 def test_same_class_names_in_two_wires_do_not_clash():
     _, schemas = _components(openai.NamedToolChoice | anthropic.NamedToolChoice)
-    assert {"openai.NamedToolChoice", "anthropic.NamedToolChoice"} <= set(schemas)
+    assert {"openai.NamedToolChoice.tagged", "anthropic.NamedToolChoice.tagged"} <= set(schemas)
 
 
 @pytest.mark.parametrize(
