@@ -54,6 +54,8 @@ class LoadModel:
     max_sequences: int | None = None  # engine batch slots; None lets the worker size it
     kv_cache_bytes: int | None = None  # KV cache budget; None lets the worker size it
     tensor_parallel: TensorParallel | None = None
+    # Prefix cache budget: None lets the worker size it, 0 turns the cache off.
+    prefix_cache_bytes: int | None = None
 
 
 @attrs.frozen
@@ -135,6 +137,7 @@ class ModelLoaded:
     load_seconds: float
     max_sequences: int | None = None
     kv_cache_tokens: int | None = None  # KV capacity in tokens, if the engine knows it
+    prefix_cache_bytes: int = 0  # the prefix cache's byte budget (0: off)
 
 
 @attrs.frozen
@@ -160,6 +163,16 @@ class StepTokens:
 
     step: int
     sequences: tuple[SequenceTokens, ...]
+
+
+@attrs.frozen
+class PrefixReused:
+    """A sequence's prompt started from the prefix cache: `cached_tokens` of its
+    prompt were not computed again. Sent once, before the `StepTokens` with its
+    first token, and only on a hit (no message means 0)."""
+
+    seq_id: SeqId
+    cached_tokens: int
 
 
 @attrs.frozen
@@ -206,6 +219,11 @@ class EngineStatistics:
     tok_s_decode: float | None = None
     kv_cache_used_tokens: int | None = None
     kv_cache_tokens: int | None = None
+    prefix_cache_bytes: int = 0  # held by cached prefixes now
+    prefix_cache_entries: int = 0
+    prefix_cache_lookups: int = 0  # cumulative: prompts looked up
+    prefix_cache_hit_lookups: int = 0  # cumulative: lookups that reused a prefix
+    prefix_cache_hit_tokens: int = 0  # cumulative: prompt tokens reused
 
 
 @attrs.frozen
@@ -221,6 +239,7 @@ Reply: TypeAlias = (
     | ModelLoaded
     | ModelUnloaded
     | StepTokens
+    | PrefixReused
     | SequenceFailed
     | JobFailed
     | MemoryReport
@@ -246,6 +265,7 @@ KINDS: dict[int, type] = {
     0x46: MemoryReport,
     0x47: Pong,
     0x48: Heartbeat,
+    0x49: PrefixReused,
 }
 JOBS: tuple[type, ...] = tuple(cls for kind, cls in KINDS.items() if kind < 0x40)
 REPLIES: tuple[type, ...] = tuple(cls for kind, cls in KINDS.items() if kind >= 0x40)

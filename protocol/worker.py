@@ -4,7 +4,7 @@ and a device worker, and their codec.
 The parent sends jobs (`LoadModel`, `UnloadModel`, `Generate`,
 `CancelSequence`, `QueryMemory`, `Ping`, `Shutdown`); the worker sends
 replies and events (`WorkerReady` first, then `ModelLoaded`,
-`ModelUnloaded`, `StepTokens`, `SequenceFailed`, `JobFailed`,
+`ModelUnloaded`, `StepTokens`, `PrefixReused`, `SequenceFailed`, `JobFailed`,
 `MemoryReport`, `Pong`, `Heartbeat`). Jobs that expect an answer carry a
 `job_id` the answer echoes; generation is keyed by `seq_id`. Every sequence
 ends exactly once: with a `StepTokens` entry whose `finish_reason` is set,
@@ -71,6 +71,7 @@ from protocol._worker_messages import (
     ModelUnloaded,
     Ping,
     Pong,
+    PrefixReused,
     QueryMemory,
     Reply,
     SamplingParams,
@@ -110,6 +111,7 @@ __all__ = [
     "ModelUnloaded",
     "Ping",
     "Pong",
+    "PrefixReused",
     "QueryMemory",
     "RawTensor",
     "Reply",

@@ -35,6 +35,7 @@ from protocol.worker import (
     ModelUnloaded,
     Ping,
     Pong,
+    PrefixReused,
     QueryMemory,
     RawTensor,
     SamplingParams,
@@ -106,8 +107,9 @@ sequence_tokens = st.builds(
     maybe(st.sampled_from(["stop", "length", "cancelled", "error"])),
 )
 engine_statistics = st.builds(
-    EngineStatistics, text, ints, ints, ints, ints, ints, maybe(floats), maybe(floats)
-)
+    EngineStatistics, text, ints, ints, ints, ints, ints, maybe(floats), maybe(floats),
+    maybe(ints), maybe(ints), ints, ints, ints, ints, ints,
+)  # fmt: skip
 jobs = st.one_of(
     st.builds(
         LoadModel,
@@ -118,6 +120,7 @@ jobs = st.one_of(
         maybe(ints),
         maybe(ints),
         maybe(st.builds(TensorParallel, ints, ints, text)),
+        maybe(ints),
     ),
     st.builds(UnloadModel, ints, text),
     st.builds(
@@ -135,9 +138,10 @@ jobs = st.one_of(
 )
 replies = st.one_of(
     st.builds(WorkerReady, ints, text, ints, text, maybe(text), maybe(text)),
-    st.builds(ModelLoaded, ints, text, ints, floats, maybe(ints), maybe(ints)),
+    st.builds(ModelLoaded, ints, text, ints, floats, maybe(ints), maybe(ints), ints),
     st.builds(ModelUnloaded, ints, text, maybe(ints)),
     st.builds(StepTokens, u64, st.lists(sequence_tokens, max_size=6).map(tuple)),
+    st.builds(PrefixReused, u64, ints),
     st.builds(SequenceFailed, u64, failure_kinds, text, st.booleans()),
     st.builds(JobFailed, ints, failure_kinds, text, st.booleans()),
     st.builds(
@@ -169,7 +173,7 @@ def chunks(raw: bytes, cuts: list[int]) -> list[bytes]:
 
 
 def test_kind_table_is_closed_and_split_by_direction():
-    assert len(KINDS) == len(set(KINDS.values())) == 16
+    assert len(KINDS) == len(set(KINDS.values())) == 17
     assert set(JOBS) | set(REPLIES) == set(KINDS.values())
     assert not set(JOBS) & set(REPLIES)
 
