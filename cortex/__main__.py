@@ -32,8 +32,9 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true", help="print the raw fleet view")
     commands.add_parser("inspect", help="the live actor tree (= python -m cortex.inspect)")
     up = commands.add_parser("up", help="run a local fleet: a neuron and the gateway")
-    up.add_argument("--model", action="append", default=[], help="model id or snapshot path "
-                    "(repeatable; default: a synthesized demo model)")  # fmt: skip
+    up.add_argument("--model", action="append", default=[], help="model id, snapshot path or "
+                    ".gguf file (repeatable; default: SmolLM2-135M-Instruct, else a "
+                    "synthesized demo model)")  # fmt: skip
     up.add_argument("--devices", default="", help="e.g. cpu:0,cpu:1 (default: auto)")
     up.add_argument("--port", type=int, default=31313)
     up.add_argument("--neuron-port", type=int, default=13131)
