@@ -2,10 +2,12 @@
 
 Ids are upstream's and are the skip key: `chat:<n>` (a ~n-token prompt, 4
 characters a token, then a ~300-word story request ending `/no_think`;
-streamed, temperature 0), `concurrency:<n>` (n simultaneous streams of the
-`concurrency_prompt_tokens` prompt: median and p95 TTFT, node throughput =
-all completion tokens over the burst window, median queue wait = TTFT - the
-server's prefill time, and 429/503 counted as shed, not failed), `swap`
+streamed, temperature 0; ours: each prompt opens with a unique ticket number,
+so a server's prefix cache cannot turn a repeated sample into a warm one),
+`concurrency:<n>` (n simultaneous streams of the `concurrency_prompt_tokens`
+prompt: median and p95 TTFT, node throughput = all completion tokens over the
+burst window, median queue wait = TTFT - the server's prefill time, and
+429/503 counted as shed, not failed), `swap`
 (unload → timed reload → a cold probe; neuron targets, unpinned models),
 `capability:<name>` (a fixed prompt whose answer is stored for scoring), and
 ours: `prefix:<n>` (an agent-style ~n-token system prompt sent twice with
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import base64
 import struct
+import uuid
 import zlib
 from collections.abc import Iterator
 from typing import Any, Protocol
@@ -46,6 +49,13 @@ _AGENT = ("You are a coding agent. Tools: read_file(path), write_file(path, text
           "Rules: explain each step; never delete files; keep answers short. ")  # fmt: skip
 _QUESTIONS = ("List the files you would read first. /no_think",
               "Which command runs the tests? /no_think")  # fmt: skip
+
+
+def fresh() -> str:
+    """A unique opening, so that no sample's prompt shares a prefix with an earlier one:
+    chat:<n> measures a cold prefill even on a server that caches prefixes (prefix:<n> is
+    where caching is measured)."""
+    return f"Ticket {uuid.uuid4().hex[:12]}. "
 
 
 def filler(tokens: int, text: str = _FILLER) -> str:
@@ -111,7 +121,8 @@ class Chat:
 
     async def run(self, ctx: Context, model: ModelEntry) -> dict[str, Any]:
         max_tokens = ctx.scenarios.max_tokens
-        m = await ctx.stream(chat_body(model.served_id, filler(self.size) + _STORY, max_tokens))
+        prompt = fresh() + filler(self.size) + _STORY
+        m = await ctx.stream(chat_body(model.served_id, prompt, max_tokens))
         return {**_measured(m), "prompt_size_approx": self.size, "max_tokens": max_tokens}
 
 
@@ -129,12 +140,12 @@ class Concurrency:
 
     async def run(self, ctx: Context, model: ModelEntry) -> dict[str, Any]:
         size, max_tokens = ctx.scenarios.concurrency_prompt_tokens, ctx.scenarios.max_tokens
-        body = chat_body(model.served_id, filler(size) + _STORY, max_tokens)
         done: list[Measurement] = []
         shed: list[Shed] = []
         failed: list[RequestFailed] = []
 
         async def one() -> None:
+            body = chat_body(model.served_id, fresh() + filler(size) + _STORY, max_tokens)
             try:
                 done.append(await ctx.stream(body))
             except Shed as exc:
@@ -256,7 +267,8 @@ class Swap:
         with trio.fail_after(ctx.timeout):
             unload_ms, load_ms = await ctx.client.swap(model)
         size, max_tokens = ctx.scenarios.swap_probe_tokens, ctx.scenarios.max_tokens
-        m = await ctx.stream(chat_body(model.served_id, filler(size) + _STORY, max_tokens))
+        prompt = fresh() + filler(size) + _STORY
+        m = await ctx.stream(chat_body(model.served_id, prompt, max_tokens))
         return {**_measured(m), "swap_unload_ms": unload_ms, "swap_load_ms": load_ms,
                 "prompt_size_approx": size, "max_tokens": max_tokens}  # fmt: skip
 
