@@ -14,7 +14,8 @@
 # (e) on a GPU only, bench/engine.py --device for the worker/engine/generate split, and (f)
 # the same for a hybrid family (DEVICE_CHECK_ARCHS), while the time budget allows.
 # Bounded: DEVICE_CHECK_BUDGET seconds in all (default 360).
-# DEVICE_CHECK_WHEELS: the wheel folder (default .whl); PYTHON: the interpreter.
+# DEVICE_CHECK_WHEELS: the wheel folder (default .whl); DEVICE_CHECK_SIZE: the neuron.synth
+# size of a GPU run (default 0.5b); PYTHON: the interpreter.
 # Exit status: 0 all checks passed, 1 a check failed, 2 set-up failed, 124 out of time.
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 2
@@ -66,7 +67,7 @@ if [ $dry = 1 ]; then
     options=(--streams 1,4 --prompt-tokens 32 --new-tokens 16 --check-prompts 4
              --check-tokens 12 --kill-streams 2 --kill-tokens 2000 --repeats 1 --threads 1)
 else
-    size=0.5b
+    size=${DEVICE_CHECK_SIZE:-0.5b}
     options=(--streams 1,4,16,64 --prompt-tokens 128 --new-tokens 64 --check-prompts 8
              --check-tokens 32 --kill-streams 4 --kill-tokens 4000 --repeats 3)
 fi
@@ -81,13 +82,17 @@ if [ $status = 2 ] || [ $dry = 1 ]; then  # set-up failed, or (e) and (f) are GP
     exit $status
 fi
 
+# engine.py may default to a real model that cannot be carried here: ask for the synthetic one.
+synth=()
+grep -q '"--model"' bench/engine.py && synth=(--model synth)
 if [ "$(left)" -gt 90 ]; then
     say "(e) bench/engine.py --device $device ($(left) s left)"
     {
         echo
         echo "(e) bench/engine.py --device $device --size $size"
         timeout --signal=INT --kill-after=15 "$(left)" "$py" bench/engine.py --device "$device" \
-            --size $size --cache "$work/models" --concurrency 1,4,16,64 --repeats 2 --retries 0 2>&1
+            "${synth[@]}" --size $size --cache "$work/models" --sections abc \
+            --concurrency 1,4,16,64 --repeats 2 --retries 0 2>&1
         echo "(engine.py exit $?)"
     } | tee -a "$report"
 fi
@@ -103,7 +108,8 @@ for arch in ${DEVICE_CHECK_ARCHS-qwen3_5}; do
         echo
         echo "(f) bench/engine.py --device $device --arch $arch --size $size"
         timeout --signal=INT --kill-after=15 "$(left)" "$py" bench/engine.py --device "$device" \
-            --arch "$arch" --size $size --cache "$work/models" --sections ab --concurrency 1,16 \
+            "${synth[@]}" --arch "$arch" --size $size --cache "$work/models" --sections ab \
+            --concurrency 1,16 \
             --new-tokens 32 --repeats 1 --retries 0 2>&1
         echo "(engine.py exit $?)"
     } | tee -a "$report"
