@@ -60,6 +60,7 @@ from neuron.worker.errors import (
 )
 from neuron.worker.kv_arena import KvArena, LayerKind, layer_kinds, prefilled_layers
 from neuron.worker.loader import LoadedModel
+from neuron.worker.prefix_cache import PrefixCache, snapshot
 from neuron.worker.sampler import SamplingParams, SequenceSampler, sample_batch
 from protocol.worker import FinishReason, SeqId
 
@@ -87,6 +88,7 @@ class EngineConfig:
     kv_token_budget: int | None = field(default=None, validator=_positive)  # None: no cap
     prefill_chunk_tokens: int = field(default=512, validator=_positive)
     prefill_tokens_per_step: int | None = field(default=None, validator=_positive)
+    prefix_cache_bytes: int | None = None  # None or 0: no prefix cache (prefix_cache.py)
 
 
 @frozen
@@ -99,6 +101,8 @@ class SequenceOutput:
     seq_id: SeqId
     token_ids: tuple[int, ...]
     finish_reason: FinishReason | None = None
+    # On a sequence's first output: prompt tokens reused from the prefix cache.
+    cached_tokens: int = 0
 
 
 @frozen
@@ -131,6 +135,11 @@ class EngineStatistics:
     prompt_tokens: int
     prefill_seconds: float
     decode_seconds: float
+    prefix_cache_bytes: int = 0
+    prefix_cache_entries: int = 0
+    prefix_cache_lookups: int = 0
+    prefix_cache_hit_lookups: int = 0
+    prefix_cache_hit_tokens: int = 0  # prompt tokens not prefilled thanks to a hit
 
     @property
     def prefill_tokens_per_second(self) -> float:
@@ -162,6 +171,7 @@ class _Sequence:
         self.stop_ids = stop_ids
         self.prefilled = 0
         self.prefill_cache: DynamicCache | None = None  # a prompt partly prefilled
+        self.cached = 0  # prompt tokens taken from the prefix cache
         # A finished prefill's K/V per layer (`[1, heads, prompt, dim]`), until it joins.
         self.kv: list | None = None
         self.generated = 0
@@ -204,6 +214,11 @@ class Engine:
             token_budget=self.kv_token_budget,
             kinds=kinds,
         )
+        self._prefix_cache = (
+            PrefixCache(config.prefix_cache_bytes, exact_only=not self._packable)
+            if config.prefix_cache_bytes
+            else None
+        )
         self._queue: deque[_Sequence] = deque()
         self._running: list[_Sequence] = []
         self._live: dict[SeqId, _Sequence] = {}
@@ -232,6 +247,7 @@ class Engine:
         sequence = _Sequence(
             seq_id, prompt, sampler, max_new=max_new, reservation=reservation, stop_ids=stop_ids
         )
+        self._reuse_prefix(sequence)
         self._live[seq_id] = sequence
         self._queue.append(sequence)
 
@@ -283,11 +299,14 @@ class Engine:
             prompt_tokens=self._prompt_tokens,
             prefill_seconds=self._prefill_seconds,
             decode_seconds=self._decode_seconds,
+            **self._prefix_statistics(),
         )
 
     def close(self) -> None:
         """Drop every sequence and KV buffer and the model reference. Idempotent."""
         self._arena.release()
+        if self._prefix_cache is not None:
+            self._prefix_cache.clear()
         self._queue.clear()
         self._running.clear()
         self._live.clear()
@@ -400,6 +419,8 @@ class Engine:
             else:
                 sequence = self._queue[0]
                 used = min(self._chunk, budget, len(sequence.prompt) - sequence.prefilled)
+                if self._snapshots_before_last(sequence, used):
+                    used -= 1  # the last token alone, after a snapshot (see _store_prefix)
                 last = self._prefill_chunk(sequence, used)
                 if sequence.prefilled == len(sequence.prompt):
                     self._queue.popleft()
@@ -436,6 +457,7 @@ class Engine:
             logits_to_keep=1,
         )
         sequence.prefilled += chunk
+        self._store_prefix(sequence)
         if sequence.prefilled == len(sequence.prompt):
             sequence.kv = prefilled_layers(sequence.prefill_cache)
             sequence.prefill_cache = None
@@ -483,7 +505,8 @@ class Engine:
             sequence.generated += 1
             self._generated += 1
             reason = self._finish_reason(sequence, token)
-            outputs.append(SequenceOutput(sequence.seq_id, (token,), reason))
+            cached = sequence.cached if sequence.generated == 1 else 0
+            outputs.append(SequenceOutput(sequence.seq_id, (token,), reason, cached))
             sequence.pending = token
             if reason is not None:
                 self._retire(sequence)
@@ -519,6 +542,49 @@ class Engine:
             self._running[row] = last
             last.row = row
         sequence.row = None
+
+    # -- the prefix cache -------------------------------------------------------------
+
+    def _reuse_prefix(self, sequence: _Sequence) -> None:
+        if self._prefix_cache is None:
+            return
+        hit = self._prefix_cache.lookup(sequence.prompt)
+        if hit is not None:
+            sequence.prefill_cache, sequence.prefilled = hit.cache, hit.tokens
+            sequence.cached = hit.tokens
+
+    def _snapshots_before_last(self, sequence: _Sequence, chunk: int) -> bool:
+        """Models with windowed or recurrent layers can resume only from an exact
+        snapshot: this chunk stops one token short of the prompt's end to take one
+        there (the same prompt again, and the conversation's next turn, start with
+        exactly those tokens)."""
+        return (
+            self._prefix_cache is not None
+            and self._prefix_cache.exact_only
+            and chunk > 1
+            and sequence.prefilled + chunk == len(sequence.prompt)
+        )
+
+    def _store_prefix(self, sequence: _Sequence) -> None:
+        cache = self._prefix_cache
+        if cache is None or sequence.prefill_cache is None:
+            return
+        if cache.exact_only and sequence.prefilled == len(sequence.prompt) - 1:
+            cache.store(sequence.prompt[:-1], snapshot(sequence.prefill_cache))
+        elif not cache.exact_only and sequence.prefilled == len(sequence.prompt):
+            cache.store(sequence.prompt, sequence.prefill_cache)  # no longer changes
+
+    def _prefix_statistics(self) -> dict[str, int]:
+        cache = self._prefix_cache
+        if cache is None:
+            return {}
+        return {
+            "prefix_cache_bytes": cache.bytes,
+            "prefix_cache_entries": cache.entries,
+            "prefix_cache_lookups": cache.lookups,
+            "prefix_cache_hit_lookups": cache.hit_lookups,
+            "prefix_cache_hit_tokens": cache.hit_tokens,
+        }
 
     def _decode_mask(self):
         """The decode step's attention mask in the form the model takes: one tensor when
