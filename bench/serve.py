@@ -116,8 +116,9 @@ def _env(threads: int) -> dict[str, str]:
 
 
 @contextmanager
-def neuron_server(snapshot: Path, *, dtype: str, threads: int, batch: int, log_dir: Path
-                  ) -> Iterator[Server]:  # fmt: skip
+def neuron_server(snapshot: Path, *, dtype: str, threads: int, batch: int, log_dir: Path,
+                  extra: str = "") -> Iterator[Server]:  # fmt: skip
+    """`extra`: more neuron.toml text (whole sections), e.g. `[cache]` settings."""
     name = snapshot.name
     config = log_dir / "neuron.toml"
     config.write_text("\n".join([
@@ -128,6 +129,7 @@ def neuron_server(snapshot: Path, *, dtype: str, threads: int, batch: int, log_d
         "[engine]", f"max_batch_size = {batch}", f'default_dtype = "{dtype}"',
         "[admission]", f"max_in_flight = {batch}",
         "[timeouts]", "worker_ready = 300", "load = 600",
+        extra,
         "[[models]]", f"id = {json.dumps(name)}",
     ]) + "\n")  # fmt: skip
     command = [sys.executable, "-m", "neuron", "serve", "--config", str(config)]
