@@ -29,7 +29,7 @@ import trio
 
 import actors
 from cortex.fleet import Acquired, Fleet
-from protocol.errors import ApiError, UpstreamError, api_error_from_envelope
+from protocol.errors import RETRIABLE_CODES, ApiError, UpstreamError, api_error_from_envelope
 from protocol.ids import ModelId, NodeName
 
 if TYPE_CHECKING:
@@ -38,11 +38,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# Node error codes that mean "try another replica" when nothing was sent yet.
-RETRIABLE_CODES = frozenset({
-    "worker_died", "worker_unavailable", "shutting_down", "model_recovering",
-    "model_unloading", "model_loading", "model_unavailable", "model_not_found",
-})  # fmt: skip
 
 
 @attrs.frozen

@@ -51,7 +51,7 @@ class _BoxedFailure(ApiError):
     def __init__(self, kind: FailureKind, message: str, *, retriable: bool) -> None:
         status, type_ = _FAILURE_STATUS.get(kind, (500, "api_error"))
         super().__init__(
-            message, status=status, type=type_, code=kind,
+            message, status=status, type=type_, code=kind,  # an ErrorCode (tested)
             retry_after=1 if retriable else None,
         )  # fmt: skip
         self.kind = kind

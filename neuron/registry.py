@@ -34,7 +34,7 @@ from neuron.text.tokenizer import ModelTokenizer
 from neuron.worker import errors as worker_errors
 from neuron.worker.snapshot import SnapshotInfo, inspect_model
 from protocol import node
-from protocol.errors import ApiError, InvalidRequest, NotFound, ServiceUnavailable
+from protocol.errors import ApiError, ErrorCode, InvalidRequest, NotFound, ServiceUnavailable
 from protocol.ids import ModelId
 
 log = logging.getLogger(__name__)
@@ -173,7 +173,7 @@ class ModelRegistry:
         if status != "loaded":
             raise ServiceUnavailable(
                 f"model {model_id!r} is {status}; retry shortly", retry_after=2,
-                code=f"model_{status}",
+                code=ErrorCode(f"model_{status}"),  # every status has its code
             )  # fmt: skip
         return model
 

@@ -25,18 +25,26 @@ an `ApiError` to a response exactly once, with `to_openai()` or
     │   └── GatewayTimeout             504 (load_timeout, request_idle_timeout)
     ├── FrameError                     a device-worker frame is corrupt/unknown
     └── EventStreamError               an SSE stream is malformed or over a limit
+
+Every machine `code` either daemon puts on the wire is an `ErrorCode` (a test
+walks both packages to keep it so); `RETRIABLE_CODES` are the ones a node
+answers when another replica may well succeed, which the gateway retries
+elsewhere when nothing was sent yet.
 """
 
 from __future__ import annotations
 
+import enum
 import math
 from collections.abc import Iterable, Mapping
 from typing import Any, ClassVar
 
 __all__ = [
+    "RETRIABLE_CODES",
     "ApiError",
     "AuthenticationFailed",
     "Conflict",
+    "ErrorCode",
     "EventStreamError",
     "FrameError",
     "GatewayTimeout",
@@ -55,6 +63,85 @@ __all__ = [
     "ValidationFailed",
     "api_error_from_envelope",
 ]
+
+
+class ErrorCode(enum.StrEnum):
+    """Every wire error `code`, of both daemons (a `str`: compares equal to its text)."""
+
+    # request shape and the HTTP edge
+    INVALID_REQUEST = "invalid_request"
+    MALFORMED_JSON = "malformed_json"
+    INVALID_REQUEST_BODY = "invalid_request_body"
+    INVALID_VALUE = "invalid_value"
+    UNSUPPORTED_VALUE = "unsupported_value"
+    UNSUPPORTED_PARAMETER = "unsupported_parameter"
+    UNSUPPORTED_CONTENT = "unsupported_content"
+    UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"
+    VISION_UNSUPPORTED = "vision_unsupported"
+    INVALID_IMAGE_URL = "invalid_image_url"
+    CONTEXT_LENGTH_EXCEEDED = "context_length_exceeded"
+    CHAINED_CONVERSATION_NOT_SUPPORTED = "chained_conversation_not_supported"
+    TEMPLATE_RENDER_FAILED = "template_render_failed"
+    MISSING_MODEL_FIELD = "missing_model_field"
+    INVALID_MODEL_ID = "invalid_model_id"
+    UNKNOWN_HARNESS = "unknown_harness"
+    ROUTE_NOT_FOUND = "route_not_found"
+    METHOD_NOT_ALLOWED = "method_not_allowed"
+    NOT_FOUND = "not_found"
+    CONFLICT = "conflict"
+    REQUEST_ID_IN_USE = "request_id_in_use"
+    REQUEST_TOO_LARGE = "request_too_large"
+    REQUEST_TIMEOUT = "request_timeout"
+    REQUEST_HEADER_FIELDS_TOO_LARGE = "request_header_fields_too_large"
+    # keys
+    INVALID_API_KEY = "invalid_api_key"
+    PERMISSION_DENIED = "permission_denied"
+    RATE_LIMIT_EXCEEDED = "rate_limit_exceeded"
+    INSUFFICIENT_QUOTA = "insufficient_quota"
+    # models and nodes
+    MODEL_NOT_FOUND = "model_not_found"
+    NO_FEASIBLE_NODE = "no_feasible_node"
+    NODE_NOT_FOUND = "node_not_found"
+    MODEL_ALREADY_LOADED = "model_already_loaded"
+    MODEL_PINNED = "model_pinned"
+    MODEL_LOADING = "model_loading"
+    MODEL_RECOVERING = "model_recovering"
+    MODEL_UNLOADING = "model_unloading"
+    MODEL_FAILED = "model_failed"
+    MODEL_POISONED = "model_poisoned"
+    MODEL_UNAVAILABLE = "model_unavailable"
+    LOAD_TIMEOUT = "load_timeout"
+    LOAD_CANCELLED = "load_cancelled"
+    WORKER_DIED = "worker_died"
+    WORKER_UNAVAILABLE = "worker_unavailable"
+    SHUTTING_DOWN = "shutting_down"
+    REQUEST_CANCELLED = "request_cancelled"
+    REQUEST_IDLE_TIMEOUT = "request_idle_timeout"
+    # a worker's failure, boxed (`protocol.worker.FailureKind`)
+    BAD_REQUEST = "bad_request"
+    LOAD_FAILED = "load_failed"
+    UNSUPPORTED_MODEL = "unsupported_model"
+    CAPACITY = "capacity"
+    OUT_OF_MEMORY = "out_of_memory"
+    DEVICE_FAULT = "device_fault"
+    INTERNAL = "internal"
+    # the gateway and its upstreams
+    INTERNAL_ERROR = "internal_error"
+    UPSTREAM_ERROR = "upstream_error"
+    UPSTREAM_CONNECTION_ERROR = "upstream_connection_error"
+    UPSTREAM_STREAM_ERROR = "upstream_stream_error"
+    UPSTREAM_BAD_REPLY = "upstream_bad_reply"
+    SERVICE_UNAVAILABLE = "service_unavailable"
+    TIMEOUT = "timeout"
+
+
+# A node's refusal that another replica may well not give: retried elsewhere by the
+# gateway when nothing was sent yet.
+RETRIABLE_CODES = frozenset({
+    ErrorCode.WORKER_DIED, ErrorCode.WORKER_UNAVAILABLE, ErrorCode.SHUTTING_DOWN,
+    ErrorCode.MODEL_RECOVERING, ErrorCode.MODEL_UNLOADING, ErrorCode.MODEL_LOADING,
+    ErrorCode.MODEL_UNAVAILABLE, ErrorCode.MODEL_NOT_FOUND,
+})  # fmt: skip
 
 # Anthropic's error `type` for each HTTP status (docs.anthropic.com "Errors").
 _ANTHROPIC_TYPES = {
@@ -153,17 +240,17 @@ class ApiError(ProtocolError):
 class InvalidRequest(ApiError):
     status = 400
     type = "invalid_request_error"
-    code = "invalid_request"
+    code = ErrorCode.INVALID_REQUEST
 
 
 class MalformedJson(InvalidRequest):
-    code = "malformed_json"
+    code = ErrorCode.MALFORMED_JSON
 
 
 class ValidationFailed(InvalidRequest):
     """A body that is JSON but not of the expected shape; `param` is the path."""
 
-    code = "invalid_request_body"
+    code = ErrorCode.INVALID_REQUEST_BODY
 
 
 class AuthenticationFailed(ApiError):
@@ -171,7 +258,7 @@ class AuthenticationFailed(ApiError):
 
     status = 401
     type = "invalid_request_error"
-    code = "invalid_api_key"
+    code = ErrorCode.INVALID_API_KEY
 
 
 class PermissionDenied(ApiError):
@@ -179,13 +266,13 @@ class PermissionDenied(ApiError):
 
     status = 403
     type = "permission_error"
-    code = "permission_denied"
+    code = ErrorCode.PERMISSION_DENIED
 
 
 class NotFound(ApiError):
     status = 404
     type = "invalid_request_error"
-    code = "not_found"
+    code = ErrorCode.NOT_FOUND
 
 
 class MethodNotAllowed(ApiError):
@@ -194,7 +281,7 @@ class MethodNotAllowed(ApiError):
 
     status = 405
     type = "invalid_request_error"
-    code = "method_not_allowed"
+    code = ErrorCode.METHOD_NOT_ALLOWED
 
     def __init__(self, message: str, *, allow: Iterable[str], **kwargs: Any) -> None:
         super().__init__(message, **kwargs)
@@ -207,19 +294,19 @@ class MethodNotAllowed(ApiError):
 class Conflict(ApiError):
     status = 409
     type = "invalid_request_error"
-    code = "conflict"
+    code = ErrorCode.CONFLICT
 
 
 class PayloadTooLarge(ApiError):
     status = 413
     type = "invalid_request_error"
-    code = "request_too_large"
+    code = ErrorCode.REQUEST_TOO_LARGE
 
 
 class RateLimited(ApiError):
     status = 429
     type = "rate_limit_error"
-    code = "rate_limit_exceeded"
+    code = ErrorCode.RATE_LIMIT_EXCEEDED
 
 
 class QuotaExceeded(ApiError):
@@ -227,31 +314,31 @@ class QuotaExceeded(ApiError):
 
     status = 429
     type = "insufficient_quota"
-    code = "insufficient_quota"
+    code = ErrorCode.INSUFFICIENT_QUOTA
 
 
 class InternalError(ApiError):
     status = 500
     type = "api_error"
-    code = "internal_error"
+    code = ErrorCode.INTERNAL_ERROR
 
 
 class UpstreamError(ApiError):
     status = 502
     type = "api_error"
-    code = "upstream_error"
+    code = ErrorCode.UPSTREAM_ERROR
 
 
 class ServiceUnavailable(ApiError):
     status = 503
     type = "api_error"
-    code = "service_unavailable"
+    code = ErrorCode.SERVICE_UNAVAILABLE
 
 
 class GatewayTimeout(ApiError):
     status = 504
     type = "api_error"
-    code = "timeout"
+    code = ErrorCode.TIMEOUT
 
 
 def api_error_from_envelope(
