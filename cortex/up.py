@@ -77,7 +77,14 @@ def neuron_toml(options: UpOptions, roots: list[str], models: list[str]) -> str:
         lines += ["[limits]", f"max_prompt_tokens = {options.max_prompt_tokens}"]
     for model in models:
         lines += ["[[models]]", f"id = {_toml_value(model)}"]
+        if served_id(model) != model:
+            lines.append(f"alias = {_toml_value(served_id(model))}")
     return "\n".join(line for line in lines if line) + "\n"
+
+
+def served_id(model: str) -> str:
+    """The id a `--model` is served under: a path's last part (without `.gguf`)."""
+    return Path(model).name.removesuffix(".gguf") if Path(model).is_absolute() else model
 
 
 async def synthesize_demo(root: Path) -> None:
@@ -220,7 +227,7 @@ async def _announce(neuron_url: str, models: list[str], process: trio.Process, u
         failed.set()
         stop.set()
         return
-    print(_banner(url, models[0]), flush=True)
+    print(_banner(url, served_id(models[0])), flush=True)
 
 
 NEURON_STOP_TIMEOUT = 40.0  # above the neuron's drain timeout, below systemd's

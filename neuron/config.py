@@ -25,13 +25,15 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Iterator, Mapping, Sequence
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, Literal, get_args
 
 import attrs
 
 from neuron.devices import DeviceSpec, WorkerTimeouts
 from neuron.discovery import HostResources, detect_host_resources, device_kind, device_ordinal
+from neuron.worker.errors import UnsafeModelId
+from neuron.worker.snapshot import check_model_id
 from protocol.settings import (
     ConfigError,
     Environment,
@@ -264,7 +266,11 @@ class DeviceConfig:
 class ModelConfig:
     """One `[[models]]` entry, loaded in order once the API is up.
 
-    id             (required)  model id, resolved under model_roots
+    id             (required)  model id, resolved under model_roots, or an
+                               absolute path (allow_absolute_model_paths)
+    alias          —           the id it is served under; default: `id`, and
+                               for an absolute path its last part (without
+                               `.gguf`): /srv/models/SmolLM2 → "SmolLM2"
     dtype          —           default: [engine] default_dtype
     devices        []          device ids ("cpu:0") or /discovery indices;
                                empty = the least-loaded device
@@ -274,10 +280,28 @@ class ModelConfig:
     """
 
     id: str = setting(check=lambda v: None if v.strip() else "must not be empty")
+    alias: str | None = setting(None, lambda v: _alias_problem(v))
     dtype: str | None = setting(None, _dtype)
     devices: tuple[int | str, ...] = ()
     pinned: bool = False
     max_in_flight: int | None = setting(None, at_least(1))
+
+    @property
+    def served_id(self) -> str:
+        """The id clients use: the alias, else a path's last part, else the id."""
+        if self.alias:
+            return self.alias
+        if self.id.startswith("/"):
+            return PurePosixPath(self.id).name.removesuffix(".gguf") or self.id
+        return self.id
+
+
+def _alias_problem(alias: str) -> str | None:
+    try:
+        check_model_id(alias)
+    except UnsafeModelId as exc:
+        return str(exc).removeprefix(f"refusing model id {alias!r}: ")
+    return None
 
 
 @attrs.frozen
@@ -365,7 +389,12 @@ class NeuronConfig:
         where = self.source or "configuration"
         ids = {spec.id: i for i, spec in enumerate(specs)}
         problems, resolved = [], []
+        served: dict[str, int] = {}
         for n, model in enumerate(self.models, 1):
+            first = served.setdefault(model.served_id, n)
+            if first != n:
+                problems.append(f"{where}: [[models]] #{n} is served as {model.served_id!r}, "
+                                f"like #{first}; give one of them an `alias`")  # fmt: skip
             indices = []
             for device in model.devices:
                 index = ids.get(device) if isinstance(device, str) else device

@@ -48,6 +48,7 @@ from protocol import node, sdnotify
 from protocol.buildinfo import build_info
 from protocol.errors import ApiError
 from protocol.http import make_config, serve
+from protocol.ids import ModelId
 from protocol.models import ModelCard, ModelLimit, ModelList
 
 log = logging.getLogger(__name__)
@@ -131,22 +132,25 @@ class Neuron:
 
     async def _activate(self, task: Any, wanted: list) -> None:
         await start_devices(self.root, self.devices)
-        pending = [m.id for m, _ in wanted]
+        pending = [m.served_id for m, _ in wanted]
         completed, failed = [], []
         for model, devices in wanted:
-            pending.remove(model.id)
-            self._activation(pending, model.id, completed, failed)
-            sdnotify.status(f"loading {model.id} ({len(wanted) - len(pending)}/{len(wanted)})")
+            served = ModelId(model.served_id)
+            pending.remove(served)
+            self._activation(pending, served, completed, failed)
+            sdnotify.status(f"loading {served} ({len(wanted) - len(pending)}/{len(wanted)})")
             try:
-                request = LoadRequest(model.id, model.dtype, devices or None,
-                                      model.max_in_flight, pinned=model.pinned)  # fmt: skip
+                request = LoadRequest(served, model.dtype, devices or None, model.max_in_flight,
+                                      pinned=model.pinned, source=model.id)  # fmt: skip
+                request = attrs.evolve(request, prefix_cache=model.prefix_cache,
+                                       prefix_cache_bytes=_mib(model.prefix_cache_mb))  # fmt: skip
                 await self.registry.load(request)
-                completed.append(model.id)
+                completed.append(served)
             except ModelAlreadyLoaded:  # loaded through the API meanwhile
-                completed.append(model.id)
+                completed.append(served)
             except ApiError as exc:
-                log.error("default model failed model=%s: %s", model.id, exc.message)
-                failed.append(node.ActivationFailure(model.id, exc.message))
+                log.error("default model failed model=%s: %s", served, exc.message)
+                failed.append(node.ActivationFailure(served, exc.message))
         self._activation(pending, None, completed, failed, state="ready")
         log.info("activation done loaded=%d failed=%d", len(completed), len(failed))
         sdnotify.status(f"ready: {len(completed)} model(s) loaded, {len(failed)} failed")
@@ -237,7 +241,8 @@ class Neuron:
             model_roots=c.model_root_paths, allow_absolute_paths=c.allow_absolute_model_paths,
             max_queue_depth=c.admission.max_queue_depth, queue_timeout=c.admission.queue_timeout,
             unload_drain_timeout=c.timeouts.unload_drain, default_dtype=c.engine.default_dtype,
-            max_in_flight=c.admission.max_in_flight,
+            max_in_flight=c.admission.max_in_flight, prefix_cache=c.cache.prefix_cache,
+            prefix_cache_bytes=_mib(c.cache.prefix_cache_mb),
         )  # fmt: skip
 
     def _settings(self) -> ServingSettings:
@@ -246,6 +251,10 @@ class Neuron:
             default_max_tokens=self.config.limits.default_max_tokens,
             idle_timeout=self.config.timeouts.request_idle,
         )
+
+
+def _mib(mb: int | None) -> int | None:
+    return mb * (1 << 20) if mb else None
 
 
 def _public_url(bound: str, host: str) -> str:

@@ -24,6 +24,7 @@ The parent never imports torch; it exchanges only token ids with workers.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import itertools
 import logging
@@ -87,11 +88,13 @@ class ModelPlacement:
     dtype: str = "auto"
     max_sequences: int | None = None
     kv_cache_bytes: int | None = None
+    prefix_cache_bytes: int | None = None  # None: the worker sizes it; 0: off
 
     def job(self) -> wire.LoadModel:
         return wire.LoadModel(
             wire.JobId(next(_job_ids)), self.model_id, self.path, self.dtype,
             self.max_sequences, self.kv_cache_bytes,
+            prefix_cache_bytes=self.prefix_cache_bytes,
         )  # fmt: skip
 
 
@@ -107,7 +110,9 @@ class TokenStream:
 
     Yields `wire.SequenceTokens` (new ids, `finish_reason` on the last) and
     raises `WorkerDied` / `SequenceFailed` if the sequence ends in error.
-    `aclose()` cancels a sequence that has not finished.
+    `aclose()` cancels a sequence that has not finished. `cached_tokens` is
+    how many prompt tokens the worker's prefix cache supplied (set before the
+    first tokens arrive; 0 on a miss).
     """
 
     def __init__(self, worker: WorkerProcess, seq_id: wire.SeqId) -> None:
@@ -115,6 +120,10 @@ class TokenStream:
         self._worker = worker
         self._send, self._receive = trio.open_memory_channel[Any](math.inf)
         self.finished = False
+        # `wire.TokenLogprobs` per token, in order, when the sequence asked for them:
+        # each step's arrive before its tokens (take them as the tokens come).
+        self.logprobs: collections.deque[wire.TokenLogprobs] = collections.deque()
+        self.cached_tokens = 0
 
     def __aiter__(self) -> TokenStream:
         return self
@@ -261,6 +270,13 @@ class WorkerProcess:
                 self._last_progress = self._last_frame
                 for tokens in sequences:
                     self._deliver(tokens.seq_id, tokens, final=tokens.finish_reason is not None)
+            case wire.PrefixReused(seq_id=seq_id, cached_tokens=cached):
+                if (stream := self._sequences.get(seq_id)) is not None:
+                    stream.cached_tokens = cached
+            case wire.StepLogprobs(entries=entries):
+                for entry in entries:
+                    if (stream := self._sequences.get(entry.seq_id)) is not None:
+                        stream.logprobs.append(entry)
             case wire.SequenceFailed(seq_id=seq_id, kind=kind, message=text, retriable=retry):
                 self._deliver(seq_id, SequenceFailed(kind, text, retriable=retry), final=True)
             case wire.Heartbeat(models=models):

@@ -34,6 +34,7 @@ from neuron.text.tokenizer import ModelTokenizer
 from neuron.worker import errors as worker_errors
 from neuron.worker.snapshot import SnapshotInfo, inspect_model
 from protocol import node
+from protocol import worker as wire
 from protocol.errors import ApiError, ErrorCode, InvalidRequest, NotFound, ServiceUnavailable
 from protocol.ids import ModelId
 
@@ -71,6 +72,8 @@ class RegistryLimits:
     unload_drain_timeout: float = 30.0
     default_dtype: str = "auto"
     max_in_flight: int | None = None  # None: the engine's batch size
+    prefix_cache: bool = True  # [cache] prefix_cache
+    prefix_cache_bytes: int | None = None  # [cache] prefix_cache_mb; None: the worker sizes it
 
 
 @attrs.frozen
@@ -80,6 +83,9 @@ class LoadRequest:
     devices: tuple[int, ...] | None = None  # device indices, as on /discovery
     max_in_flight: int | None = None
     pinned: bool = False  # `[[models]] pinned`: the API may not unload it
+    prefix_cache: bool | None = None  # `[[models]] prefix_cache`; None: [cache]'s
+    prefix_cache_bytes: int | None = None  # `[[models]] prefix_cache_mb`; None: [cache]'s
+    source: str | None = None  # what to resolve, when `model_id` is an alias for it
 
     @classmethod
     def from_spec(cls, spec: node.ModelSpec) -> LoadRequest:
@@ -118,6 +124,7 @@ class ServedModel:
     loaded_at: float = attrs.field(factory=time.time)
     status: str = "loaded"
     pinned: bool = False
+    prefix_cache_bytes: int = 0  # the worker's prefix cache budget (0: off)
 
     @property
     def context_length(self) -> int:
@@ -213,7 +220,7 @@ class ModelRegistry:
             flight.done.set()
 
     async def _load(self, request: LoadRequest) -> ServedModel:
-        info = await trio.to_thread.run_sync(self._inspect, request.model_id)
+        info = await trio.to_thread.run_sync(self._inspect, request.source or request.model_id)
         tokenizer = await trio.to_thread.run_sync(
             lambda: ModelTokenizer.from_snapshot(
                 info.snapshot.path, eos_token_ids=info.eos_token_ids
@@ -223,7 +230,11 @@ class ModelRegistry:
         dtype = request.dtype or self.limits.default_dtype
         log.info("loading model=%s device=%s dtype=%s weight_bytes=%d", request.model_id,
                  device.id, dtype, info.weight_bytes)  # fmt: skip
-        loaded = await device.load(ModelPlacement(request.model_id, str(info.snapshot.path), dtype))
+        prefix_cache = prefix_cache_budget(self.limits, request)
+        placement = ModelPlacement(
+            request.model_id, str(info.snapshot.path), dtype, prefix_cache_bytes=prefix_cache
+        )
+        loaded = await device.load(placement)
         max_in_flight = (
             request.max_in_flight or self.limits.max_in_flight or loaded.max_sequences or 1
         )
@@ -232,7 +243,7 @@ class ModelRegistry:
         return ServedModel(
             request.model_id, info, tokenizer, device, index, admission, dtype,
             memory_bytes=loaded.memory_bytes, load_seconds=loaded.load_seconds,
-            pinned=request.pinned,
+            pinned=request.pinned, prefix_cache_bytes=loaded.prefix_cache_bytes,
         )  # fmt: skip
 
     def _inspect(self, model_id: ModelId) -> SnapshotInfo:
@@ -321,6 +332,7 @@ class ModelRegistry:
 
 def _model_info(model: ServedModel) -> node.ModelInfo:
     context = model.info.max_position_embeddings
+    engine = engine_statistics(model)
     return node.ModelInfo(
         id=model.id,
         harness=HARNESS,
@@ -334,12 +346,30 @@ def _model_info(model: ServedModel) -> node.ModelInfo:
         memory_bytes=model.memory_bytes,
         dtype=model.dtype,
         pinned=model.pinned,
+        prefix_cache_bytes=model.prefix_cache_bytes,
+        prefix_cache_used_bytes=engine.prefix_cache_bytes if engine else None,
+        path=str(model.info.snapshot.source or model.info.snapshot.path),
     )
+
+
+def prefix_cache_budget(limits: RegistryLimits, request: LoadRequest) -> int | None:
+    """A load's `LoadModel.prefix_cache_bytes`: 0 when the model's or the node's
+    `prefix_cache` is off, else its budget (None: the worker sizes it)."""
+    enabled = limits.prefix_cache if request.prefix_cache is None else request.prefix_cache
+    if not enabled:
+        return 0
+    return request.prefix_cache_bytes or limits.prefix_cache_bytes
+
+
+def engine_statistics(model: ServedModel) -> wire.EngineStatistics | None:
+    """The model's latest engine statistics from its worker's heartbeat, if any."""
+    worker = model.device.worker
+    return worker.statistics.get(model.id) if worker is not None else None
 
 
 def _model_load(model: ServedModel) -> node.ModelLoad:
     stats = model.admission.statistics()
-    engine = model.device.worker.statistics.get(model.id) if model.device.worker else None
+    engine = engine_statistics(model)
     return node.ModelLoad(
         id=model.id,
         in_flight=stats.in_flight,

@@ -239,6 +239,9 @@ class ModelInfo:
     dtype: str | None = None
     error: str | None = None  # why the status is "failed" or "poisoned"
     pinned: bool = False  # the node's config pins it: its API refuses to unload it
+    prefix_cache_bytes: int | None = None  # the prefix cache's budget (0: off)
+    prefix_cache_used_bytes: int | None = None  # held by cached prompt prefixes now
+    path: str | None = None  # the snapshot directory or GGUF file it was loaded from
 
 
 @attrs.frozen

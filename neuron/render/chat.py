@@ -182,9 +182,9 @@ def finish_reason(reason: FinishReason, tool_calls: int) -> FinishReason:
 
 
 def usage_of(finished: Finished) -> Usage:
-    """Usage with upstream's details: the cached count when non-zero, timing, and the
-    reasoning count always (0 included, as OpenAI does): a reply's usage has the same
-    shape whether it was streamed or not, and whether or not the model reasoned."""
+    """Usage with upstream's details and timing: the cached and reasoning counts
+    always (0 included, as OpenAI does), so a reply's usage has one shape whether it
+    was streamed or not, whether the prefix cache hit and whether the model reasoned."""
     timing = HelexaTiming(
         prefill_ms=finished.prefill_ms,
         decode_ms=finished.decode_ms,
@@ -193,7 +193,7 @@ def usage_of(finished: Finished) -> Usage:
     return Usage.of(
         finished.prompt_tokens,
         finished.completion_tokens,
-        cached=finished.cached_tokens or None,
+        cached=finished.cached_tokens,
         reasoning=finished.reasoning_tokens,
         timing=timing,
     )

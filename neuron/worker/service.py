@@ -18,6 +18,7 @@ import os
 import threading
 from pathlib import Path
 
+import attrs
 import torch
 
 from neuron.worker import errors
@@ -30,6 +31,10 @@ from protocol import worker as wire
 from protocol.ids import ModelId
 
 log = logging.getLogger(__name__)
+
+GIB = 1 << 30
+PREFIX_CACHE_SHARE = 4  # default prefix cache: a quarter of the model's KV budget...
+PREFIX_CACHE_CPU_CAP = GIB  # ...and at most 1 GiB on a CPU device
 
 
 class _DeviceFaulted(Exception):
@@ -176,15 +181,22 @@ class WorkerService:
         return wire.ModelLoaded(
             job.job_id, job.model_id, memory, report.load_seconds,
             max_sequences=engine.max_batch_size, kv_cache_tokens=engine.kv_token_budget,
+            prefix_cache_bytes=getattr(resident.config, "prefix_cache_bytes", None) or 0,
         )  # fmt: skip
 
     def _engine_config(self, loaded: LoadedModel, job: wire.LoadModel) -> EngineConfig:
         budget = None
         if job.kv_cache_bytes is not None:
             budget = max(1, job.kv_cache_bytes // kv_bytes_per_token(loaded))
-        return EngineConfig(
-            max_batch_size=job.max_sequences or self.max_batch_size, kv_token_budget=budget
-        )
+        batch = job.max_sequences or self.max_batch_size
+        config = EngineConfig(max_batch_size=batch, kv_token_budget=budget)
+        prefix = job.prefix_cache_bytes
+        if prefix is None:
+            tokens = budget or batch * (loaded.info.max_position_embeddings or 0)
+            prefix = default_prefix_cache_bytes(loaded, tokens, cpu=self.torch_device == "cpu")
+        if prefix and "prefix_cache_bytes" in attrs.fields_dict(EngineConfig):
+            config = attrs.evolve(config, prefix_cache_bytes=prefix)
+        return config
 
     def _unload(self, job: wire.UnloadModel) -> wire.ModelUnloaded:
         resident = self.models.pop(job.model_id, None)
@@ -238,6 +250,16 @@ class WorkerService:
         for output in result.finished:
             resident.sequences.discard(output.seq_id)
             self.owner.pop(output.seq_id, None)
+        for o in result.outputs:
+            if cached := getattr(o, "cached_tokens", 0):
+                self.channel.send(wire.PrefixReused(o.seq_id, cached))
+        logprobs = tuple(
+            wire.TokenLogprobs(o.seq_id, o.token_ids[0], o.logprobs[0], o.logprobs[1])
+            for o in result.outputs
+            if o.logprobs is not None and o.token_ids
+        )
+        if logprobs:
+            self.channel.send(wire.StepLogprobs(logprobs))
         if result.outputs:
             sequences = tuple(
                 wire.SequenceTokens(o.seq_id, o.token_ids, o.finish_reason) for o in result.outputs
@@ -267,6 +289,18 @@ class WorkerService:
         self.models.clear()
 
 
+def default_prefix_cache_bytes(loaded: LoadedModel, kv_tokens: int, *, cpu: bool) -> int:
+    """The prefix cache's budget when the load names none: a quarter of the model's
+    KV budget in bytes, at most 1 GiB on a CPU device (1 GiB when the model's KV
+    size per token is unknown)."""
+    try:
+        kv_bytes = kv_tokens * kv_bytes_per_token(loaded)
+    except errors.UnsupportedModel:
+        return PREFIX_CACHE_CPU_CAP
+    share = kv_bytes // PREFIX_CACHE_SHARE
+    return min(share, PREFIX_CACHE_CPU_CAP) if cpu else share
+
+
 def _wire_statistics(model_id: ModelId, engine: Engine) -> wire.EngineStatistics:
     s = engine.statistics()
     return wire.EngineStatistics(
@@ -280,4 +314,9 @@ def _wire_statistics(model_id: ModelId, engine: Engine) -> wire.EngineStatistics
         tok_s_decode=s.decode_tokens_per_second,
         kv_cache_used_tokens=s.kv_tokens_used,
         kv_cache_tokens=s.kv_token_budget,
+        prefix_cache_bytes=getattr(s, "prefix_cache_bytes", 0),
+        prefix_cache_entries=getattr(s, "prefix_cache_entries", 0),
+        prefix_cache_lookups=getattr(s, "prefix_cache_lookups", 0),
+        prefix_cache_hit_lookups=getattr(s, "prefix_cache_hit_lookups", 0),
+        prefix_cache_hit_tokens=getattr(s, "prefix_cache_hit_tokens", 0),
     )

@@ -46,6 +46,14 @@ def test_the_banner_asks_the_real_model_a_question_with_a_known_answer():
     assert "What is the capital" in up._banner("http://127.0.0.1:31313", demo.DEMO_ID)
 
 
+def test_a_model_given_by_path_is_served_under_its_last_part():
+    text = up.neuron_toml(up.UpOptions(), [], ["/srv/models/SmolLM2", "/x/y.gguf", "org/n"])
+    models = tomllib.loads(text)["models"]
+    assert models == [{"id": "/srv/models/SmolLM2", "alias": "SmolLM2"},
+                      {"id": "/x/y.gguf", "alias": "y"}, {"id": "org/n"}]  # fmt: skip
+    assert '\'{"model": "SmolLM2"' in up._banner("http://h", up.served_id(models[0]["id"]))
+
+
 @pytest.mark.parametrize("limit", [None, 40000])
 def test_max_prompt_tokens_reaches_the_neurons_config(limit):
     text = up.neuron_toml(up.UpOptions(max_prompt_tokens=limit), ["/models"], ["m"])

@@ -111,7 +111,8 @@ def test_up_with_two_cpu_devices_serves_on_both_and_stops_on_ctrl_c(tmp_path):
         url = f"http://127.0.0.1:{port}"
         banner = _wait_for_banner(process, out, url)
         for model in (QWEN, LLAMA):
-            body = {"model": str(models.root / model), "max_tokens": 3,
+            # Served under the path's last part (`[[models]] alias`), not the whole path.
+            body = {"model": model.split("/")[-1], "max_tokens": 3,
                     "messages": [{"role": "user", "content": "Hello!"}]}  # fmt: skip
             reply = httpx.post(f"{url}/v1/chat/completions", json=body, timeout=120)
             assert reply.status_code == 200, reply.text

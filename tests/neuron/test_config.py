@@ -457,3 +457,27 @@ def test_the_reference_documents_every_key_and_variable():
         if "__" not in name:
             assert name in text, f"{name} missing from docs/configuration.md"
         assert f"`{path[-1]}`" in text, f"key {path} missing from docs/configuration.md"
+
+
+def test_a_model_given_by_path_is_served_under_its_last_part_or_its_alias(tmp_path):
+    text = (
+        '[[models]]\nid = "/srv/models/SmolLM2-135M-Instruct"\n'
+        '[[models]]\nid = "/srv/gguf/tiny.gguf"\n'
+        '[[models]]\nid = "/srv/other/tiny"\nalias = "org/tiny-2"\n'
+        '[[models]]\nid = "org/name"\n'
+    )
+    config = load_config(write(tmp_path, text), {})
+    served = [m.served_id for m, _ in config.model_devices(config.device_specs(host=HOST))]
+    assert served == ["SmolLM2-135M-Instruct", "tiny", "org/tiny-2", "org/name"]
+
+
+def test_two_models_served_under_one_id_or_a_bad_alias_are_refused(tmp_path):
+    path = write(tmp_path, '[[models]]\nid = "/a/x"\n[[models]]\nid = "/b/x.gguf"\n')
+    config = load_config(path, {})
+    with pytest.raises(ConfigError) as info:
+        config.model_devices(config.device_specs(host=HOST))
+    assert info.value.problems == (
+        f"{path}: [[models]] #2 is served as 'x', like #1; give one of them an `alias`",
+    )
+    bad = write(tmp_path, '[[models]]\nid = "/a/x"\nalias = "../x"\n')
+    assert problems(bad) == [f"{bad}: [[models]] #1 alias: it contains a '.' or '..' path segment"]

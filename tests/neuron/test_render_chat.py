@@ -67,9 +67,13 @@ def _final(reason: str) -> dict:
 
 
 NO_REASONING = {"reasoning_tokens": 0}
+NOT_CACHED = {"cached_tokens": 0}  # always present: a prefix cache miss
 
 
 def _usage_chunk(prompt: int, completion: int, **details) -> dict:
+    details.setdefault("prompt_tokens_details", NOT_CACHED)
+    if details["prompt_tokens_details"] is None:  # a failure's usage: counts only
+        del details["prompt_tokens_details"]
     usage = {"prompt_tokens": prompt, "completion_tokens": completion}
     return _chunk(usage={**usage, "total_tokens": prompt + completion, **details})
 
@@ -213,7 +217,7 @@ def test_fail_mid_stream_reports_in_band():
             }
         },
         _final("error"),
-        _usage_chunk(5, 1),
+        _usage_chunk(5, 1, prompt_tokens_details=None),
         "[DONE]",
     ]
 
@@ -280,6 +284,7 @@ def test_collect_plain_content():
             "prompt_tokens": 5,
             "completion_tokens": 2,
             "total_tokens": 7,
+            "prompt_tokens_details": NOT_CACHED,  # present, as when streamed
             "completion_tokens_details": NO_REASONING,  # present, as when streamed
             **_timing(prefill_tokens=5),
         },

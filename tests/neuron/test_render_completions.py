@@ -52,6 +52,8 @@ NO_REASONING = {"reasoning_tokens": 0}
 
 
 def _usage(prompt: int, completion: int, prefill_tokens: int | None = None, **extra) -> dict:
+    if prefill_tokens is not None:  # a generation's usage: the cached count always
+        extra.setdefault("prompt_tokens_details", {"cached_tokens": 0})
     timing = {"prefill_ms": 0.0, "decode_ms": 0.0, "prefill_tokens": prefill_tokens}
     return {
         "prompt_tokens": prompt,

@@ -140,12 +140,19 @@ def test_anthropic_sdk_paris_end_turn_streamed_equals_not_count_tokens_is_billed
     assert streamed == text
     assert final.stop_reason == "end_turn"
     counted = claude.messages.count_tokens(model=demo.DEMO_ID, messages=messages)
-    assert counted.input_tokens == whole.usage.input_tokens == final.usage.input_tokens
+    assert counted.input_tokens == billed_input(whole.usage) == billed_input(final.usage)
+
+
+def billed_input(usage) -> int:
+    """All input tokens of an Anthropic usage: `input_tokens` leaves out cache reads."""
+    cached = (usage.cache_read_input_tokens or 0) + (usage.cache_creation_input_tokens or 0)
+    return usage.input_tokens + cached
 
 
 def test_the_gguf_model_is_listed_with_its_short_id(fleet):
     loaded = httpx.get(f"{fleet.neuron_url}/models", timeout=10).json()
     assert [(m["id"], m["status"]) for m in loaded] == [(demo.DEMO_ID, "loaded")]
+    assert loaded[0]["path"].endswith("/helexa/up/models/smollm2-135m-instruct.gguf")
     listed = httpx.get(f"{fleet.url}/v1/models", timeout=10).json()
     assert demo.DEMO_ID in [m["id"] for m in listed["data"]]
 
