@@ -50,7 +50,9 @@ def _start(tmp: Path, models, git_dir: Path | None, out: dict[str, Any], key: st
     try:
         out[key] = start_daemon(tmp, models, settings=SETTINGS, env=env)
     except BaseException as exc:
-        out[key] = exc
+        log = tmp / "neuron.log"
+        tail = log.read_text(errors="replace")[-3000:] if log.exists() else ""
+        out[key] = AssertionError(f"neuron {key}: {exc}\n{tail}")
 
 
 @pytest.fixture(scope="module")
