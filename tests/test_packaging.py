@@ -14,7 +14,9 @@ from pathlib import Path
 
 import pytest
 
-GATEWAY_SIDE = ["protocol", "actors", "cortex", "cortex.gateway", "cortex.http"]  # serve
+# `cortex serve`, then `helexa-bench`
+GATEWAY_SIDE = ["protocol", "actors", "cortex", "cortex.gateway", "cortex.http",
+                "cortex.benchd.__main__", "cortex.benchd.sweep", "cortex.benchd.api"]  # fmt: skip
 
 
 @pytest.mark.parametrize("package", [*GATEWAY_SIDE, "neuron"])
