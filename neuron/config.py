@@ -54,6 +54,7 @@ __all__ = [
     "ENV_VARS",
     "Admission",
     "Auth",
+    "Cache",
     "ConfigError",
     "Cpu",
     "DeviceConfig",
@@ -205,6 +206,20 @@ class Engine:
 
 
 @attrs.frozen
+class Cache:
+    """`[cache]` — the prefix cache: a prompt's computed state is kept after its
+    request and reused by any later prompt that starts with the same tokens.
+
+    prefix_cache     true  false turns it off on every model (no memory kept)
+    prefix_cache_mb  —     budget per loaded model; default: a quarter of the
+                           model's KV budget, at most 1024 MiB on a CPU device
+    """
+
+    prefix_cache: bool = True
+    prefix_cache_mb: int | None = setting(None, at_least(1))
+
+
+@attrs.frozen
 class Admission:
     """`[admission]` — per-model admission (each loaded model has its own).
 
@@ -277,6 +292,8 @@ class ModelConfig:
     pinned         false       refuse unloads through the API (a gateway's
                                eviction cannot remove it)
     max_in_flight  —           overrides [admission] max_in_flight
+    prefix_cache   —           overrides [cache] prefix_cache (false: off)
+    prefix_cache_mb  —         overrides [cache] prefix_cache_mb
     """
 
     id: str = setting(check=lambda v: None if v.strip() else "must not be empty")
@@ -285,6 +302,8 @@ class ModelConfig:
     devices: tuple[int | str, ...] = ()
     pinned: bool = False
     max_in_flight: int | None = setting(None, at_least(1))
+    prefix_cache: bool | None = None
+    prefix_cache_mb: int | None = setting(None, at_least(1))
 
     @property
     def served_id(self) -> str:
@@ -318,7 +337,7 @@ class NeuronConfig:
     models                      []      `[[models]]` tables: load at start
 
     and the sections `[listen]`, `[auth]`, `[log]`, `[http]`, `[limits]`,
-    `[cpu]`, `[engine]`, `[admission]`, `[timeouts]`. `source` (the file read)
+    `[cpu]`, `[engine]`, `[cache]`, `[admission]`, `[timeouts]`. `source` (the file read)
     and `notes` (advisories for the log) are not keys.
     """
 
@@ -333,6 +352,7 @@ class NeuronConfig:
     limits: Limits = attrs.field(factory=Limits)
     cpu: Cpu = attrs.field(factory=Cpu)
     engine: Engine = attrs.field(factory=Engine)
+    cache: Cache = attrs.field(factory=Cache)
     admission: Admission = attrs.field(factory=Admission)
     timeouts: Timeouts = attrs.field(factory=Timeouts)
     source: str | None = not_a_key(default=None)
