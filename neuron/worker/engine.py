@@ -103,6 +103,8 @@ class SequenceOutput:
     finish_reason: FinishReason | None = None
     # On a sequence's first output: prompt tokens reused from the prefix cache.
     cached_tokens: int = 0
+    # The token's (logprob, top alternatives) when the sequence asked (sampler.py).
+    logprobs: tuple | None = None
 
 
 @frozen
@@ -506,7 +508,8 @@ class Engine:
             self._generated += 1
             reason = self._finish_reason(sequence, token)
             cached = sequence.cached if sequence.generated == 1 else 0
-            outputs.append(SequenceOutput(sequence.seq_id, (token,), reason, cached))
+            logprobs = sequence.sampler.logprobs
+            outputs.append(SequenceOutput(sequence.seq_id, (token,), reason, cached, logprobs))
             sequence.pending = token
             if reason is not None:
                 self._retire(sequence)
@@ -615,7 +618,13 @@ def kv_bytes_per_token(loaded: LoadedModel) -> int:
     per_token = info.kv_bytes_per_token(next(loaded.model.parameters()).element_size())
     if per_token is None:
         raise UnsupportedModel(f"{info.snapshot.model_id!r}: config lacks layer/head sizes")
-    return per_token
+    # Only full-attention layers grow with every token; windowed layers are bounded by
+    # their window and recurrent ones are fixed-size. A model with no full attention
+    # is charged its windowed layers (a bound, not what it uses).
+    kinds = layer_kinds(loaded.model.config, info.max_position_embeddings or 2**31)
+    growing = sum(k.attention == "full" for k in kinds)
+    charged = growing or sum(k.attention == "sliding" for k in kinds) or len(kinds)
+    return max(1, per_token * charged // len(kinds))
 
 
 def _mask_layout(config, kinds: list[LayerKind]):

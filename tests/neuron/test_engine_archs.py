@@ -226,3 +226,11 @@ def test_a_vision_language_checkpoint_serves_text_through_its_language_model(
     while engine.has_work:
         tokens.extend(t for output in engine.step().outputs for t in output.token_ids)
     assert tokens == _generate(loaded.model, prompt)
+
+
+def test_a_kv_byte_budget_charges_only_the_layers_that_grow(synth_model):
+    """Budgets turn into tokens by what a token costs in full-attention layers."""
+    for arch, share in (("llama", 1), ("qwen3_5", 4), ("gemma3", 4), ("mistral", 1)):
+        loaded = synth_model(arch)
+        every_layer = loaded.info.kv_bytes_per_token(4)
+        assert engine_module.kv_bytes_per_token(loaded) == every_layer // share, arch
