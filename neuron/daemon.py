@@ -42,6 +42,7 @@ from neuron.registry import (
     ModelRegistry,
     RegistryLimits,
     ServedModel,
+    engine_statistics,
 )
 from neuron.serving import Serving, ServingSettings
 from protocol import node, sdnotify
@@ -215,6 +216,9 @@ class Neuron:
         for load in health.models:
             self.metrics.requests_running.labels(load.id).set(load.in_flight)
             self.metrics.requests_waiting.labels(load.id).set(load.queue_depth)
+        for model in list(self.registry.models.values()):
+            stats, worker = engine_statistics(model), model.device.worker
+            self.metrics.prefix_cache_sampled(model.id, model.prefix_cache_bytes, stats, worker)
         for reading, device in zip(health.devices, self.devices, strict=True):
             self.metrics.device_sampled(reading, device.id)
             self.metrics.worker_ready.labels(device.id).set(1 if device.worker else 0)

@@ -35,6 +35,7 @@ from prometheus_client.exposition import choose_encoder
 from neuron.admission import QueueFull, QueueTimeout
 from protocol.errors import ApiError
 from protocol.node import BuildInfo, DeviceHealth
+from protocol.worker import EngineStatistics
 
 __all__ = ["FINISHED_REASONS", "OTHER", "REJECTED_REASONS", "NeuronMetrics", "refusal_reason"]
 
@@ -67,6 +68,7 @@ class NeuronMetrics:
         self._tokens(self.registry)
         self._latency(self.registry)
         self._models(self.registry)
+        self._prefix_cache(self.registry)
         self._devices(self.registry)
         self.build_info = Info("neuron_build", "Version of this neuron", registry=self.registry)
         ProcessCollector(registry=self.registry)
@@ -136,6 +138,34 @@ class NeuronMetrics:
             ["model", "device"], registry=r,
         )  # fmt: skip
 
+    def _prefix_cache(self, r: CollectorRegistry) -> None:
+        self.prefix_cache_lookups = Counter(
+            "neuron_prefix_cache_lookups", "Prompts looked up in the prefix cache", ["model"],
+            registry=r,
+        )  # fmt: skip
+        self.prefix_cache_hits = Counter(
+            "neuron_prefix_cache_hit_lookups", "Prefix cache lookups that reused a prefix",
+            ["model"], registry=r,
+        )  # fmt: skip
+        self.prefix_cache_hit_tokens = Counter(
+            "neuron_prefix_cache_hit_tokens", "Prompt tokens reused from the prefix cache",
+            ["model"], registry=r,
+        )  # fmt: skip
+        self.prefix_cache_bytes = Gauge(
+            "neuron_prefix_cache_bytes", "Memory the model's cached prefixes hold now",
+            ["model"], registry=r,
+        )  # fmt: skip
+        self.prefix_cache_budget = Gauge(
+            "neuron_prefix_cache_budget_bytes", "The model's prefix cache budget (0: off)",
+            ["model"], registry=r,
+        )  # fmt: skip
+        self.prefix_cache_entries = Gauge(
+            "neuron_prefix_cache_entries", "Cached prefix entries held now", ["model"],
+            registry=r,
+        )  # fmt: skip
+        # model -> (the worker that counted, its cumulative counts at the last sample)
+        self._prefix_seen: dict[str, tuple[object, tuple[int, int, int]]] = {}
+
     def _devices(self, r: CollectorRegistry) -> None:
         self.worker_restarts = Counter(
             "neuron_worker_restarts", "Device worker replacements", ["device"], registry=r
@@ -201,10 +231,36 @@ class NeuronMetrics:
     def model_unloaded(self, model: str, devices: Iterable[str]) -> None:
         """Drop the model's gauges so a gone model leaves no stale series
         (its counters and histograms stay: their history is still true)."""
-        for gauge in (self.requests_running, self.requests_waiting):
+        gauges = (self.requests_running, self.requests_waiting, self.prefix_cache_bytes,
+                  self.prefix_cache_budget, self.prefix_cache_entries)  # fmt: skip
+        for gauge in gauges:
             _remove(gauge, model)
+        self._prefix_seen.pop(model, None)
         for device in devices:
             _remove(self.model_memory, model, device)
+
+    def prefix_cache_sampled(
+        self, model: str, budget_bytes: int, stats: EngineStatistics | None, source: object
+    ) -> None:
+        """Copy a model's prefix cache figures from its worker's latest heartbeat.
+
+        The worker's counts are cumulative per engine; `source` names the engine
+        that counted (a replaced worker or a reload starts again from 0), so the
+        counters here only ever grow by what is new since the last sample."""
+        self.prefix_cache_budget.labels(model).set(budget_bytes)
+        if stats is None:
+            return
+        self.prefix_cache_bytes.labels(model).set(stats.prefix_cache_bytes)
+        self.prefix_cache_entries.labels(model).set(stats.prefix_cache_entries)
+        now = (stats.prefix_cache_lookups, stats.prefix_cache_hit_lookups,
+               stats.prefix_cache_hit_tokens)  # fmt: skip
+        seen_source, before = self._prefix_seen.get(model, (None, (0, 0, 0)))
+        if seen_source is not source or any(n < b for n, b in zip(now, before, strict=True)):
+            before = (0, 0, 0)
+        counters = (self.prefix_cache_lookups, self.prefix_cache_hits, self.prefix_cache_hit_tokens)
+        for counter, n, b in zip(counters, now, before, strict=True):
+            counter.labels(model).inc(n - b)
+        self._prefix_seen[model] = (source, now)
 
     def device_sampled(self, health: DeviceHealth, device: str) -> None:
         """Copy one `/health` device reading; what the device did not report is
