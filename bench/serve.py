@@ -289,7 +289,10 @@ def run_section(snapshot: Path, *, dtype: str, threads: int, concurrency: Sequen
             print(f"    threads={threads} (OMP_NUM_THREADS, both; OMP_WAIT_POLICY="
                   f"{_env(threads)['OMP_WAIT_POLICY']}), dtype={dtype}, greedy, "
                   f"max_tokens={max_tokens}, {rounds} rounds")  # fmt: skip
+            load = os.getloadavg()[0]
             results = trio.run(_measure, (neuron, hf), concurrency, max_tokens, rounds)
+            print(f"    box: load average {load:.1f} before the runs, "
+                  f"{os.getloadavg()[0]:.1f} after")  # fmt: skip
     _report(results, concurrency)
 
 

@@ -42,6 +42,14 @@ def test_gguf_files_are_listed_and_resolved_by_their_short_ids(tmp_path):
     assert resolve_snapshot("org/other", [root]).path == root / "org" / "other.gguf"
 
 
+def test_an_absolute_gguf_path_resolves_where_absolute_paths_are_allowed(tmp_path):
+    file = _gguf_file(tmp_path / "x.gguf")
+    found = resolve_snapshot(str(file), [], allow_absolute=True)
+    assert (found.layout, found.path, found.model_id) == ("gguf", file, str(file))
+    with pytest.raises(UnsafeModelId):
+        resolve_snapshot(str(file), [])
+
+
 def test_a_gguf_link_leaving_the_root_is_refused(tmp_path):
     outside = _gguf_file(tmp_path / "elsewhere" / "secret.gguf")
     root = tmp_path / "models"
