@@ -24,6 +24,7 @@ The parent never imports torch; it exchanges only token ids with workers.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import itertools
 import logging
@@ -119,6 +120,9 @@ class TokenStream:
         self._worker = worker
         self._send, self._receive = trio.open_memory_channel[Any](math.inf)
         self.finished = False
+        # `wire.TokenLogprobs` per token, in order, when the sequence asked for them:
+        # each step's arrive before its tokens (take them as the tokens come).
+        self.logprobs: collections.deque[wire.TokenLogprobs] = collections.deque()
         self.cached_tokens = 0
 
     def __aiter__(self) -> TokenStream:
@@ -269,6 +273,10 @@ class WorkerProcess:
             case wire.PrefixReused(seq_id=seq_id, cached_tokens=cached):
                 if (stream := self._sequences.get(seq_id)) is not None:
                     stream.cached_tokens = cached
+            case wire.StepLogprobs(entries=entries):
+                for entry in entries:
+                    if (stream := self._sequences.get(entry.seq_id)) is not None:
+                        stream.logprobs.append(entry)
             case wire.SequenceFailed(seq_id=seq_id, kind=kind, message=text, retriable=retry):
                 self._deliver(seq_id, SequenceFailed(kind, text, retriable=retry), final=True)
             case wire.Heartbeat(models=models):

@@ -22,8 +22,10 @@ __all__ = [
     "Failed",
     "Finished",
     "GenerationEvent",
+    "LogprobsDelta",
     "ReasoningDelta",
     "Started",
+    "TokenLogprob",
     "ToolCallParsed",
 ]
 
@@ -50,6 +52,25 @@ class Finished:
 
 
 @attrs.frozen
+class TokenLogprob:
+    """One token's text, UTF-8 bytes and log-probability; `top` holds the most
+    likely alternatives (as `TokenLogprob`s with no `top`), most likely first."""
+
+    token: str
+    logprob: float
+    bytes: tuple[int, ...]
+    top: tuple[TokenLogprob, ...] = ()
+
+
+@attrs.frozen
+class LogprobsDelta:
+    """The logprobs of one step's tokens, sent before that step's text events (only
+    when the request asked for logprobs)."""
+
+    tokens: tuple[TokenLogprob, ...]
+
+
+@attrs.frozen
 class Failed:
     """The generation failed after `Started`: rendered in-band, never a cut stream."""
 
@@ -59,5 +80,5 @@ class Failed:
 
 
 GenerationEvent: TypeAlias = (
-    Started | ContentDelta | ReasoningDelta | ToolCallParsed | Finished | Failed
+    Started | ContentDelta | ReasoningDelta | ToolCallParsed | LogprobsDelta | Finished | Failed
 )

@@ -29,7 +29,9 @@ from neuron.events import (
     Failed,
     Finished,
     GenerationEvent,
+    LogprobsDelta,
     Started,
+    TokenLogprob,
     ToolCallParsed,
 )
 from neuron.metrics import NeuronMetrics, refusal_reason
@@ -83,13 +85,31 @@ class _Progress:
         self.last_token: int | None = None
         self.cached_tokens = 0  # prompt tokens the worker's prefix cache supplied
 
-    def step(self, token_ids: tuple[int, ...]) -> list[GenerationEvent]:
+    def step(self, token_ids: tuple[int, ...], logprobs: Any = ()) -> list[GenerationEvent]:
         if token_ids and self.first_token_at is None:
             self.first_token_at = trio.current_time()
         self.completion_tokens += len(token_ids)
         if token_ids:
             self.last_token = token_ids[-1]
-        return self._filter(self.job.parser.feed(token_ids))
+        events = self._filter(self.job.parser.feed(token_ids))
+        if self.job.sampling.params.logprobs is not None and token_ids:
+            entries = [logprobs.popleft() for _ in token_ids if logprobs]
+            if entries and self.stops.matched is None:
+                events.insert(0, self._logprobs(entries))
+        return events
+
+    def _logprobs(self, entries: list) -> LogprobsDelta:
+        """Token texts for the worker's (id, logprob, top) entries."""
+        tokenizer = self.job.model.tokenizer
+
+        def token(token_id: int, logprob: float, top=()) -> TokenLogprob:
+            text = tokenizer.decode([token_id], skip_special_tokens=False)
+            return TokenLogprob(text, logprob, tuple(text.encode()), top)
+
+        return LogprobsDelta(tuple(
+            token(e.token_id, e.logprob, tuple(token(i, lp) for i, lp in e.top))
+            for e in entries
+        ))  # fmt: skip
 
     def finish(self) -> list[GenerationEvent]:
         events = self._filter(self.job.parser.finish())
@@ -205,7 +225,8 @@ async def _relay(
     try:
         while (step := await _next_step(stream, job.idle_timeout)) is not None:
             progress.cached_tokens = getattr(stream, "cached_tokens", 0)
-            for event in progress.step(step.token_ids):
+            logprobs = getattr(stream, "logprobs", ())
+            for event in progress.step(step.token_ids, logprobs):
                 await send.send(event)
             job.status(phase="streaming", tokens=progress.completion_tokens)
             worker_reason = step.finish_reason

@@ -80,6 +80,9 @@ class SamplingParams:
     logit_bias: Mapping[int, float] = attrs.field(factory=dict)  # token id → bias
     stop_token_ids: tuple[int, ...] = ()
     ignore_eos: bool = False
+    # Report each sampled token's log-probability and this many most likely
+    # alternatives (0-20) in a `StepLogprobs` reply; None: no logprobs.
+    logprobs: int | None = None
 
 
 @attrs.frozen
@@ -166,6 +169,26 @@ class StepTokens:
 
 
 @attrs.frozen
+class TokenLogprobs:
+    """One sampled token's log-probability and its `top` alternatives (token id,
+    log-probability), most likely first."""
+
+    seq_id: SeqId
+    token_id: int
+    logprob: float
+    top: tuple[tuple[int, float], ...] = ()
+
+
+@attrs.frozen
+class StepLogprobs:
+    """The logprobs of one engine step's tokens, for the sequences that asked
+    (`SamplingParams.logprobs`); sent just before that step's `StepTokens`, and only
+    when a sequence in the step asked, so the hot path does not change."""
+
+    entries: tuple[TokenLogprobs, ...]
+
+
+@attrs.frozen
 class PrefixReused:
     """A sequence's prompt started from the prefix cache: `cached_tokens` of its
     prompt were not computed again. Sent once, before the `StepTokens` with its
@@ -240,6 +263,7 @@ Reply: TypeAlias = (
     | ModelUnloaded
     | StepTokens
     | PrefixReused
+    | StepLogprobs
     | SequenceFailed
     | JobFailed
     | MemoryReport
@@ -266,6 +290,7 @@ KINDS: dict[int, type] = {
     0x47: Pong,
     0x48: Heartbeat,
     0x49: PrefixReused,
+    0x4A: StepLogprobs,
 }
 JOBS: tuple[type, ...] = tuple(cls for kind, cls in KINDS.items() if kind < 0x40)
 REPLIES: tuple[type, ...] = tuple(cls for kind, cls in KINDS.items() if kind >= 0x40)

@@ -4,7 +4,7 @@ and a device worker, and their codec.
 The parent sends jobs (`LoadModel`, `UnloadModel`, `Generate`,
 `CancelSequence`, `QueryMemory`, `Ping`, `Shutdown`); the worker sends
 replies and events (`WorkerReady` first, then `ModelLoaded`,
-`ModelUnloaded`, `StepTokens`, `PrefixReused`, `SequenceFailed`, `JobFailed`,
+`ModelUnloaded`, `StepTokens`, `StepLogprobs`, `PrefixReused`, `SequenceFailed`, `JobFailed`,
 `MemoryReport`, `Pong`, `Heartbeat`). Jobs that expect an answer carry a
 `job_id` the answer echoes; generation is keyed by `seq_id`. Every sequence
 ends exactly once: with a `StepTokens` entry whose `finish_reason` is set,
@@ -79,8 +79,10 @@ from protocol._worker_messages import (
     SequenceFailed,
     SequenceTokens,
     Shutdown,
+    StepLogprobs,
     StepTokens,
     TensorParallel,
+    TokenLogprobs,
     UnloadModel,
     WorkerReady,
 )
@@ -120,8 +122,10 @@ __all__ = [
     "SequenceFailed",
     "SequenceTokens",
     "Shutdown",
+    "StepLogprobs",
     "StepTokens",
     "TensorParallel",
+    "TokenLogprobs",
     "UnloadModel",
     "WorkerReady",
     "encode",

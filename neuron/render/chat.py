@@ -23,8 +23,10 @@ from neuron.events import (
     Failed,
     Finished,
     GenerationEvent,
+    LogprobsDelta,
     ReasoningDelta,
     Started,
+    TokenLogprob,
     ToolCallParsed,
 )
 from neuron.render.template import TEXT, DeltaTemplate
@@ -36,6 +38,8 @@ from protocol.openai import (
     ChatCompletionMessage,
     Choice,
     ChoiceDelta,
+    ChoiceLogprobs,
+    ChunkChoice,
     CompletionId,
     ErrorResponse,
     FinishReason,
@@ -45,8 +49,10 @@ from protocol.openai import (
     ToolCallDelta,
     ToolCallFunctionDelta,
     ToolCallId,
+    TopLogprob,
     Usage,
 )
+from protocol.openai import TokenLogprob as WireTokenLogprob
 from protocol.sse import DONE, encode_json_event
 
 __all__ = ["ChatStream", "collect_chat", "finish_reason", "usage_of"]
@@ -94,6 +100,12 @@ class ChatStream:
                 return self._reasoning.render(text) if text else b""
             case ToolCallParsed():
                 return self._tool_call(event)
+            case LogprobsDelta(tokens):
+                logprobs = ChoiceLogprobs(content=tuple(wire_logprob(t) for t in tokens))
+                choice = ChunkChoice(delta=ChoiceDelta(content=""), logprobs=logprobs)
+                id, created, model = self.completion_id, self.created, self.model
+                chunk = ChatCompletionChunk(id=id, created=created, model=model, choices=(choice,))
+                return encode_json_event(chunk)
             case Started():
                 return b""
             case Finished():
@@ -149,10 +161,13 @@ def collect_chat(
     content: list[str] = []
     reasoning: list[str] = []
     calls: list[ToolCall] = []
+    logprobs: list[WireTokenLogprob] | None = None
     for event in events:
         match event:
             case ContentDelta(text):
                 content.append(text)
+            case LogprobsDelta(tokens):
+                logprobs = (logprobs or []) + [wire_logprob(t) for t in tokens]
             case ReasoningDelta(text):
                 reasoning.append(text)
             case ToolCallParsed():
@@ -165,6 +180,7 @@ def collect_chat(
                     message=message,
                     finish_reason=finish_reason(event.reason, len(calls)),
                     stop_sequence=event.stop_sequence,
+                    logprobs=None if logprobs is None else ChoiceLogprobs(content=tuple(logprobs)),
                 )
                 return ChatCompletion(
                     id=completion_id,
@@ -179,6 +195,13 @@ def collect_chat(
 def finish_reason(reason: FinishReason, tool_calls: int) -> FinishReason:
     """Upstream's rule: a model that stopped after calling tools finished for them."""
     return "tool_calls" if tool_calls and reason == "stop" else reason
+
+
+def wire_logprob(token: TokenLogprob) -> WireTokenLogprob:
+    top = tuple(TopLogprob(token=t.token, logprob=t.logprob, bytes=t.bytes) for t in token.top)
+    return WireTokenLogprob(
+        token=token.token, logprob=token.logprob, bytes=token.bytes, top_logprobs=top
+    )
 
 
 def usage_of(finished: Finished) -> Usage:

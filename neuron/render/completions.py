@@ -6,7 +6,8 @@ as chat does; a failure after the stream opened is reported in-band the
 same way (error frame, `finish_reason: "error"`, usage, `[DONE]`).
 `collect_completion` builds the non-streaming reply. Legacy completions
 carry raw text: reasoning and tool calls are not parsed for them, so only
-`ContentDelta` may be fed — anything else is a caller bug and raises.
+`ContentDelta` and `LogprobsDelta` may be fed — anything else is a caller bug
+and raises.
 
 Pure and synchronous; ids and `created` are inputs. Not for: HTTP.
 """
@@ -16,10 +17,18 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Literal, cast
 
-from neuron.events import ContentDelta, Failed, Finished, GenerationEvent, Started
+from neuron.events import (
+    ContentDelta,
+    Failed,
+    Finished,
+    GenerationEvent,
+    LogprobsDelta,
+    Started,
+    TokenLogprob,
+)
 from neuron.render.chat import usage_of
 from neuron.render.template import TEXT, DeltaTemplate
-from protocol.completions import Completion, CompletionChoice
+from protocol.completions import Completion, CompletionChoice, CompletionLogprobs
 from protocol.errors import InternalError
 from protocol.ids import ModelId
 from protocol.openai import CompletionId, ErrorResponse, Usage
@@ -63,6 +72,9 @@ class CompletionStream:
         match event:
             case ContentDelta(text):
                 return self._text.render(text) if text else b""
+            case LogprobsDelta(tokens):
+                choice = CompletionChoice(text="", logprobs=completion_logprobs(tokens))
+                return encode_json_event(self._chunk(choice))
             case Started():
                 return b""
             case Finished():
@@ -104,16 +116,23 @@ def collect_completion(
 ) -> Completion:
     """The non-streaming reply; a `Failed` event raises its error (nothing was sent)."""
     text: list[str] = []
+    logprobs: list[TokenLogprob] | None = None
     for event in events:
         match event:
             case ContentDelta(piece):
                 text.append(piece)
+            case LogprobsDelta(tokens):
+                logprobs = (logprobs or []) + list(tokens)
             case Started():
                 pass
             case Failed(error=error):
                 raise error
             case Finished():
-                choice = CompletionChoice(text="".join(text), finish_reason=_finish_reason(event))
+                choice = CompletionChoice(
+                    text="".join(text),
+                    finish_reason=_finish_reason(event),
+                    logprobs=None if logprobs is None else completion_logprobs(logprobs),
+                )
                 return Completion(
                     id=completion_id,
                     created=created,
@@ -124,6 +143,20 @@ def collect_completion(
             case _:
                 raise TypeError(f"legacy completions carry text only, not {event!r}")
     raise InternalError("the generation ended without a result")
+
+
+def completion_logprobs(tokens) -> CompletionLogprobs:
+    """The legacy shape: parallel lists, `text_offset` counted in tokens' text."""
+    offsets, at = [], 0
+    for token in tokens:
+        offsets.append(at)
+        at += len(token.token)
+    return CompletionLogprobs(
+        tokens=tuple(t.token for t in tokens),
+        token_logprobs=tuple(t.logprob for t in tokens),
+        top_logprobs=tuple({a.token: a.logprob for a in t.top} for t in tokens),
+        text_offset=tuple(offsets),
+    )
 
 
 def _finish_reason(finished: Finished) -> CompletionFinish:

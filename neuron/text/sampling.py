@@ -17,9 +17,12 @@ ignored instead. Decisions worth knowing:
   text matcher would never see them. Other stop strings are matched on text.
 * `n` > 1 is refused (`UnsupportedValue`): one sequence per request.
 * Negative seeds are folded into the worker's unsigned 64-bit range.
+* `logprobs` (chat: `logprobs: true` plus `top_logprobs`; completions: the top
+  count) becomes the worker's `logprobs`, the number of alternatives to report,
+  at most 20 (`MAX_TOP_LOGPROBS`).
 
-Not for: `logprobs` / `response_format` / `tool_choice`, which are not sampling
-knobs the worker has; the daemon decides about those.
+Not for: `response_format` / `tool_choice`, which are not sampling knobs the
+worker has; the daemon decides about those.
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ __all__ = [
 DEFAULT_MAX_TOKENS = 8192
 MAX_STOP_STRINGS = 16
 MAX_STOP_CHARS = 256
+MAX_TOP_LOGPROBS = 20
 LOGIT_BIAS_LIMIT = 100.0
 _SEED_MIN, _SEED_END = -(2**63), 2**64
 
@@ -68,15 +72,28 @@ class SamplingRequest:
     seed: int | None = None
     stop: tuple[str, ...] = ()
     n: int | None = None
+    logprobs: int | None = None  # None: none; else how many top alternatives per token
+    logprobs_param: str = "logprobs"
+
+    @classmethod
+    def _chat_logprobs(cls, r: ChatCompletionRequest) -> dict:
+        if not r.logprobs:
+            if r.top_logprobs:
+                raise InvalidParameter("top_logprobs", "top_logprobs needs logprobs: true.")
+            return {}
+        return {"logprobs": r.top_logprobs or 0, "logprobs_param": "top_logprobs"}
 
     @classmethod
     def from_chat(cls, r: ChatCompletionRequest) -> SamplingRequest:
         given = "max_completion_tokens" if r.max_completion_tokens is not None else "max_tokens"
-        return cls(max_tokens=r.effective_max_tokens, max_tokens_param=given, **_common(r))
+        return cls(
+            max_tokens=r.effective_max_tokens, max_tokens_param=given,
+            **_common(r), **cls._chat_logprobs(r),
+        )  # fmt: skip
 
     @classmethod
     def from_completion(cls, r: CompletionRequest) -> SamplingRequest:
-        return cls(max_tokens=r.max_tokens, **_common(r))
+        return cls(max_tokens=r.max_tokens, logprobs=r.logprobs, **_common(r))
 
     @classmethod
     def from_responses(cls, r: ResponsesRequest) -> SamplingRequest:
@@ -137,6 +154,7 @@ def resolve_sampling(
         frequency_penalty=float(request.frequency_penalty or 0.0),
         logit_bias=dict(request.logit_bias or {}),
         stop_token_ids=tuple(token_stops),
+        logprobs=request.logprobs,
     )
     return ResolvedSampling(params, strings, token_stops)
 
@@ -209,6 +227,10 @@ def _validate(r: SamplingRequest, vocab_size: int) -> None:
     if r.max_tokens is not None and r.max_tokens < 1:
         raise InvalidParameter(r.max_tokens_param, _expected(">= 1", r.max_tokens))
     _check_n(r.n)
+    if r.logprobs is not None and not 0 <= r.logprobs <= MAX_TOP_LOGPROBS:
+        raise InvalidParameter(
+            r.logprobs_param, _expected(f"in [0, {MAX_TOP_LOGPROBS}]", r.logprobs)
+        )
     _check_seed(r.seed)
     _check_stop(r.stop)
     _check_logit_bias(r.logit_bias or {}, vocab_size)

@@ -11,6 +11,12 @@ Because each row consumes exactly one draw from its own generator per token, a s
 sequence samples the same tokens whatever else shares its batch (as long as its
 logits are the same, which batching keeps true up to float rounding).
 
+Logprobs (for sequences whose `SamplingParams.logprobs` is set) are the log-softmax
+of the logits the draw started from: after logit bias and the penalties, before
+temperature, top-k, top-p and min-p (so a greedy and a sampled request report the
+same distribution for the same prefix; vLLM's `processed_logprobs` minus the
+temperature). Rows that did not ask pay nothing.
+
 Not for: stop conditions and max_tokens (the engine decides when a sequence ends),
 or mapping OpenAI request fields (the parent does that, including model defaults).
 """
@@ -27,6 +33,7 @@ import protocol.worker
 from neuron.worker.errors import InvalidSamplingParams
 
 LOGIT_BIAS_LIMIT = 100.0
+MAX_TOP_LOGPROBS = 20
 # Below this a temperature only overflows the logits; treat it as greedy, as vLLM does.
 GREEDY_BELOW = 1e-5
 
@@ -52,6 +59,7 @@ class SamplingParams:
     logit_bias: tuple[tuple[int, float], ...] = field(default=(), converter=_bias_items)
     stop_token_ids: frozenset[int] = field(default=frozenset(), converter=frozenset)
     ignore_eos: bool = False
+    logprobs: int | None = None  # report the sampled token's logprob and this many top ones
 
     def __attrs_post_init__(self) -> None:
         problem = _params_problem(self)
@@ -74,6 +82,7 @@ class SamplingParams:
             logit_bias=wire.logit_bias,
             stop_token_ids=wire.stop_token_ids,
             ignore_eos=wire.ignore_eos,
+            logprobs=wire.logprobs,
         )
 
     @property
@@ -103,6 +112,10 @@ def _params_problem(p: SamplingParams) -> str | None:
             f"logit_bias values must be in [-{LOGIT_BIAS_LIMIT:g}, {LOGIT_BIAS_LIMIT:g}]",
         ),
         (p.seed is None or 0 <= p.seed < 2**64, "seed must be in [0, 2**64)"),
+        (
+            p.logprobs is None or 0 <= p.logprobs <= MAX_TOP_LOGPROBS,
+            f"logprobs must be in [0, {MAX_TOP_LOGPROBS}]",
+        ),
     )
     return next((message for ok, message in checks if not ok), None)
 
@@ -132,6 +145,8 @@ class SequenceSampler:
             self.counts = torch.zeros(vocab_size, device=device)
             self.seen = torch.zeros(vocab_size, dtype=torch.bool, device=device)
             self.seen[torch.tensor(list(prompt_ids), device=device)] = True
+        # The last sampled token's (logprob, ((top id, top logprob), ...)), when asked.
+        self.logprobs: tuple[float, tuple[tuple[int, float], ...]] | None = None
 
     def record(self, token: int) -> None:
         """Account for a token this sequence just produced."""
@@ -170,9 +185,30 @@ def sample_batch(logits: torch.Tensor, samplers: Sequence[SequenceSampler]) -> l
         drawn = _sample_rows(logits[index], [samplers[i] for i in rows])
         tokens = tokens.index_copy(0, index, drawn)
     picked = tokens.tolist()
+    _record_logprobs(logits, tokens, samplers)
     for sampler, token in zip(samplers, picked, strict=True):
         sampler.record(token)
     return picked
+
+
+def _record_logprobs(
+    logits: torch.Tensor, tokens: torch.Tensor, samplers: Sequence[SequenceSampler]
+) -> None:
+    rows = [i for i, s in enumerate(samplers) if s.params.logprobs is not None]
+    if not rows:
+        return
+    index = torch.tensor(rows, device=logits.device)
+    logprobs = logits[index].log_softmax(dim=-1)
+    chosen = logprobs.gather(-1, tokens[index].unsqueeze(-1)).squeeze(-1).tolist()
+    k = max(samplers[i].params.logprobs or 0 for i in rows)
+    top_values, top_ids = logprobs.topk(k, dim=-1)
+    top_values, top_ids = top_values.tolist(), top_ids.tolist()
+    for j, i in enumerate(rows):
+        n = samplers[i].params.logprobs or 0
+        samplers[i].logprobs = (
+            chosen[j],
+            tuple(zip(top_ids[j][:n], top_values[j][:n], strict=True)),
+        )
 
 
 def _apply_logit_bias(logits: torch.Tensor, samplers: Sequence[SequenceSampler]) -> None:

@@ -253,6 +253,13 @@ class WorkerService:
         for o in result.outputs:
             if cached := getattr(o, "cached_tokens", 0):
                 self.channel.send(wire.PrefixReused(o.seq_id, cached))
+        logprobs = tuple(
+            wire.TokenLogprobs(o.seq_id, o.token_ids[0], o.logprobs[0], o.logprobs[1])
+            for o in result.outputs
+            if o.logprobs is not None and o.token_ids
+        )
+        if logprobs:
+            self.channel.send(wire.StepLogprobs(logprobs))
         if result.outputs:
             sequences = tuple(
                 wire.SequenceTokens(o.seq_id, o.token_ids, o.finish_reason) for o in result.outputs

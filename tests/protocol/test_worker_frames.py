@@ -42,8 +42,10 @@ from protocol.worker import (
     SequenceFailed,
     SequenceTokens,
     Shutdown,
+    StepLogprobs,
     StepTokens,
     TensorParallel,
+    TokenLogprobs,
     UnloadModel,
     WorkerReady,
     encode,
@@ -99,6 +101,7 @@ sampling = st.builds(
     logit_bias=st.dictionaries(ints, floats, max_size=4),
     stop_token_ids=st.lists(ints, max_size=4).map(tuple),
     ignore_eos=st.booleans(),
+    logprobs=maybe(st.integers(0, 20)),
 )
 sequence_tokens = st.builds(
     SequenceTokens,
@@ -142,6 +145,13 @@ replies = st.one_of(
     st.builds(ModelUnloaded, ints, text, maybe(ints)),
     st.builds(StepTokens, u64, st.lists(sequence_tokens, max_size=6).map(tuple)),
     st.builds(PrefixReused, u64, ints),
+    st.builds(
+        StepLogprobs,
+        st.lists(
+            st.builds(TokenLogprobs, u64, i32, floats, st.lists(st.tuples(i32, floats)).map(tuple)),
+            max_size=4,
+        ).map(tuple),
+    ),
     st.builds(SequenceFailed, u64, failure_kinds, text, st.booleans()),
     st.builds(JobFailed, ints, failure_kinds, text, st.booleans()),
     st.builds(
@@ -173,7 +183,7 @@ def chunks(raw: bytes, cuts: list[int]) -> list[bytes]:
 
 
 def test_kind_table_is_closed_and_split_by_direction():
-    assert len(KINDS) == len(set(KINDS.values())) == 17
+    assert len(KINDS) == len(set(KINDS.values())) == 18
     assert set(JOBS) | set(REPLIES) == set(KINDS.values())
     assert not set(JOBS) & set(REPLIES)
 

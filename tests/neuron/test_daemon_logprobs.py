@@ -1,0 +1,95 @@
+"""logprobs / top_logprobs through a real `neuron serve` (issue #17).
+
+The worker reports each sampled token's log-probability from the logits its
+sampler used; here they are checked against a log-softmax computed in this
+process by transformers over the same prefix (greedy, fp32), and for shape:
+one entry per completion token, `top_logprobs` as long as asked and sorted.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from daemon_harness import HTTPX_ASYNCGEN_WARNING, QWEN, assert_openai_error
+from transformers import AutoModelForCausalLM
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.integration,
+    pytest.mark.filterwarnings(HTTPX_ASYNCGEN_WARNING),
+]
+
+IM_END, END_OF_TEXT = 4089, 4087  # neuron.synth.TOKEN_IDS
+NO_EOS = {str(IM_END): -100, str(END_OF_TEXT): -100}
+PROMPT = [11, 305, 97, 1203, 44, 8, 611, 2000]
+USER = [{"role": "user", "content": "Tell me about the weather in Berlin."}]
+
+
+@pytest.fixture
+def client(neuron_daemon):
+    with neuron_daemon.openai() as client:
+        yield client
+
+
+def test_completion_logprobs_match_transformers(client, daemon_models):
+    steps = 4
+    reply = client.completions.create(
+        model=QWEN, prompt=PROMPT, max_tokens=steps, temperature=0, logprobs=5
+    )
+    logprobs = reply.choices[0].logprobs
+    assert len(logprobs.token_logprobs) == steps == len(logprobs.top_logprobs)
+    model = AutoModelForCausalLM.from_pretrained(daemon_models.root / QWEN, dtype=torch.float32)
+    ids = list(PROMPT)
+    with torch.no_grad():
+        for step in range(steps):
+            expected = model(torch.tensor([ids])).logits[0, -1].float().log_softmax(-1)
+            top = expected.topk(5)
+            # Greedy: the sampled token is the most likely one.
+            assert logprobs.token_logprobs[step] == pytest.approx(float(top.values[0]), abs=1e-4)
+            reported = sorted(logprobs.top_logprobs[step].values(), reverse=True)
+            # Distinct ids may decode to one string; those collapse in the legacy dict.
+            assert reported == pytest.approx(top.values.tolist()[: len(reported)], abs=1e-4)
+            ids.append(int(top.indices[0]))
+
+
+def _check_content(content, count: int, top: int) -> None:
+    assert len(content) == count
+    for entry in content:
+        values = [t.logprob for t in entry.top_logprobs]
+        assert len(values) == top
+        assert values == sorted(values, reverse=True)
+        assert entry.logprob <= 0.0
+        assert entry.bytes == list(entry.token.encode())
+
+
+def test_chat_logprobs_streamed_and_not(client):
+    body = dict(model=QWEN, messages=USER, max_tokens=6, logit_bias=NO_EOS, seed=3)
+    reply = client.chat.completions.create(**body, logprobs=True, top_logprobs=3)
+    _check_content(reply.choices[0].logprobs.content, reply.usage.completion_tokens, 3)
+    content = []
+    stream = client.chat.completions.create(**body, logprobs=True, top_logprobs=3, stream=True)
+    for chunk in stream:
+        for choice in chunk.choices:
+            if choice.logprobs is not None and choice.logprobs.content:
+                content.extend(choice.logprobs.content)
+    _check_content(content, 6, 3)
+    # The same seed samples the same tokens with the same logprobs.
+    assert [c.logprob for c in content] == pytest.approx(
+        [c.logprob for c in reply.choices[0].logprobs.content], abs=1e-5
+    )
+    plain = client.chat.completions.create(**body)
+    assert plain.choices[0].logprobs is None
+
+
+def test_logprobs_bounds_are_a_400(client, neuron_daemon):
+    body = dict(model=QWEN, messages=USER, max_tokens=2)
+    with neuron_daemon.http() as http:
+        for extra in ({"logprobs": True, "top_logprobs": 21}, {"top_logprobs": 2}):
+            response = http.post("/v1/chat/completions", json=body | extra)
+            error = assert_openai_error(response, 400, "invalid_value")
+            assert error["param"] == "top_logprobs"
+        response = http.post("/v1/completions", json={**body, "prompt": PROMPT, "logprobs": 21})
+        assert assert_openai_error(response, 400, "invalid_value")["param"] == "logprobs"
+    assert json.loads(client.chat.completions.create(**body).model_dump_json())["choices"]
