@@ -65,6 +65,7 @@ __all__ = [
     "Log",
     "Neuron",
     "RateLimit",
+    "Routing",
     "Window",
     "find_config_path",
     "load_catalogue",
@@ -186,6 +187,28 @@ class Fleet:
 
 
 @attrs.frozen
+class Routing:
+    """`[routing]` (ours) — choosing among a model's replicas (`cortex.affinity`).
+
+    prefix_affinity  true  requests sharing a prompt prefix go to the replica
+                           that served it last (its prefix cache holds it);
+                           false: always the least busy replica
+    prefix_chars     4096  characters of the prefix (tools, system messages,
+                           first user message) that name it
+    load_factor      1.5   the affine replica is passed over for the least
+                           busy one when its load (in flight + queued) is
+                           above load_factor x the replicas' mean load...
+    load_slack       4     ...and above the least busy replica's by more
+                           than this many requests
+    """
+
+    prefix_affinity: bool = True
+    prefix_chars: int = setting(4096, at_least(1))
+    load_factor: float = setting(1.5, at_least(1))
+    load_slack: int = setting(4, at_least(0))
+
+
+@attrs.frozen
 class Http:
     """`[http]` (ours) — request handling.
 
@@ -285,6 +308,7 @@ class CortexConfig:
     eviction: Eviction = attrs.field(factory=Eviction)
     neurons: tuple[Neuron, ...] = ()
     fleet: Fleet = attrs.field(factory=Fleet)
+    routing: Routing = attrs.field(factory=Routing)
     http: Http = attrs.field(factory=Http)
     log: Log = attrs.field(factory=Log)
     entitlements: Entitlements = attrs.field(factory=Entitlements)

@@ -5,7 +5,9 @@ functions (`cortex.placement`); `Fleet.acquire(model)` loops over them until
 the model is routable somewhere — loading it (single-flight, after the
 decided evictions) when placement says so, waiting while it loads or
 recovers elsewhere, and raising the decision's error (404 / 503 with
-Retry-After) when it can never or cannot now be served.
+Retry-After) when it can never or cannot now be served. Given a request's
+prefix key, it routes among a model's replicas by prefix affinity
+(`cortex.affinity`) and reports each such choice to `on_affinity`.
 
     cortex (actor root)
     ├── fleet        supervisor: one NodeActor per configured neuron
@@ -25,6 +27,7 @@ import httpx
 import trio
 
 import actors
+from cortex.affinity import AffinityOutcome, PrefixAffinity
 from cortex.eviction import EvictionPolicy, defrag_plan
 from cortex.fleet_snapshot import Catalogue, FleetSnapshot, NodeState
 from cortex.node import Node, NodeActor, PollSettings
@@ -65,6 +68,10 @@ class Fleet:
         self.policy = policy
         self.load_timeout = load_timeout
         self.measured_mb: dict[ModelId, int] = {}
+        self.affinity: PrefixAffinity | None = None  # None: least busy replica only
+        self.prefix_chars = 4096  # `[routing] prefix_chars`: what `prefix_key` reads
+        # told (model, outcome) of each affinity choice among two or more replicas
+        self.on_affinity: Callable[[ModelId, AffinityOutcome], None] | None = None
 
     def snapshot(self) -> FleetSnapshot:
         nodes = tuple(n.snapshot() for n in self.nodes.values())
@@ -78,16 +85,22 @@ class Fleet:
         return resolve_alias(self.catalogue, name)
 
     async def acquire(self, model: ModelId, *, status: Callable[..., None] | None = None,
-                      exclude: frozenset[NodeName] = frozenset()) -> Acquired:  # fmt: skip
-        """Return a node where `model` is routable now, loading it if need be."""
+                      exclude: frozenset[NodeName] = frozenset(),
+                      prefix: bytes | None = None) -> Acquired:  # fmt: skip
+        """Return a node where `model` is routable now, loading it if need be; with a
+        `prefix` key, the replica that prefix affinity picks."""
         status = status or (lambda **_: None)
         started, cold, repolled = trio.current_time(), False, False
+        pick = self._picker(model, prefix)
         with trio.fail_after(self.load_timeout):
             while True:
-                decision = place(self._without(exclude), model, time.monotonic(), self.policy)
+                snapshot = self._without(exclude)
+                decision = place(snapshot, model, time.monotonic(), self.policy, pick=pick)
                 match decision:
                     case Route(node=name):
                         node = self.nodes[name]
+                        if self.affinity is not None and prefix is not None:
+                            self.affinity.served(model, prefix, name)
                         node.last_used_at[model] = time.monotonic()
                         node.routed[model] = node.routed.get(model, 0) + 1
                         waited = trio.current_time() - started if cold else 0.0
@@ -106,6 +119,20 @@ class Fleet:
                         await self.repoll()
                     case Wait() | Impossible():
                         raise decision_error(decision)
+
+    def _picker(self, model: ModelId, prefix: bytes | None):
+        """Placement's `pick` for this request: by prefix affinity, or None."""
+        affinity = self.affinity
+        if affinity is None or prefix is None:
+            return None
+
+        def pick(replicas) -> NodeName:
+            name, outcome = affinity.pick(model, prefix, replicas)
+            if len(replicas) > 1 and self.on_affinity is not None:
+                self.on_affinity(model, outcome)
+            return name
+
+        return pick
 
     async def _load(self, node: Node, model: ModelId, devices, evict) -> None:
         try:

@@ -26,6 +26,7 @@ from quart import Response, request
 from quart_trio import QuartTrio
 
 import actors
+from cortex.affinity import PrefixAffinity
 from cortex.auth import Keyring, NeuronTokens, open_warning
 from cortex.config import CortexConfig, split_listen
 from cortex.eviction import EvictionPolicy
@@ -82,6 +83,7 @@ class Gateway:
             )  # fmt: skip
             for node in self.fleet.nodes.values():
                 node.observer = _LifecycleMetrics(self.metrics)
+            self._route_by_prefix()
             self.requests = await root.start_supervisor("requests")
             self.url = await self._bind(nursery, create_app(self), self.config.gateway.listen)
             self.metrics_url = await self._bind(nursery, self._metrics_app(),
@@ -127,6 +129,14 @@ class Gateway:
         if self.draining:
             raise ServiceUnavailable("the gateway is shutting down", code="shutting_down",
                                      retry_after=5)  # fmt: skip
+
+    def _route_by_prefix(self) -> None:
+        """`[routing]`: prefix-aware routing among replicas, counted in the metrics."""
+        routing = self.config.routing
+        if routing.prefix_affinity:
+            self.fleet.affinity = PrefixAffinity(routing.load_factor, routing.load_slack)
+            self.fleet.prefix_chars = routing.prefix_chars
+            self.fleet.on_affinity = self.metrics.affinity_choice
 
     def _policy(self) -> EvictionPolicy:
         return self.config.eviction.policy()

@@ -40,6 +40,7 @@ if TYPE_CHECKING:
     from cortex.config import CortexConfig
 
 __all__ = [
+    "AFFINITY_OUTCOMES",
     "ERROR_OUTCOMES",
     "EVICTION_REASONS",
     "LOAD_OUTCOMES",
@@ -66,6 +67,7 @@ OUTCOMES = frozenset({
 ERROR_OUTCOMES = OUTCOMES - {"ok", "client_error", "cancelled"} | {OTHER}
 LOAD_OUTCOMES = frozenset({"loaded", "failed", "timeout", "cancelled"})
 EVICTION_REASONS = frozenset({"make_room", "defrag", "admin", "drain"})
+AFFINITY_OUTCOMES = frozenset({"hit", "miss", "overloaded"})
 REJECTION_FIELDS = {  # neuron /health ModelLoad field → reason label
     "rejected_queue_full": "queue_full",
     "rejected_timeout": "wait_timeout",
@@ -268,6 +270,10 @@ class CortexMetrics:
         self.cached_prompt_tokens = Counter(
             "cortex_cached_prompt_tokens", "Prompt tokens served from cache", mn, registry=r
         )
+        self.prefix_affinity = Counter(
+            "cortex_prefix_affinity", "Prefix-aware choices among a model's replicas, by outcome",
+            ["model", "outcome"], registry=r,
+        )  # fmt: skip
 
     def _lifecycle(self, r: CollectorRegistry) -> None:
         self.model_loads = Counter(
@@ -357,6 +363,13 @@ class CortexMetrics:
         window = record.decode if (record.decode or 0) >= MIN_DECODE_WINDOW else record.duration
         if record.completion_tokens > 0 and window > 0:
             self.tokens_per_second.labels(model, node).observe(record.completion_tokens / window)
+
+    def affinity_choice(self, model: str, outcome: str) -> None:
+        """Prefix-aware routing chose among two or more replicas (`cortex.affinity`):
+        `hit` (the replica that served the prefix last), `miss` (not seen: hashed),
+        `overloaded` (that replica was over its load bound: the least busy one)."""
+        outcome = _bounded(outcome, AFFINITY_OUTCOMES)
+        self.prefix_affinity.labels(self._model(model), outcome).inc()
 
     def model_load(self, model: str, node: str, outcome: str, seconds: float) -> None:
         """A load the gateway asked for ended (`loaded`, `failed`, `timeout`, `cancelled`)."""

@@ -17,7 +17,9 @@ never to a `down` one.
 `place` decides, in this order (aliases are resolved before):
 
 1. `Route` to the least busy routable replica — `loaded`, servable not
-   `false` — by in flight + queued, ties by node name.
+   `false` — by in flight + queued, ties by node name; or, given `pick`
+   (prefix-aware routing, `cortex.affinity`), to the one `pick` chooses
+   among them.
 2. `Wait` if the model is recovering, else loading, on an up or suspect node
    that is not draining: one copy at a time, no second load beside it.
 3. `Impossible(model_not_found)` if neither the catalogue nor any node knows
@@ -41,7 +43,7 @@ never to a `down` one.
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import attrs
 
@@ -166,14 +168,16 @@ def place(
     policy: EvictionPolicy,
     *,
     force: bool = False,
+    pick: Callable[[Sequence[tuple[int, NodeName]]], NodeName] | None = None,
 ) -> Decision:
     """Decide where a request for `model` goes (see the module docstring).
 
     `now` is monotonic seconds, on the clock of the snapshot's times.
     `force` (an operator's explicit load) lifts the minimum residency guard;
-    busy models are never evicted.
+    busy models are never evicted. `pick` chooses among the routable replicas,
+    given as (load, node) by load then name; by default the first.
     """
-    decision = _route(snapshot, model) or _hold(snapshot, model)
+    decision = _route(snapshot, model, pick) or _hold(snapshot, model)
     if decision is not None:
         return decision
     profile = profile_for(snapshot, model)
@@ -190,7 +194,11 @@ def _serving(snapshot: FleetSnapshot, state: NodeState) -> list[NodeSnapshot]:
     return [n for n in snapshot.nodes if n.state is state and not n.draining]
 
 
-def _route(snapshot: FleetSnapshot, model: ModelId) -> Route | None:
+def _route(
+    snapshot: FleetSnapshot,
+    model: ModelId,
+    pick: Callable[[Sequence[tuple[int, NodeName]]], NodeName] | None = None,
+) -> Route | None:
     for state in (NodeState.UP, NodeState.SUSPECT):
         replicas = sorted(
             (r.load, n.name)
@@ -198,7 +206,7 @@ def _route(snapshot: FleetSnapshot, model: ModelId) -> Route | None:
             if (r := n.residency(model)) is not None and r.routable
         )
         if replicas:
-            return Route(replicas[0][1])
+            return Route(pick(replicas) if pick else replicas[0][1])
     return None
 
 

@@ -28,6 +28,7 @@ import httpx
 import trio
 
 import actors
+from cortex.affinity import prefix_key
 from cortex.fleet import Acquired, Fleet
 from protocol.errors import RETRIABLE_CODES, ApiError, UpstreamError, api_error_from_envelope
 from protocol.ids import ModelId, NodeName
@@ -37,7 +38,6 @@ if TYPE_CHECKING:
     from cortex.meter import Meter
 
 log = logging.getLogger(__name__)
-
 
 
 @attrs.frozen
@@ -89,8 +89,10 @@ async def open_upstream(
     """The node's response (body unread: the caller closes it) or an ApiError."""
     failed: list[NodeName] = []  # in order; none is tried again
     last: ApiError | None = None
+    prefix = prefix_key(path, body, fleet.prefix_chars) if fleet.affinity else None
     for attempt in range(retries + 1):
-        acquired = await fleet.acquire(model, status=status, exclude=frozenset(failed))
+        acquired = await fleet.acquire(model, status=status, exclude=frozenset(failed),
+                                       prefix=prefix)  # fmt: skip
         node = acquired.node
         if status is not None:
             status(phase="upstream", node=node.name)
