@@ -18,6 +18,7 @@ from neuron.text.output import ContentDelta, ReasoningDelta, ToolCallParsed
 from protocol.errors import ApiError
 
 __all__ = [
+    "ChoiceEvent",
     "ContentDelta",
     "Failed",
     "Finished",
@@ -79,6 +80,21 @@ class Failed:
     completion_tokens: int = 0
 
 
+@attrs.frozen
+class ChoiceEvent:
+    """An event of choice `index` of an n > 1 request (`neuron.generation.generate_choices`)."""
+
+    index: int
+    event: Started | ContentDelta | ReasoningDelta | ToolCallParsed | LogprobsDelta | Finished
+
+
 GenerationEvent: TypeAlias = (
-    Started | ContentDelta | ReasoningDelta | ToolCallParsed | LogprobsDelta | Finished | Failed
+    Started
+    | ContentDelta
+    | ReasoningDelta
+    | ToolCallParsed
+    | LogprobsDelta
+    | ChoiceEvent
+    | Finished
+    | Failed
 )

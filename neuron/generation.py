@@ -25,6 +25,7 @@ import attrs
 import trio
 
 from neuron.events import (
+    ChoiceEvent,
     ContentDelta,
     Failed,
     Finished,
@@ -56,6 +57,8 @@ class GenerationJob:
     task: Any = None  # the request's task actor, for status fields (optional)
     arrived_at: float = attrs.field(factory=trio.current_time)
     idle_timeout: float = math.inf  # `[timeouts] request_idle`: longest wait for a step
+    # n > 1: the other choices' jobs (index 1, 2, ...), same prompt, own parser and seed.
+    copies: tuple[GenerationJob, ...] = ()
 
     def status(self, **fields: Any) -> None:
         if self.task is not None:
@@ -196,6 +199,72 @@ async def generate(job: GenerationJob, send: trio.MemorySendChannel[GenerationEv
     except ApiError as exc:  # refused before the sequence started
         job.refused(exc)
         await send.send(Failed(exc, len(job.prompt_ids)))
+
+
+async def generate_choices(
+    job: GenerationJob, send: trio.MemorySendChannel[GenerationEvent]
+) -> None:
+    """`generate`, or for a job with `copies` (n > 1) every choice at once.
+
+    With copies, the sequences run side by side (each its own worker sequence, so the
+    prefix cache or the packed prefill shares the prompt's work). A refusal of any is
+    the request's refusal (`Failed` before `Started`, the others cancelled). Then one
+    `Started`, each choice's events as `ChoiceEvent`s in the order they come, its
+    `Finished` included, and a last `Finished` whose counts cover every choice; a
+    `Failed` of any choice ends the request in-band.
+    """
+    jobs = (job, *job.copies)
+    if len(jobs) == 1:
+        await generate(job, send)
+        return
+    async with trio.open_nursery() as nursery:
+        receives = []
+        for each in jobs:
+            sub_send, sub_receive = trio.open_memory_channel[GenerationEvent](math.inf)
+            nursery.start_soon(_generate_into, each, sub_send)
+            receives.append(sub_receive)
+        firsts = [await receive.receive() for receive in receives]
+        if refusal := next((e for e in firsts if not isinstance(e, Started)), None):
+            nursery.cancel_scope.cancel()
+            await send.send(refusal)
+            return
+        await send.send(firsts[0])
+        merged_send, merged_receive = trio.open_memory_channel[ChoiceEvent](math.inf)
+        async with merged_send:
+            for index, receive in enumerate(receives):
+                nursery.start_soon(_tag, index, receive, merged_send.clone())
+        finished: list[Finished] = []
+        async for item in merged_receive:
+            if isinstance(item.event, Failed):
+                nursery.cancel_scope.cancel()
+                await send.send(item.event)
+                return
+            await send.send(item)
+            if isinstance(item.event, Finished):
+                finished.append(item.event)
+        await send.send(_all_finished(finished))
+
+
+async def _generate_into(job: GenerationJob, send: trio.MemorySendChannel) -> None:
+    async with send:
+        await generate(job, send)
+
+
+async def _tag(index: int, receive: trio.MemoryReceiveChannel, send: trio.MemorySendChannel):
+    async with send, receive:
+        async for event in receive:
+            await send.send(ChoiceEvent(index, event))
+
+
+def _all_finished(finished: list[Finished]) -> Finished:
+    """The request's usage over all choices: the prompt once, every completion."""
+    first = finished[0]
+    return attrs.evolve(
+        first,
+        completion_tokens=sum(f.completion_tokens for f in finished),
+        reasoning_tokens=sum(f.reasoning_tokens for f in finished),
+        decode_ms=max(f.decode_ms for f in finished),
+    )
 
 
 class RequestIdle(GatewayTimeout):

@@ -242,7 +242,9 @@ def _inference_routes(app: QuartTrio, neuron: Neuron) -> None:
         job = neuron.serving.chat_job(body)
         cid, created, model = f"chatcmpl-{uuid.uuid4().hex}", int(time.time()), str(job.model.id)
         if body.stream:
-            stream = render.ChatStream(cid, model, created, include_usage=_include_usage(body))
+            stream = render.ChatStream(
+                cid, model, created, include_usage=_include_usage(body), choices=body.n or 1
+            )
             return await _stream(neuron, job, stream)
         return json_response(render.collect_chat(cid, model, created, await _collect(neuron, job)))
 
@@ -260,7 +262,7 @@ def _inference_routes(app: QuartTrio, neuron: Neuron) -> None:
         if body.stream:
             include = body.stream_options.include_usage if body.stream_options else None
             stream = render.CompletionStream(
-                cid, model, created, include_usage=include is not False
+                cid, model, created, include_usage=include is not False, choices=body.n or 1
             )
             return await _stream(neuron, job, stream)
         events = await _collect(neuron, job)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import attrs
@@ -29,7 +30,7 @@ import trio
 
 import actors
 from neuron.events import Failed, Finished, GenerationEvent, Started
-from neuron.generation import GenerationJob, generate
+from neuron.generation import GenerationJob, generate_choices
 from neuron.metrics import NeuronMetrics
 from neuron.registry import ModelRegistry, ServedModel
 from neuron.text.output import OutputParser
@@ -87,8 +88,9 @@ class Serving:
         prompt = ChatPrompt.build(request, model.tokenizer, markers, model_id=model.id)
         sampling = self._sampling(model, SamplingRequest.from_chat(request), prompt.token_ids)
         parser = prompt.output_parser(model.tokenizer, markers)
-        return GenerationJob(model, prompt.token_ids, sampling, parser, self.metrics,
-                             idle_timeout=self.settings.idle_timeout)  # fmt: skip
+        job = GenerationJob(model, prompt.token_ids, sampling, parser, self.metrics,
+                            idle_timeout=self.settings.idle_timeout)  # fmt: skip
+        return _with_copies(job, request.n, lambda: prompt.output_parser(model.tokenizer, markers))
 
     def count_chat_tokens(self, request: ChatCompletionRequest) -> TokenCount:
         """The prompt tokens `request` costs, rendered exactly as `chat_job` renders it."""
@@ -101,12 +103,16 @@ class Serving:
         model = self.registry.get(request.model)
         prompt_ids = _completion_prompt(request, model)
         sampling = self._sampling(model, SamplingRequest.from_completion(request), prompt_ids)
-        parser = OutputParser(
-            model.tokenizer, Markers(), context=prompt_ids[-4:],
-            hidden_ids=model.tokenizer.eos_token_ids,
-        )  # fmt: skip
-        return GenerationJob(model, prompt_ids, sampling, parser, self.metrics,
-                             idle_timeout=self.settings.idle_timeout)  # fmt: skip
+
+        def parser() -> OutputParser:
+            return OutputParser(
+                model.tokenizer, Markers(), context=prompt_ids[-4:],
+                hidden_ids=model.tokenizer.eos_token_ids,
+            )  # fmt: skip
+
+        job = GenerationJob(model, prompt_ids, sampling, parser(), self.metrics,
+                            idle_timeout=self.settings.idle_timeout)  # fmt: skip
+        return _with_copies(job, request.n, parser)
 
     def _sampling(self, model: ServedModel, request: SamplingRequest, prompt: tuple[int, ...]):
         return resolve_sampling(
@@ -154,14 +160,28 @@ class Serving:
 
 async def _generate_then_close(job: GenerationJob, send: trio.MemorySendChannel) -> None:
     async with send:
-        await generate(job, send)
+        await generate_choices(job, send)
 
 
 async def _produce(task: Any, job: GenerationJob, send: trio.MemorySendChannel) -> None:
     job.task = task
     async with send:
         with contextlib.suppress(trio.BrokenResourceError):  # the client went away
-            await generate(job, send)
+            await generate_choices(job, send)
+
+
+def _with_copies(job: GenerationJob, n: int | None, parser: Callable[[], Any]) -> GenerationJob:
+    """n > 1: the other choices, each with a fresh parser and seed + index (when seeded)."""
+    if not n or n == 1:
+        return job
+    params = job.sampling.params
+    copies = []
+    for index in range(1, n):
+        seed = None if params.seed is None else (params.seed + index) % 2**64
+        sampling = attrs.evolve(job.sampling, params=attrs.evolve(params, seed=seed))
+        copies.append(attrs.evolve(job, sampling=sampling, parser=parser(), copies=()))
+    job.copies = tuple(copies)
+    return job
 
 
 class SseRenderer:

@@ -18,7 +18,10 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import cast
 
+import attrs
+
 from neuron.events import (
+    ChoiceEvent,
     ContentDelta,
     Failed,
     Finished,
@@ -78,34 +81,44 @@ class ChatStream:
         created: int,
         *,
         include_usage: bool = True,
+        choices: int = 1,
     ) -> None:
         self.completion_id, self.model, self.created = completion_id, model, created
         self.include_usage = include_usage
+        self.choices = choices  # n: each choice's events come as `ChoiceEvent`s
         self.ended = False
-        self._tool_calls = 0
-        self._content = DeltaTemplate(self._delta_chunk(ChoiceDelta(content=TEXT)))
-        self._reasoning = DeltaTemplate(self._delta_chunk(ChoiceDelta(reasoning_content=TEXT)))
+        self._tool_calls = [0] * choices
+        self._templates: dict[int, tuple[DeltaTemplate, DeltaTemplate]] = {}
 
     def start(self) -> bytes:
-        """The role chunk; sent before prefill, so the client sees the stream open."""
-        return encode_json_event(self._delta_chunk(ChoiceDelta(role="assistant", content="")))
+        """The role chunk(s); sent before prefill, so the client sees the stream open."""
+        return b"".join(
+            encode_json_event(self._delta_chunk(ChoiceDelta(role="assistant", content=""), i))
+            for i in range(self.choices)
+        )
 
-    def feed(self, event: GenerationEvent) -> bytes:
+    def feed(self, event: GenerationEvent | ChoiceEvent, index: int = 0) -> bytes:
         if self.ended:
             raise RuntimeError(f"chat stream {self.completion_id} already ended")
         match event:
             case ContentDelta(text):
-                return self._content.render(text) if text else b""
+                return self._template(index)[0].render(text) if text else b""
             case ReasoningDelta(text):
-                return self._reasoning.render(text) if text else b""
+                return self._template(index)[1].render(text) if text else b""
             case ToolCallParsed():
-                return self._tool_call(event)
+                return self._tool_call(event, index)
             case LogprobsDelta(tokens):
                 logprobs = ChoiceLogprobs(content=tuple(wire_logprob(t) for t in tokens))
-                choice = ChunkChoice(delta=ChoiceDelta(content=""), logprobs=logprobs)
-                id, created, model = self.completion_id, self.created, self.model
-                chunk = ChatCompletionChunk(id=id, created=created, model=model, choices=(choice,))
-                return encode_json_event(chunk)
+                choice = ChunkChoice(index=index, delta=ChoiceDelta(content=""), logprobs=logprobs)
+                return encode_json_event(self._chunk(choice))
+            case ChoiceEvent(index=i, event=Finished() as done):
+                reason = finish_reason(done.reason, self._tool_calls[i])
+                choice = ChunkChoice(
+                    index=i, finish_reason=reason, stop_sequence=done.stop_sequence
+                )
+                return encode_json_event(self._chunk(choice))
+            case ChoiceEvent(index=i, event=inner):
+                return self.feed(inner, i)
             case Started():
                 return b""
             case Finished():
@@ -115,8 +128,11 @@ class ChatStream:
         raise TypeError(f"not a generation event: {event!r}")
 
     def finish(self, finished: Finished) -> bytes:
-        """The final chunk, the usage chunk (if asked for) and `[DONE]`."""
-        reason = finish_reason(finished.reason, self._tool_calls)
+        """The final chunk, the usage chunk (if asked for) and `[DONE]`. With n > 1 each
+        choice's final chunk went out with its `ChoiceEvent(Finished)`."""
+        if self.choices > 1:
+            return self._end(None, usage_of(finished))
+        reason = finish_reason(finished.reason, self._tool_calls[0])
         return self._end(reason, usage_of(finished), finished.stop_sequence)
 
     def fail(self, failed: Failed) -> bytes:
@@ -125,39 +141,58 @@ class ChatStream:
         usage = Usage.of(failed.prompt_tokens, failed.completion_tokens)
         return error + self._end(ERROR_FINISH, usage)
 
-    def _tool_call(self, call: ToolCallParsed) -> bytes:
-        self._tool_calls += 1
+    def _template(self, index: int) -> tuple[DeltaTemplate, DeltaTemplate]:
+        if index not in self._templates:
+            self._templates[index] = (
+                DeltaTemplate(self._delta_chunk(ChoiceDelta(content=TEXT), index)),
+                DeltaTemplate(self._delta_chunk(ChoiceDelta(reasoning_content=TEXT), index)),
+            )
+        return self._templates[index]
+
+    def _tool_call(self, call: ToolCallParsed, index: int = 0) -> bytes:
+        self._tool_calls[index] += 1
         function = ToolCallFunctionDelta(name=call.name, arguments=call.arguments_json)
         delta = ToolCallDelta(
             index=call.index, id=ToolCallId(call.id), type="function", function=function
         )
-        return encode_json_event(self._delta_chunk(ChoiceDelta(tool_calls=(delta,))))
+        return encode_json_event(self._delta_chunk(ChoiceDelta(tool_calls=(delta,)), index))
 
-    def _end(self, reason: FinishReason, usage: Usage, stop_sequence: str | None = None) -> bytes:
+    def _end(
+        self, reason: FinishReason | None, usage: Usage, stop_sequence: str | None = None
+    ) -> bytes:
         if self.ended:
             raise RuntimeError(f"chat stream {self.completion_id} already ended")
         self.ended = True
         id, created, model = self.completion_id, self.created, self.model
-        final = ChatCompletionChunk.finish_chunk(
-            reason, id=id, created=created, model=model, stop_sequence=stop_sequence
-        )
-        frames = [encode_json_event(final)]
+        frames = []
+        if reason is not None:
+            final = ChatCompletionChunk.finish_chunk(
+                reason, id=id, created=created, model=model, stop_sequence=stop_sequence
+            )
+            frames.append(encode_json_event(final))
         if self.include_usage:
             chunk = ChatCompletionChunk.usage_chunk(usage, id=id, created=created, model=model)
             frames.append(encode_json_event(chunk))
         frames.append(DONE)
         return b"".join(frames)
 
-    def _delta_chunk(self, delta: ChoiceDelta) -> ChatCompletionChunk:
-        return ChatCompletionChunk.of_delta(
-            delta, id=self.completion_id, created=self.created, model=self.model
-        )
+    def _delta_chunk(self, delta: ChoiceDelta, index: int = 0) -> ChatCompletionChunk:
+        return self._chunk(ChunkChoice(index=index, delta=delta))
+
+    def _chunk(self, choice: ChunkChoice) -> ChatCompletionChunk:
+        id, created, model = self.completion_id, self.created, self.model
+        return ChatCompletionChunk(id=id, created=created, model=model, choices=(choice,))
 
 
 def collect_chat(
     completion_id: CompletionId, model: ModelId, created: int, events: Iterable[GenerationEvent]
 ) -> ChatCompletion:
-    """The non-streaming reply; a `Failed` event raises its error (nothing was sent)."""
+    """The non-streaming reply; a `Failed` event raises its error (nothing was sent).
+    With n > 1 each choice's events come as `ChoiceEvent`s, then the request's
+    `Finished` (the usage over all choices)."""
+    events = list(events)
+    if any(isinstance(e, ChoiceEvent) for e in events):
+        return _collect_choices(completion_id, model, created, events)
     content: list[str] = []
     reasoning: list[str] = []
     calls: list[ToolCall] = []
@@ -189,6 +224,27 @@ def collect_chat(
                     choices=(choice,),
                     usage=usage_of(event),
                 )
+    raise InternalError("the generation ended without a result")
+
+
+def _collect_choices(
+    completion_id: CompletionId, model: ModelId, created: int, events: list
+) -> ChatCompletion:
+    per_choice: dict[int, list[GenerationEvent]] = {}
+    for event in events:
+        if isinstance(event, Failed):
+            raise event.error
+        if isinstance(event, ChoiceEvent):
+            per_choice.setdefault(event.index, []).append(event.event)
+        elif isinstance(event, Finished):
+            choices = tuple(
+                attrs.evolve(collect_chat(completion_id, model, created, evs).choices[0], index=i)
+                for i, evs in sorted(per_choice.items())
+            )
+            return ChatCompletion(
+                id=completion_id, created=created, model=model, choices=choices,
+                usage=usage_of(event),
+            )  # fmt: skip
     raise InternalError("the generation ended without a result")
 
 

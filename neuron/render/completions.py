@@ -17,7 +17,10 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Literal, cast
 
+import attrs
+
 from neuron.events import (
+    ChoiceEvent,
     ContentDelta,
     Failed,
     Finished,
@@ -57,24 +60,32 @@ class CompletionStream:
         created: int,
         *,
         include_usage: bool = True,
+        choices: int = 1,
     ) -> None:
         self.completion_id, self.model, self.created = completion_id, model, created
         self.include_usage = include_usage
+        self.choices = choices  # n: each choice's events come as `ChoiceEvent`s
         self.ended = False
-        self._text = DeltaTemplate(self._chunk(CompletionChoice(text=TEXT)))
+        self._texts: dict[int, DeltaTemplate] = {}
 
     def start(self) -> bytes:
         return b""
 
-    def feed(self, event: GenerationEvent) -> bytes:
+    def feed(self, event: GenerationEvent, index: int = 0) -> bytes:
         if self.ended:
             raise RuntimeError(f"completion stream {self.completion_id} already ended")
         match event:
             case ContentDelta(text):
-                return self._text.render(text) if text else b""
+                return self._text(index).render(text) if text else b""
             case LogprobsDelta(tokens):
-                choice = CompletionChoice(text="", logprobs=completion_logprobs(tokens))
+                logprobs = completion_logprobs(tokens)
+                choice = CompletionChoice(index=index, text="", logprobs=logprobs)
                 return encode_json_event(self._chunk(choice))
+            case ChoiceEvent(index=i, event=Finished() as done):
+                choice = CompletionChoice(index=i, text="", finish_reason=_finish_reason(done))
+                return encode_json_event(self._chunk(choice))
+            case ChoiceEvent(index=i, event=inner):
+                return self.feed(inner, i)
             case Started():
                 return b""
             case Finished():
@@ -84,18 +95,29 @@ class CompletionStream:
         raise TypeError(f"legacy completions carry text only, not {event!r}")
 
     def finish(self, finished: Finished) -> bytes:
-        return self._end(_finish_reason(finished), usage_of(finished))
+        reason = None if self.choices > 1 else _finish_reason(finished)  # n: sent per choice
+        return self._end(reason, usage_of(finished))
 
     def fail(self, failed: Failed) -> bytes:
         error = encode_json_event(ErrorResponse.of(failed.error))
         usage = Usage.of(failed.prompt_tokens, failed.completion_tokens)
         return error + self._end(ERROR_FINISH, usage)
 
-    def _end(self, reason: CompletionFinish, usage: Usage) -> bytes:
+    def _text(self, index: int) -> DeltaTemplate:
+        if index not in self._texts:
+            self._texts[index] = DeltaTemplate(
+                self._chunk(CompletionChoice(index=index, text=TEXT))
+            )
+        return self._texts[index]
+
+    def _end(self, reason: CompletionFinish | None, usage: Usage) -> bytes:
         if self.ended:
             raise RuntimeError(f"completion stream {self.completion_id} already ended")
         self.ended = True
-        frames = [encode_json_event(self._chunk(CompletionChoice(text="", finish_reason=reason)))]
+        frames = []
+        if reason is not None:
+            choice = CompletionChoice(text="", finish_reason=reason)
+            frames.append(encode_json_event(self._chunk(choice)))
         if self.include_usage:
             frames.append(encode_json_event(self._chunk(None, usage=usage)))
         frames.append(DONE)
@@ -114,7 +136,12 @@ class CompletionStream:
 def collect_completion(
     completion_id: CompletionId, model: ModelId, created: int, events: Iterable[GenerationEvent]
 ) -> Completion:
-    """The non-streaming reply; a `Failed` event raises its error (nothing was sent)."""
+    """The non-streaming reply; a `Failed` event raises its error (nothing was sent).
+    With n > 1, each choice's events come as `ChoiceEvent`s before the request's
+    `Finished`."""
+    events = list(events)
+    if any(isinstance(e, ChoiceEvent) for e in events):
+        return _collect_choices(completion_id, model, created, events)
     text: list[str] = []
     logprobs: list[TokenLogprob] | None = None
     for event in events:
@@ -142,6 +169,29 @@ def collect_completion(
                 )
             case _:
                 raise TypeError(f"legacy completions carry text only, not {event!r}")
+    raise InternalError("the generation ended without a result")
+
+
+def _collect_choices(
+    completion_id: CompletionId, model: ModelId, created: int, events: list
+) -> Completion:
+    per_choice: dict[int, list[GenerationEvent]] = {}
+    for event in events:
+        if isinstance(event, Failed):
+            raise event.error
+        if isinstance(event, ChoiceEvent):
+            per_choice.setdefault(event.index, []).append(event.event)
+        elif isinstance(event, Finished):
+            choices = tuple(
+                attrs.evolve(
+                    collect_completion(completion_id, model, created, evs).choices[0], index=i
+                )
+                for i, evs in sorted(per_choice.items())
+            )
+            return Completion(
+                id=completion_id, created=created, model=model, choices=choices,
+                usage=usage_of(event),
+            )  # fmt: skip
     raise InternalError("the generation ended without a result")
 
 

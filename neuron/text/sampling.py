@@ -15,7 +15,8 @@ ignored instead. Decisions worth knowing:
 * A stop string that is exactly one added token (`<|im_end|>`, `</tool_call>`)
   becomes a stop token id: such tokens are skipped or consumed as markers, so a
   text matcher would never see them. Other stop strings are matched on text.
-* `n` > 1 is refused (`UnsupportedValue`): one sequence per request.
+* `n` (at most `MAX_N`) is checked here; the daemon runs the n sequences, the
+  i-th with `seed + i` when seeded (`neuron.serving`).
 * Negative seeds are folded into the worker's unsigned 64-bit range.
 * `logprobs` (chat: `logprobs: true` plus `top_logprobs`; completions: the top
   count) becomes the worker's `logprobs`, the number of alternatives to report,
@@ -32,7 +33,7 @@ from collections.abc import Callable, Mapping
 
 import attrs
 
-from neuron.text.errors import ContextLengthExceeded, InvalidParameter, UnsupportedValue
+from neuron.text.errors import ContextLengthExceeded, InvalidParameter
 from neuron.text.tokenizer import ModelTokenizer
 from neuron.worker.snapshot import GenerationDefaults
 from protocol.completions import CompletionRequest
@@ -51,6 +52,7 @@ DEFAULT_MAX_TOKENS = 8192
 MAX_STOP_STRINGS = 16
 MAX_STOP_CHARS = 256
 MAX_TOP_LOGPROBS = 20
+MAX_N = 16
 LOGIT_BIAS_LIMIT = 100.0
 _SEED_MIN, _SEED_END = -(2**63), 2**64
 
@@ -252,8 +254,8 @@ def _check_range(param: str, value: float | None, low: float, high: float) -> No
 def _check_n(n: int | None) -> None:
     if n is not None and n < 1:
         raise InvalidParameter("n", _expected(">= 1", n))
-    if n is not None and n > 1:
-        raise UnsupportedValue("n", "only n=1 is supported; send parallel requests instead.")
+    if n is not None and n > MAX_N:
+        raise InvalidParameter("n", _expected(f"<= {MAX_N}", n))
 
 
 def _check_seed(seed: int | None) -> None:

@@ -130,7 +130,7 @@ def test_refusals_are_counted_by_reason(daemon):
     with httpx.Client(base_url=daemon.url, timeout=30) as client:
         client.post("/v1/chat/completions", json=chat_body())
     with daemon.http() as client:
-        client.post("/v1/chat/completions", json=chat_body(n=3))
+        client.post("/v1/chat/completions", json=chat_body(n=300))
     after = daemon.metrics()
     for reason, model in (("unauthorized", "other"), ("bad_request", QWEN)):
         key = f'neuron_request_rejected_total{{model="{model}",reason="{reason}"}}'

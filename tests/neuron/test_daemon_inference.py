@@ -327,7 +327,7 @@ PNG = base64.b64encode(b"\x89PNG\r\n\x1a\n" + b"\0" * 32).decode()
 @pytest.mark.parametrize(
     ("fields", "status", "code", "param"),
     [
-        ({"n": 2}, 400, "unsupported_value", "n"),
+        ({"n": 17}, 400, "invalid_value", "n"),
         ({"temperature": 3}, 400, "invalid_value", "temperature"),
         ({"max_tokens": 0}, 400, "invalid_value", "max_tokens"),
         ({"logit_bias": {"99999": 1}}, 400, "invalid_value", "logit_bias"),

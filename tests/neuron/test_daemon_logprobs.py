@@ -93,3 +93,39 @@ def test_logprobs_bounds_are_a_400(client, neuron_daemon):
         response = http.post("/v1/completions", json={**body, "prompt": PROMPT, "logprobs": 21})
         assert assert_openai_error(response, 400, "invalid_value")["param"] == "logprobs"
     assert json.loads(client.chat.completions.create(**body).model_dump_json())["choices"]
+
+
+# -- n > 1 ---------------------------------------------------------------------------------
+
+
+def test_n_choices_are_reproducible_with_a_seed(client):
+    body = dict(model=QWEN, messages=USER, max_tokens=5, logit_bias=NO_EOS, n=3, seed=11)
+    first = client.chat.completions.create(**body)
+    again = client.chat.completions.create(**body)
+    assert [c.index for c in first.choices] == [0, 1, 2]
+    texts = [c.message.content for c in first.choices]
+    assert texts == [c.message.content for c in again.choices]
+    assert len(set(texts)) > 1  # seed, seed + 1, seed + 2
+    assert first.usage.completion_tokens == 15
+
+
+def test_n_greedy_choices_are_equal_and_stream_interleaved(client):
+    body = dict(model=QWEN, messages=USER, max_tokens=4, logit_bias=NO_EOS, n=3, temperature=0)
+    reply = client.chat.completions.create(**body)
+    assert len({c.message.content for c in reply.choices}) == 1
+    assert [c.finish_reason for c in reply.choices] == ["length"] * 3
+    texts, finishes, usage = ["", "", ""], {}, None
+    for chunk in client.chat.completions.create(**body, stream=True):
+        usage = chunk.usage or usage
+        for choice in chunk.choices:
+            texts[choice.index] += choice.delta.content or ""
+            if choice.finish_reason:
+                finishes[choice.index] = choice.finish_reason
+    assert texts == [reply.choices[0].message.content] * 3
+    assert finishes == {0: "length", 1: "length", 2: "length"}
+    assert usage.completion_tokens == 12
+    legacy = client.completions.create(model=QWEN, prompt=PROMPT, max_tokens=3, n=2,
+                                       temperature=0, logit_bias=NO_EOS)  # fmt: skip
+    assert [c.index for c in legacy.choices] == [0, 1]
+    assert legacy.choices[0].text == legacy.choices[1].text
+    assert legacy.usage.completion_tokens == 6

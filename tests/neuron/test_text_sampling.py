@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from neuron.text.errors import ContextLengthExceeded, InvalidParameter, UnsupportedValue
+from neuron.text.errors import ContextLengthExceeded, InvalidParameter
 from neuron.text.sampling import (
     DEFAULT_MAX_TOKENS,
     SamplingRequest,
@@ -203,15 +203,15 @@ def test_bad_values_are_400s_naming_the_param(resolve, fields, param):
     assert f"'{param}'" in error.message
 
 
-def test_n_above_one_is_unsupported(resolve):
-    with pytest.raises(UnsupportedValue) as caught:
-        resolve(SamplingRequest(n=2))
+def test_n_is_bounded(resolve):
+    with pytest.raises(InvalidParameter) as caught:
+        resolve(SamplingRequest(n=17))
     assert (caught.value.status, caught.value.code, caught.value.param) == (
         400,
-        "unsupported_value",
+        "invalid_value",
         "n",
     )
-    assert resolve(SamplingRequest(n=1)).params.max_tokens > 0
+    assert resolve(SamplingRequest(n=16)).params.max_tokens > 0
 
 
 def test_logit_bias_is_checked_against_the_model_vocab(resolve):
