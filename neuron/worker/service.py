@@ -18,11 +18,11 @@ import os
 import threading
 from pathlib import Path
 
-import attrs
 import torch
 
 from neuron.worker import errors
 from neuron.worker.engine import Engine, EngineConfig, kv_bytes_per_token
+from neuron.worker.grammar import Grammars
 from neuron.worker.loader import LoadedModel, load_model, quiet_transformers, read_memory
 from neuron.worker.main import EXIT_DEVICE_FAULT, FrameChannel, run_heartbeats, versions
 from neuron.worker.sampler import SamplingParams
@@ -73,6 +73,17 @@ class _Resident:
         self.config = config
         self.engine = Engine(loaded, config)
         self.sequences: set[wire.SeqId] = set()
+        self._grammars: Grammars | None = None
+
+    def grammars(self) -> Grammars:
+        """Constrained decoding's compiled grammars for this model (built on first use)."""
+        if self._grammars is None:
+            info, model = self.loaded.info, self.loaded.model
+            vocab = model.get_output_embeddings().weight.shape[0]
+            self._grammars = Grammars.from_snapshot(
+                info.snapshot.path, vocab, info.eos_token_ids
+            )
+        return self._grammars
 
 
 class WorkerService:
@@ -181,7 +192,7 @@ class WorkerService:
         return wire.ModelLoaded(
             job.job_id, job.model_id, memory, report.load_seconds,
             max_sequences=engine.max_batch_size, kv_cache_tokens=engine.kv_token_budget,
-            prefix_cache_bytes=getattr(resident.config, "prefix_cache_bytes", None) or 0,
+            prefix_cache_bytes=resident.config.prefix_cache_bytes or 0,
         )  # fmt: skip
 
     def _engine_config(self, loaded: LoadedModel, job: wire.LoadModel) -> EngineConfig:
@@ -189,14 +200,13 @@ class WorkerService:
         if job.kv_cache_bytes is not None:
             budget = max(1, job.kv_cache_bytes // kv_bytes_per_token(loaded))
         batch = job.max_sequences or self.max_batch_size
-        config = EngineConfig(max_batch_size=batch, kv_token_budget=budget)
-        prefix = job.prefix_cache_bytes
+        prefix = job.prefix_cache_bytes  # None: ours to size; 0: off
         if prefix is None:
             tokens = budget or batch * (loaded.info.max_position_embeddings or 0)
             prefix = default_prefix_cache_bytes(loaded, tokens, cpu=self.torch_device == "cpu")
-        if prefix and "prefix_cache_bytes" in attrs.fields_dict(EngineConfig):
-            config = attrs.evolve(config, prefix_cache_bytes=prefix)
-        return config
+        return EngineConfig(
+            max_batch_size=batch, kv_token_budget=budget, prefix_cache_bytes=prefix or None
+        )
 
     def _unload(self, job: wire.UnloadModel) -> wire.ModelUnloaded:
         resident = self.models.pop(job.model_id, None)
@@ -224,7 +234,9 @@ class WorkerService:
         try:
             if resident is None:
                 raise errors.ModelNotLoaded(f"model {job.model_id!r} is not loaded")
-            params = SamplingParams.from_wire(job.sampling)
+            grammar = job.sampling.grammar
+            matcher = None if grammar is None else resident.grammars().matcher(grammar)
+            params = SamplingParams.from_wire(job.sampling, matcher)
             resident.engine.add(job.seq_id, job.prompt_token_ids, params)
         except (errors.WorkerError, ValueError) as exc:
             kind = failure_kind(exc)
@@ -251,8 +263,8 @@ class WorkerService:
             resident.sequences.discard(output.seq_id)
             self.owner.pop(output.seq_id, None)
         for o in result.outputs:
-            if cached := getattr(o, "cached_tokens", 0):
-                self.channel.send(wire.PrefixReused(o.seq_id, cached))
+            if o.cached_tokens:
+                self.channel.send(wire.PrefixReused(o.seq_id, o.cached_tokens))
         logprobs = tuple(
             wire.TokenLogprobs(o.seq_id, o.token_ids[0], o.logprobs[0], o.logprobs[1])
             for o in result.outputs
@@ -314,9 +326,9 @@ def _wire_statistics(model_id: ModelId, engine: Engine) -> wire.EngineStatistics
         tok_s_decode=s.decode_tokens_per_second,
         kv_cache_used_tokens=s.kv_tokens_used,
         kv_cache_tokens=s.kv_token_budget,
-        prefix_cache_bytes=getattr(s, "prefix_cache_bytes", 0),
-        prefix_cache_entries=getattr(s, "prefix_cache_entries", 0),
-        prefix_cache_lookups=getattr(s, "prefix_cache_lookups", 0),
-        prefix_cache_hit_lookups=getattr(s, "prefix_cache_hit_lookups", 0),
-        prefix_cache_hit_tokens=getattr(s, "prefix_cache_hit_tokens", 0),
+        prefix_cache_bytes=s.prefix_cache_bytes,
+        prefix_cache_entries=s.prefix_cache_entries,
+        prefix_cache_lookups=s.prefix_cache_lookups,
+        prefix_cache_hit_lookups=s.prefix_cache_hit_lookups,
+        prefix_cache_hit_tokens=s.prefix_cache_hit_tokens,
     )
