@@ -227,10 +227,6 @@ class Keyring:
         return Principal(key_id=key.key_id or key.account_id, account_id=key.account_id,
                          admin=key.admin, models=models, slot=slot)  # fmt: skip
 
-    @property
-    def has_admin(self) -> bool:
-        return any(p.admin for _, p in self._keys)
-
     def _match(self, given: str) -> Principal | None:
         digest, found = _digest(given), None
         for stored, principal in self._keys:  # every key, whichever matches

@@ -19,8 +19,8 @@ the last successful poll (null: never answered); `error` is the last poll's
 failure (null after a good poll). A model's `status` is the node's word for it
 (`loaded`, `loading`, `recovering`, `failed`, …), `error` its reason for a
 failure, `pinned` whether the node's own config pins it there, `devices` the
-device indexes its memory counts on. These are plain values: this
-module neither builds them from the fleet nor renders them.
+device indexes its memory counts on. These are plain values, built by
+`cortex.gateway.Gateway.fleet_view` and read back by `cortex status`.
 """
 
 from __future__ import annotations

@@ -32,6 +32,7 @@ from cortex.config import CortexConfig, split_listen
 from cortex.eviction import EvictionPolicy
 from cortex.fleet import Fleet, start_fleet
 from cortex.fleet_snapshot import Catalogue, NodeState, ResidencyStatus
+from cortex.fleet_view import DeviceView, FleetView, ModelView, NodeView
 from cortex.node import Node, PollSettings
 from cortex.placement import feasible_nodes
 from cortex.transport import Transport
@@ -201,12 +202,12 @@ class Gateway:
         now = int(time.time())
         return ModelList(data=tuple(_card(fields, now) for fields in cards.values()))
 
-    def fleet_view(self) -> dict[str, Any]:
+    def fleet_view(self) -> FleetView:
         now = trio.current_time()
-        return {
-            "status": self.health()["status"],
-            "nodes": [_node_view(n, now) for n in self.fleet.nodes.values()],
-        }
+        return FleetView(
+            status=self.health()["status"],
+            nodes=tuple(_node_view(n, now) for n in self.fleet.nodes.values()),
+        )
 
     # -- admin -----------------------------------------------------------------------------
 
@@ -294,24 +295,24 @@ def _card(fields: dict[str, Any], created: int) -> ModelCard:
     )  # fmt: skip
 
 
-def _node_view(node: Node, now: float) -> dict[str, Any]:
+def _node_view(node: Node, now: float) -> NodeView:
     snapshot = node.snapshot()
     age = None if node.last_poll_at is None else round(now - node.last_poll_at, 3)
     ids = {d.index: d.id for d in (node.discovery.devices if node.discovery else ())}
     busy = {h.index: h.utilization_pct for h in (node.health.devices if node.health else ())}
     errors = {m.id: m.error for m in node.models}
-    return {
-        "name": node.name, "endpoint": node.endpoint, "state": node.state.value,
-        "draining": node.draining, "last_poll_age_s": age, "error": node.last_error,
-        "devices": [{"index": d.index, "id": ids.get(d.index), "total_mb": d.total_mb,
-                     "free_mb": d.free_mb, "utilization_pct": busy.get(d.index)}
-                    for d in snapshot.devices],
-        "models": [{"id": r.model, "status": r.status.value, "in_flight": r.in_flight,
-                    "queued": r.queued, "memory_mb": r.memory_mb,
-                    "devices": list(snapshot.occupied_devices(r)), "pinned": r.pinned,
-                    "error": errors.get(r.model)}
-                   for r in snapshot.residencies],
-    }  # fmt: skip
+    return NodeView(
+        name=node.name, endpoint=node.endpoint, state=node.state.value,
+        draining=node.draining, last_poll_age_s=age, error=node.last_error,
+        devices=tuple(DeviceView(index=d.index, id=ids.get(d.index), total_mb=d.total_mb,
+                                 free_mb=d.free_mb, utilization_pct=busy.get(d.index))
+                      for d in snapshot.devices),
+        models=tuple(ModelView(id=r.model, status=r.status.value, in_flight=r.in_flight,
+                               queued=r.queued, memory_mb=r.memory_mb,
+                               devices=tuple(snapshot.occupied_devices(r)), pinned=r.pinned,
+                               error=errors.get(r.model))
+                     for r in snapshot.residencies),
+    )  # fmt: skip
 
 
 __all__ = ["Gateway", "NodeState", "ResidencyStatus"]

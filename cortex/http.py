@@ -379,7 +379,7 @@ def _admin_routes(app: QuartTrio, gateway: Gateway) -> None:
 
     @app.get("/admin/fleet")
     async def fleet():
-        return json_response(gateway.fleet_view())
+        return json_response(gateway.fleet_view().to_dict())
 
     @app.post("/admin/models/load")
     async def admin_load():

@@ -132,9 +132,6 @@ class ServedModel:
         return self.info.max_position_embeddings or DEFAULT_CONTEXT
 
     @property
-    def servable_now(self) -> bool:
-        return self.status == "loaded" and self.id in self.device.resident
-
     def current_status(self) -> str:
         if self.status != "loaded":
             return self.status
@@ -381,10 +378,6 @@ def _model_load(model: ServedModel) -> node.ModelLoad:
         tok_s_prefill=engine.tok_s_prefill if engine else None,
         tok_s_decode=engine.tok_s_decode if engine else None,
     )
-
-
-def _load_tokenizer(info: SnapshotInfo) -> ModelTokenizer:
-    return ModelTokenizer.from_snapshot(info.snapshot.path, eos_token_ids=info.eos_token_ids)
 
 
 def _has_markers(tokenizer: ModelTokenizer, open_: str, close: str) -> bool:

@@ -181,3 +181,18 @@ async def test_a_client_gone_between_head_and_body_ends_the_request(nursery, rou
     assert _in_flight(gw, route) == 0
     assert _finished(gw, route, "cancelled") == 1
     gw.stop()
+
+
+async def test_the_fleet_view_is_what_cortex_status_reads(nursery):
+    """`/admin/fleet` is built as a `cortex.fleet_view.FleetView` and reads back as one."""
+    from cortex.fleet_view import FleetView
+
+    gw = await _gateway(nursery, HeldNode())
+    async with httpx.AsyncClient(base_url=gw.url, timeout=30) as client:
+        body = (await client.get("/admin/fleet")).json()
+    view = FleetView.from_dict(body)
+    [node] = view.nodes
+    assert (view.status, node.name, node.state) == ("ok", "n", "up")
+    assert [m.id for m in node.models] == [MODEL] and node.devices[0].total_mb == 64
+    assert view.to_dict() == body
+    gw.stop()
