@@ -165,6 +165,10 @@ def transformers_server(snapshot: Path, *, dtype: str, threads: int, venv: Path,
     torch_dtype = {"bf16": "bfloat16", "fp32": "float32"}[dtype]
     command = [str(serve_python(venv)), "-m", "transformers.cli.transformers", "serve",
                "--continuous-batching", "--device", "cpu", "--dtype", torch_dtype,
+               # Bounded: sized from free memory on CPU it grew past 14 GB and was
+               # OOM-killed on a 24 GB box. 8192 KV tokens hold 16 streams here.
+               "--cb-num-blocks", "256", "--cb-block-size", "32",
+               "--cb-max-batch-tokens", "2048",
                "--host", "127.0.0.1", "--port", str(port), str(snapshot)]  # fmt: skip
     log = log_dir / "transformers-serve.log"
     with log.open("wb") as out:
