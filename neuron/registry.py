@@ -131,7 +131,6 @@ class ServedModel:
         """Tokens of prompt + output this model takes (its config's position limit)."""
         return self.info.max_position_embeddings or DEFAULT_CONTEXT
 
-    @property
     def current_status(self) -> str:
         if self.status != "loaded":
             return self.status
