@@ -33,6 +33,7 @@ from neuron.events import Failed, Finished, GenerationEvent, Started
 from neuron.generation import GenerationJob, generate_choices
 from neuron.metrics import NeuronMetrics
 from neuron.registry import ModelRegistry, ServedModel
+from neuron.text.constraints import forced_call_grammar, request_grammar
 from neuron.text.output import OutputParser
 from neuron.text.prompt import ChatPrompt
 from neuron.text.reasoning import Markers, probe_markers
@@ -41,7 +42,7 @@ from protocol import sse
 from protocol.completions import CompletionRequest
 from protocol.errors import InternalError, InvalidRequest, ServiceUnavailable
 from protocol.node import TokenCount
-from protocol.openai import ChatCompletionRequest, ResponseFormatText
+from protocol.openai import ChatCompletionRequest
 from protocol.streaming import END, IDLE, open_event_stream
 
 
@@ -82,11 +83,16 @@ class Serving:
         return self._markers[model.id]
 
     def chat_job(self, request: ChatCompletionRequest) -> GenerationJob:
-        _check_response_format(request)
+        grammar = request_grammar(request)
         model = self.registry.get(request.model)
         markers = self.markers(model)
         prompt = ChatPrompt.build(request, model.tokenizer, markers, model_id=model.id)
+        if prompt.opens_tool_call and prompt.tools:
+            grammar = forced_call_grammar(prompt.tools, request.tool_choice, markers)
         sampling = self._sampling(model, SamplingRequest.from_chat(request), prompt.token_ids)
+        if grammar is not None:
+            params = attrs.evolve(sampling.params, grammar=grammar)
+            sampling = attrs.evolve(sampling, params=params)
         parser = prompt.output_parser(model.tokenizer, markers)
         job = GenerationJob(model, prompt.token_ids, sampling, parser, self.metrics,
                             idle_timeout=self.settings.idle_timeout)  # fmt: skip
@@ -213,15 +219,6 @@ class SseRenderer:
 
     def closed(self) -> None:
         """Nothing to settle: the request actor counts its own outcome."""
-
-
-def _check_response_format(request: ChatCompletionRequest) -> None:
-    fmt = request.response_format
-    if fmt is not None and not isinstance(fmt, ResponseFormatText):
-        raise InvalidRequest(
-            f"response_format {fmt.type!r} is not supported by this server (no constrained "
-            "decoding); use 'text'", param="response_format", code="unsupported_value",
-        )  # fmt: skip
 
 
 def _completion_prompt(request: CompletionRequest, model: ServedModel) -> tuple[int, ...]:

@@ -83,6 +83,9 @@ class SamplingParams:
     # Report each sampled token's log-probability and this many most likely
     # alternatives (0-20) in a `StepLogprobs` reply; None: no logprobs.
     logprobs: int | None = None
+    # Constrained decoding: an llguidance grammar (its JSON text) every token must
+    # follow; the parent has validated it. None: unconstrained.
+    grammar: str | None = None
 
 
 @attrs.frozen

@@ -294,10 +294,25 @@ class CountTokensRequest:
 
 
 @attrs.frozen(kw_only=True)
+class JsonOutputFormat:
+    """Structured output: the reply's text is JSON valid against `schema`."""
+
+    type: Literal["json_schema"] = "json_schema"
+    schema: dict[str, Any]
+
+
+@attrs.frozen(kw_only=True)
+class OutputConfig:
+    format: JsonOutputFormat | None = None
+    effort: str | None = None
+
+
+@attrs.frozen(kw_only=True)
 class MessagesRequest(CountTokensRequest):
     """`POST /v1/messages`; `max_tokens` is required. Unknown fields dropped."""
 
     max_tokens: int
+    output_config: OutputConfig | None = None
     stop_sequences: tuple[str, ...] | None = None
     temperature: float | None = None
     top_p: float | None = None

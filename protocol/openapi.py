@@ -119,18 +119,10 @@ NON_EMPTY: frozenset[tuple[type, str]] = frozenset({
 })  # fmt: skip
 
 
-# What the types read but no daemon serves (a 400): union members (no constrained
-# decoding, so no JSON response format; no Files API), and fields that must be null
-# (no conversation state is kept).
-UNSERVED = frozenset(
-    {
-        openai.ResponseFormatJsonObject,
-        openai.ResponseFormatJsonSchema,
-        anthropic.FileSource,
-        responses.TextFormatJsonObject,
-        responses.TextFormatJsonSchema,
-    }
-)
+# What the types read but no daemon serves (a 400): union members (no Files API),
+# and fields that must be null (no conversation state is kept). JSON response
+# formats are served (constrained decoding, neuron.text.constraints).
+UNSERVED = frozenset({anthropic.FileSource})
 UNSERVED_FIELDS = frozenset({(responses.ResponsesRequest, "previous_response_id")})
 
 

@@ -82,7 +82,16 @@ def messages_to_chat(
         user=metadata.user_id if metadata is not None else None,
         stream=request.stream,
         stream_options=chat.StreamOptions(include_usage=True) if request.stream else None,
+        response_format=_response_format(request.output_config),
     )
+
+
+def _response_format(config: an.OutputConfig | None) -> chat.ResponseFormat | None:
+    """`output_config.format` (structured outputs) as chat's `response_format`."""
+    if config is None or config.format is None:
+        return None
+    spec = chat.JsonSchemaFormat(name="output", schema=config.format.schema, strict=True)
+    return chat.ResponseFormatJsonSchema(json_schema=spec)
 
 
 def count_tokens_to_chat(

@@ -54,7 +54,19 @@ def responses_to_chat(request: rs.ResponsesRequest) -> chat.ChatCompletionReques
         stream=request.stream,
         chat_template_kwargs=request.chat_template_kwargs,
         user=request.user,
+        response_format=_response_format(request.text),
     )
+
+
+def _response_format(text: rs.TextConfig | None) -> chat.ResponseFormat | None:
+    """`text.format` as chat's `response_format` (structured outputs)."""
+    match None if text is None else text.format:
+        case rs.TextFormatJsonSchema(name=name, schema=schema, strict=strict, description=about):
+            spec = chat.JsonSchemaFormat(name=name, schema=schema, strict=strict, description=about)
+            return chat.ResponseFormatJsonSchema(json_schema=spec)
+        case rs.TextFormatJsonObject():
+            return chat.ResponseFormatJsonObject()
+    return None
 
 
 def _append_item(messages: list[Any], item: Any) -> None:

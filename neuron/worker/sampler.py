@@ -17,6 +17,11 @@ temperature, top-k, top-p and min-p (so a greedy and a sampled request report th
 same distribution for the same prefix; vLLM's `processed_logprobs` minus the
 temperature). Rows that did not ask pay nothing.
 
+A sequence with a grammar (`SamplingParams.grammar`, an llguidance matcher from
+`neuron.worker.grammar`) has the tokens its grammar disallows masked to -inf after
+the penalties (logprobs are taken before the mask) and advances its matcher with
+each token it samples; rows without one are not touched.
+
 Not for: stop conditions and max_tokens (the engine decides when a sequence ends),
 or mapping OpenAI request fields (the parent does that, including model defaults).
 """
@@ -25,12 +30,14 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 import torch
 from attrs import field, frozen
 
 import protocol.worker
 from neuron.worker.errors import InvalidSamplingParams
+from neuron.worker.grammar import apply_masks
 
 LOGIT_BIAS_LIMIT = 100.0
 MAX_TOP_LOGPROBS = 20
@@ -60,6 +67,8 @@ class SamplingParams:
     stop_token_ids: frozenset[int] = field(default=frozenset(), converter=frozenset)
     ignore_eos: bool = False
     logprobs: int | None = None  # report the sampled token's logprob and this many top ones
+    # An llguidance matcher for this sequence alone (neuron.worker.grammar), or None.
+    grammar: Any = field(default=None, eq=False)
 
     def __attrs_post_init__(self) -> None:
         problem = _params_problem(self)
@@ -67,8 +76,9 @@ class SamplingParams:
             raise InvalidSamplingParams(problem)
 
     @classmethod
-    def from_wire(cls, wire: protocol.worker.SamplingParams) -> SamplingParams:
-        """From a `Generate` job's sampling parameters (validated here, not on the wire)."""
+    def from_wire(cls, wire: protocol.worker.SamplingParams, grammar: Any = None) -> SamplingParams:
+        """From a `Generate` job's sampling parameters (validated here, not on the wire);
+        `grammar` is the matcher the worker made from `wire.grammar`."""
         return cls(
             max_tokens=wire.max_tokens,
             temperature=wire.temperature,
@@ -83,6 +93,7 @@ class SamplingParams:
             stop_token_ids=wire.stop_token_ids,
             ignore_eos=wire.ignore_eos,
             logprobs=wire.logprobs,
+            grammar=grammar,
         )
 
     @property
@@ -147,9 +158,12 @@ class SequenceSampler:
             self.seen[torch.tensor(list(prompt_ids), device=device)] = True
         # The last sampled token's (logprob, ((top id, top logprob), ...)), when asked.
         self.logprobs: tuple[float, tuple[tuple[int, float], ...]] | None = None
+        self.matcher = params.grammar
 
     def record(self, token: int) -> None:
         """Account for a token this sequence just produced."""
+        if self.matcher is not None:
+            self.matcher.consume_token(token)
         if self.counts is not None and self.seen is not None:
             self.counts[token] += 1.0
             self.seen[token] = True
@@ -178,6 +192,9 @@ def sample_batch(logits: torch.Tensor, samplers: Sequence[SequenceSampler]) -> l
     logits = logits.float()
     _apply_logit_bias(logits, samplers)
     _apply_penalties(logits, samplers)
+    logprobs = _logprob_rows(logits, samplers)
+    if any(s.matcher is not None for s in samplers):
+        apply_masks(logits, [s.matcher for s in samplers])
     tokens = logits.argmax(dim=-1)
     rows = [i for i, s in enumerate(samplers) if not s.params.greedy]
     if rows:
@@ -185,20 +202,29 @@ def sample_batch(logits: torch.Tensor, samplers: Sequence[SequenceSampler]) -> l
         drawn = _sample_rows(logits[index], [samplers[i] for i in rows])
         tokens = tokens.index_copy(0, index, drawn)
     picked = tokens.tolist()
-    _record_logprobs(logits, tokens, samplers)
+    if logprobs is not None:
+        _record_logprobs(*logprobs, tokens, samplers)
     for sampler, token in zip(samplers, picked, strict=True):
         sampler.record(token)
     return picked
 
 
-def _record_logprobs(
-    logits: torch.Tensor, tokens: torch.Tensor, samplers: Sequence[SequenceSampler]
-) -> None:
+def _logprob_rows(logits: torch.Tensor, samplers: Sequence[SequenceSampler]):
+    """The rows that asked for logprobs and their log-softmax, or None."""
     rows = [i for i, s in enumerate(samplers) if s.params.logprobs is not None]
     if not rows:
-        return
+        return None
     index = torch.tensor(rows, device=logits.device)
-    logprobs = logits[index].log_softmax(dim=-1)
+    return rows, index, logits[index].log_softmax(dim=-1)
+
+
+def _record_logprobs(
+    rows: list[int],
+    index: torch.Tensor,
+    logprobs: torch.Tensor,
+    tokens: torch.Tensor,
+    samplers: Sequence[SequenceSampler],
+) -> None:
     chosen = logprobs.gather(-1, tokens[index].unsqueeze(-1)).squeeze(-1).tolist()
     k = max(samplers[i].params.logprobs or 0 for i in rows)
     top_values, top_ids = logprobs.topk(k, dim=-1)

@@ -80,9 +80,7 @@ class _Resident:
         if self._grammars is None:
             info, model = self.loaded.info, self.loaded.model
             vocab = model.get_output_embeddings().weight.shape[0]
-            self._grammars = Grammars.from_snapshot(
-                info.snapshot.path, vocab, info.eos_token_ids
-            )
+            self._grammars = Grammars.from_snapshot(info.snapshot.path, vocab, info.eos_token_ids)
         return self._grammars
 
 

@@ -335,8 +335,8 @@ PNG = base64.b64encode(b"\x89PNG\r\n\x1a\n" + b"\0" * 32).decode()
         ({"max_tokens": "5"}, 400, "invalid_request_body", "max_tokens"),
         ({"messages": "hi"}, 400, "invalid_request_body", "messages"),
         (
-            {"response_format": {"type": "json_schema", "json_schema": {"name": "x",
-                                                                        "schema": {}}}},
+            {"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {
+                "type": "string", "pattern": "(?=a)"}}}},
             400, "unsupported_value", "response_format",
         ),
         (  # never fetched; a text-only model refuses any image before looking at its URL
