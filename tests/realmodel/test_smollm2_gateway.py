@@ -14,6 +14,7 @@ import json
 import os
 import shlex
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -27,7 +28,6 @@ import psutil
 import pytest
 
 from cortex import demo
-from tests.cortex.test_up import _free_port, _free_port_pair
 from tests.neuron.daemon_harness import KEEP_ACROSS_TESTS
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
@@ -36,6 +36,26 @@ ROOT = Path(__file__).resolve().parents[2]
 START_TIMEOUT = 240.0  # a worker imports torch and loads the model, on a busy box
 QUESTION = "What is the capital of France?"
 MAX_TOKENS = 48
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _free_port_pair() -> tuple[int, int]:
+    """A free port whose successor is free too (the gateway's and its metrics')."""
+    for _ in range(50):
+        with socket.socket() as first, socket.socket() as second:
+            first.bind(("127.0.0.1", 0))
+            port = first.getsockname()[1]
+            try:
+                second.bind(("127.0.0.1", port + 1))
+            except OSError:
+                continue
+            return port, port + 1
+    raise RuntimeError("no two adjacent free ports")
 
 
 class Fleet:
@@ -90,13 +110,17 @@ def _wait_for_banner(process: subprocess.Popen, out: Path, err: Path) -> str:
 
 
 @pytest.fixture(scope="module")
-def oai(fleet) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{fleet.url}/v1", api_key="sk-not-configured", timeout=120)
+def oai(fleet) -> Iterator[openai.OpenAI]:
+    url = f"{fleet.url}/v1"
+    with openai.OpenAI(base_url=url, api_key="sk-not-configured", timeout=120) as client:
+        yield client
 
 
 @pytest.fixture(scope="module")
-def claude(fleet) -> anthropic.Anthropic:
-    return anthropic.Anthropic(base_url=fleet.url, api_key="sk-not-configured", timeout=120)
+def claude(fleet) -> Iterator[anthropic.Anthropic]:
+    url = fleet.url
+    with anthropic.Anthropic(base_url=url, api_key="sk-not-configured", timeout=120) as client:
+        yield client
 
 
 def test_the_banner_curl_line_gets_a_sensible_answer(fleet):

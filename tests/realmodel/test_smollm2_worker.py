@@ -20,7 +20,7 @@ from protocol import worker as wire
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
 TIMEOUTS = WorkerTimeouts(ready=90, heartbeat_interval=0.2, heartbeat=5, step=30)
-NEW_TOKENS = 16
+NEW_TOKENS = 12
 GREEDY = wire.SamplingParams(max_tokens=NEW_TOKENS, temperature=0.0)
 QUESTIONS = [
     "What is the capital of France?",
