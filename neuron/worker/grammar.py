@@ -26,6 +26,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import llguidance
+import numpy as np
 import torch
 
 from neuron.worker.errors import InvalidRequest
@@ -83,18 +84,30 @@ def json_schema_grammar(schema: dict) -> str:
 
 
 def apply_masks(logits: torch.Tensor, matchers: Sequence[llguidance.LLMatcher | None]) -> None:
-    """Set the logits of tokens each row's matcher disallows to -inf (in place)."""
+    """Set the logits of tokens each row's matcher disallows to -inf (in place).
+
+    The bitmask is unpacked with numpy and, on CPU, applied through a numpy view of
+    the logits: a handful of small tensor ops would each wake torch's thread pool,
+    which on a busy host cost more than the whole mask (tens of ms a step)."""
     rows = [i for i, m in enumerate(matchers) if m is not None]
     if not rows:
         return
     vocab = logits.shape[-1]
     words = (vocab + 31) // 32
-    bitmask = torch.empty((len(rows), words), dtype=torch.int32)
+    bitmask = np.empty((len(rows), words), dtype=np.int32)
     for j, i in enumerate(rows):
-        view = bitmask[j]
-        matchers[i].unsafe_compute_mask_ptr(view.data_ptr(), words * 4)
-    bits = torch.arange(32, dtype=torch.int32)
-    allowed = ((bitmask.unsqueeze(-1) >> bits) & 1).bool().reshape(len(rows), -1)[:, :vocab]
+        matchers[i].unsafe_compute_mask_ptr(bitmask[j].ctypes.data, words * 4)
+    bits = np.unpackbits(bitmask.view(np.uint8), axis=-1, bitorder="little")[:, :vocab]
+    blocked = bits == 0
+    if logits.device.type == "cpu" and logits.dtype == torch.float32 and logits.is_contiguous():
+        view = logits.detach().numpy()
+        if len(rows) == len(matchers):
+            np.copyto(view, -np.inf, where=blocked)
+        else:
+            sub = view[rows]
+            np.copyto(sub, -np.inf, where=blocked)
+            view[rows] = sub
+        return
     index = torch.tensor(rows, device=logits.device)
-    sub = logits[index].masked_fill(~allowed.to(logits.device), float("-inf"))
-    logits.index_copy_(0, index, sub)
+    mask = torch.from_numpy(blocked).to(logits.device)
+    logits.index_copy_(0, index, logits[index].masked_fill(mask, float("-inf")))
