@@ -225,7 +225,8 @@ class ApiError(ProtocolError):
 
     def to_openai(self) -> dict[str, Any]:
         """`{"error": {"message", "type", "code", "param", **extra}}`."""
-        body = {"message": self.message, "type": self.type, "code": self.code, "param": self.param}
+        code = None if self.code is None else str(self.code)  # plain text, not the enum
+        body = {"message": self.message, "type": self.type, "code": code, "param": self.param}
         body.update(self.extra)
         return {"error": body}
 
