@@ -338,6 +338,11 @@ class CountTokensResponse:
 
 @attrs.frozen(kw_only=True)
 class Usage:
+    """Token counts. `input_tokens` leaves out `cache_read_input_tokens`: the prompt
+    tokens the node's prefix cache supplied (caching is automatic; `cache_control` is
+    accepted and changes nothing). `cache_creation_input_tokens` is always 0. Both
+    cache counts are always present."""
+
     input_tokens: int
     output_tokens: int
     cache_creation_input_tokens: int | None = None

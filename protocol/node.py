@@ -224,6 +224,10 @@ class Servable:
 
 @attrs.frozen
 class ModelInfo:
+    """One model on this node. Ours besides upstream's fields: `prefix_cache_bytes`,
+    the model's prefix cache budget (0: off), and `prefix_cache_used_bytes`, what its
+    cached prompt prefixes hold now (absent until the worker's first heartbeat)."""
+
     id: ModelId
     harness: str
     status: str  # ModelStatus

@@ -357,6 +357,9 @@ class ChatCompletionRequest:
 
 @attrs.frozen(kw_only=True)
 class PromptTokensDetails:
+    """`cached_tokens`: prompt tokens the node's prefix cache supplied rather than
+    computed; on every generation's usage, streamed or not (0 on a miss)."""
+
     cached_tokens: int | None = None
 
 

@@ -333,6 +333,9 @@ class ResponsesRequest:
 
 @attrs.frozen(kw_only=True)
 class InputTokensDetails:
+    """`cached_tokens`: input tokens the node's prefix cache supplied rather than
+    computed (0 on a miss)."""
+
     cached_tokens: int = 0
     cache_write_tokens: int = 0
 
