@@ -192,6 +192,10 @@ def test_json_object_and_sdk_parse(client):
         model=QWEN, messages=USER, max_tokens=MAX_TOKENS, seed=2, response_format=Weather
     )
     assert isinstance(parsed.choices[0].message.parsed, Weather)
+    response = client.responses.parse(
+        model=QWEN, input=USER[0]["content"], max_output_tokens=MAX_TOKENS, text_format=Weather
+    )
+    assert isinstance(response.output_parsed, Weather)
 
 
 def test_a_schema_the_library_cannot_enforce_is_a_400(neuron_daemon, client):
