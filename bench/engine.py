@@ -61,6 +61,10 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Before torch loads OpenMP: the in-process sides wait at barriers the way the worker
+# does (neuron.devices starts CPU workers with PASSIVE); spinning threads collapsed
+# the in-process baselines on a busy box (bench/README.md, threads.py).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import attrs
 import psutil
