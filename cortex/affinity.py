@@ -24,7 +24,9 @@ replicas, as `(load, node)` pairs:
   node.
 
 The choice is remembered for the key (a bounded LRU of `MAX_KEYS` keys), so
-after a fall-back the conversation follows its prefix to the new replica. Not
+after a fall-back the conversation follows its prefix to the new replica.
+`cortex.fleet` asks for a key only when a model has two or more routable
+replicas. Not
 for: placement's other decisions (`cortex.placement`), or reading the nodes.
 """
 

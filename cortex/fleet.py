@@ -6,8 +6,9 @@ the model is routable somewhere — loading it (single-flight, after the
 decided evictions) when placement says so, waiting while it loads or
 recovers elsewhere, and raising the decision's error (404 / 503 with
 Retry-After) when it can never or cannot now be served. Given a request's
-prefix key, it routes among a model's replicas by prefix affinity
-(`cortex.affinity`) and reports each such choice to `on_affinity`.
+prefix key (computed only when there is a choice of replicas), it routes
+among a model's replicas by prefix affinity (`cortex.affinity`) and reports
+each such choice to `on_affinity`.
 
     cortex (actor root)
     ├── fleet        supervisor: one NodeActor per configured neuron
@@ -86,9 +87,10 @@ class Fleet:
 
     async def acquire(self, model: ModelId, *, status: Callable[..., None] | None = None,
                       exclude: frozenset[NodeName] = frozenset(),
-                      prefix: bytes | None = None) -> Acquired:  # fmt: skip
-        """Return a node where `model` is routable now, loading it if need be; with a
-        `prefix` key, the replica that prefix affinity picks."""
+                      prefix: Callable[[], bytes | None] | None = None) -> Acquired:  # fmt: skip
+        """Return a node where `model` is routable now, loading it if need be; with
+        `prefix` (the request's prefix key, asked for only when there are several
+        replicas to choose from), the replica that prefix affinity picks."""
         status = status or (lambda **_: None)
         started, cold, repolled = trio.current_time(), False, False
         pick = self._picker(model, prefix)
@@ -99,8 +101,6 @@ class Fleet:
                 match decision:
                     case Route(node=name):
                         node = self.nodes[name]
-                        if self.affinity is not None and prefix is not None:
-                            self.affinity.served(model, prefix, name)
                         node.last_used_at[model] = time.monotonic()
                         node.routed[model] = node.routed.get(model, 0) + 1
                         waited = trio.current_time() - started if cold else 0.0
@@ -120,15 +120,19 @@ class Fleet:
                     case Wait() | Impossible():
                         raise decision_error(decision)
 
-    def _picker(self, model: ModelId, prefix: bytes | None):
+    def _picker(self, model: ModelId, prefix: Callable[[], bytes | None] | None):
         """Placement's `pick` for this request: by prefix affinity, or None."""
         affinity = self.affinity
         if affinity is None or prefix is None:
             return None
 
         def pick(replicas) -> NodeName:
-            name, outcome = affinity.pick(model, prefix, replicas)
-            if len(replicas) > 1 and self.on_affinity is not None:
+            key = prefix() if len(replicas) > 1 else None  # one replica: no body to read
+            if key is None:
+                return replicas[0][1]
+            name, outcome = affinity.pick(model, key, replicas)
+            affinity.served(model, key, name)
+            if self.on_affinity is not None:
                 self.on_affinity(model, outcome)
             return name
 

@@ -19,6 +19,7 @@ Not for: choosing nodes (`cortex.placement` via `cortex.fleet`).
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
@@ -89,7 +90,9 @@ async def open_upstream(
     """The node's response (body unread: the caller closes it) or an ApiError."""
     failed: list[NodeName] = []  # in order; none is tried again
     last: ApiError | None = None
-    prefix = prefix_key(path, body, fleet.prefix_chars) if fleet.affinity else None
+    prefix = None  # the request's prefix key, read from the body once, when needed
+    if fleet.affinity is not None:
+        prefix = functools.cache(functools.partial(prefix_key, path, body, fleet.prefix_chars))
     for attempt in range(retries + 1):
         acquired = await fleet.acquire(model, status=status, exclude=frozenset(failed),
                                        prefix=prefix)  # fmt: skip

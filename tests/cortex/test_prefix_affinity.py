@@ -178,3 +178,14 @@ async def test_without_affinity_the_least_busy_replica_serves():
     replicas.fakes["alpha"].load = 1
     assert [await replicas.send(conversation(t)) for t in (1, 2, 3)] == ["beta"] * 3
     assert replicas.outcomes == []
+
+
+async def test_with_one_replica_the_body_is_not_read():
+    replicas = TwoReplicas()
+    await replicas.fleet.repoll()
+
+    def unread() -> bytes:
+        raise AssertionError("the prefix key was computed with no choice to make")
+
+    acquired = await replicas.fleet.acquire(MODEL, exclude=frozenset({"beta"}), prefix=unread)
+    assert acquired.node.name == "alpha" and replicas.outcomes == []
