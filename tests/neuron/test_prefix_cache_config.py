@@ -4,10 +4,8 @@ budget each load sends its worker, and the worker's default size (#13)."""
 from __future__ import annotations
 
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
-import torch
 
 from neuron.config import ConfigError, load_config
 from neuron.registry import LoadRequest, RegistryLimits, prefix_cache_budget
@@ -95,19 +93,21 @@ def test_unknown_cache_key_is_refused(tmp_path):
         config_of(tmp_path, "[cache]\nprefix_cach = true\n")
 
 
-def _loaded(kv_bytes_per_token: int | None):
-    info = SimpleNamespace(
-        kv_bytes_per_token=lambda element_size: kv_bytes_per_token,
-        snapshot=SimpleNamespace(model_id="m"),
-    )
-    weight = torch.zeros(1, dtype=torch.bfloat16)
-    return SimpleNamespace(info=info, model=SimpleNamespace(parameters=lambda: iter([weight])))
+def test_the_worker_default_is_a_quarter_of_the_kv_budget_capped_on_cpu(monkeypatch):
+    from neuron.worker import errors, service
 
+    def per_token(size: int | None):
+        def kv_bytes_per_token(loaded) -> int:
+            if size is None:
+                raise errors.UnsupportedModel("config lacks layer/head sizes")
+            return size
 
-def test_the_worker_default_is_a_quarter_of_the_kv_budget_capped_on_cpu():
-    small = _loaded(1024)  # 1 KiB a token
-    assert default_prefix_cache_bytes(small, 4096, cpu=True) == 4096 * 1024 // 4
-    big = _loaded(256 * 1024)
-    assert default_prefix_cache_bytes(big, 16 * 32768, cpu=True) == GIB
-    assert default_prefix_cache_bytes(big, 16 * 32768, cpu=False) == 16 * 32768 * 256 * 1024 // 4
-    assert default_prefix_cache_bytes(_loaded(None), 4096, cpu=False) == GIB
+        monkeypatch.setattr(service, "kv_bytes_per_token", kv_bytes_per_token)
+
+    per_token(1024)  # 1 KiB a token
+    assert default_prefix_cache_bytes(None, 4096, cpu=True) == 4096 * 1024 // 4
+    per_token(256 * 1024)
+    assert default_prefix_cache_bytes(None, 16 * 32768, cpu=True) == GIB
+    assert default_prefix_cache_bytes(None, 16 * 32768, cpu=False) == 16 * 32768 * 256 * 1024 // 4
+    per_token(None)
+    assert default_prefix_cache_bytes(None, 4096, cpu=False) == GIB
