@@ -145,6 +145,8 @@ def main() -> None:
         sides = [(plain, None, None), (constrained, grammars, grammar)]
         for rates, with_grammars, text in sides if repeat % 2 == 0 else sides[::-1]:
             rates.append(run(engine, prompts, args.new_tokens, with_grammars, text))
+            side = "plain" if with_grammars is None else "JSON Schema"
+            print(f"  round {repeat + 1}: {side} {rates[-1]:.1f} tok/s", flush=True)
     plain_rate, constrained_rate = statistics.median(plain), statistics.median(constrained)
     print(
         f"{args.streams} streams x {args.new_tokens} tokens, {loaded.info.snapshot.model_id} "
