@@ -115,7 +115,7 @@ ROUTES: tuple[Route, ...] = (
     _admin("POST", "/admin/nodes/{name}/undrain", "place on a node again",
            responses=(Body(schema=_DRAIN),)),
     Route("GET", "/ui/", "the dashboard (public: it asks the API with the operator's key)",
-          responses=(Body(schema=_TEXT, media_type="text/html"),), error_statuses=(),
+          responses=(Body(schema=_TEXT, media_type="text/html"),), error_statuses=(500,),
           tags=("dashboard",)),
     Route("GET", "/ui/{name}", "a file of the dashboard: app.js, app.css, icon.svg",
           responses=(Body(schema=_TEXT, media_type="text/plain"),), error_statuses=(404,),

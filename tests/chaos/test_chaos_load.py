@@ -177,7 +177,7 @@ async def _send(client: httpx.AsyncClient, planned: Planned) -> Answered:
         body = response.json()
         usage = body["usage"]
         if planned.anthropic:
-            return Answered(body["id"], usage["input_tokens"], usage["output_tokens"])
+            return Answered(body["id"], _anthropic_input(usage), usage["output_tokens"])
         return Answered(body["id"], usage["prompt_tokens"], usage["completion_tokens"])
     result = await read_stream(client, path, planned.body())
     assert result.status == 200, result.body
@@ -187,11 +187,16 @@ async def _send(client: httpx.AsyncClient, planned: Planned) -> Answered:
         assert events[-1]["type"] == "message_stop", events[-3:]
         start = events[0]["message"]
         final = next(e for e in events if e["type"] == "message_delta")["usage"]
-        return Answered(start["id"], final["input_tokens"], final["output_tokens"])
+        return Answered(start["id"], _anthropic_input(final), final["output_tokens"])
     assert result.done, result.data[-3:]
     assert len({e["id"] for e in events}) == 1, "one completion id per stream"
     usage = events[-1]["usage"]
     return Answered(events[0]["id"], usage["prompt_tokens"], usage["completion_tokens"])
+
+
+def _anthropic_input(usage: dict) -> int:
+    """The whole prompt: Anthropic's `input_tokens` leaves out what the cache served."""
+    return usage["input_tokens"] + (usage.get("cache_read_input_tokens") or 0)
 
 
 def _reconcile(gw_before, gw_after, nodes_before, nodes_after, plan, answers) -> None:

@@ -140,7 +140,9 @@ def check_answer(response: httpx.Response, dialect: str) -> None:
         if kind.startswith("application/json"):
             response.json()
         else:
-            assert kind.startswith(("text/event-stream", "text/plain")), where
+            # Streams, plain text, and the dashboard's page and files (/ui/).
+            assert kind.startswith(("text/event-stream", "text/plain", "text/html", "text/css",
+                                    "text/javascript", "image/svg+xml")), where  # fmt: skip
 
 
 @pytest.mark.parametrize(("daemon", "method", "path", "operation"), OPERATIONS)
