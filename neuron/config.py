@@ -199,10 +199,16 @@ class Cpu:
 class Engine:
     """`[engine]` — max_batch_size 16: sequences a device's engine decodes together
     (also the default `max_in_flight`); default_dtype "auto": dtype of loads
-    that name none ("auto" = what the model's config.json declares)."""
+    that name none ("auto" = what the model's config.json declares);
+    constrain_tool_calls true: a forced tool call (`tool_choice` required or named,
+    Anthropic any/tool) decodes under a grammar of the JSON call form, so the reply is
+    a valid call; false leaves the model to write the call in its own form (the
+    output still starts inside the call), for models trained on another call syntax
+    (Qwen3-Coder/Qwen3.5's `<function=…>` XML)."""
 
     max_batch_size: int = setting(16, at_least(1))
     default_dtype: str = setting("auto", _dtype)
+    constrain_tool_calls: bool = True
 
 
 @attrs.frozen

@@ -254,6 +254,7 @@ class Neuron:
             keepalive_interval=self.config.http.keepalive_interval,
             default_max_tokens=self.config.limits.default_max_tokens,
             idle_timeout=self.config.timeouts.request_idle,
+            constrain_tool_calls=self.config.engine.constrain_tool_calls,
         )
 
 

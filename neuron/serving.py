@@ -59,6 +59,7 @@ class ServingSettings:
     default_max_tokens: int = 8192
     stream_buffer: int = 256  # events between actor and body: backpressure past this
     idle_timeout: float = math.inf  # `[timeouts] request_idle`: a sequence's longest silence
+    constrain_tool_calls: bool = True  # `[engine]`: forced calls decode under a JSON grammar
 
 
 class Serving:
@@ -87,7 +88,7 @@ class Serving:
         model = self.registry.get(request.model)
         markers = self.markers(model)
         prompt = ChatPrompt.build(request, model.tokenizer, markers, model_id=model.id)
-        if prompt.opens_tool_call and prompt.tools:
+        if prompt.opens_tool_call and prompt.tools and self.settings.constrain_tool_calls:
             grammar = forced_call_grammar(prompt.tools, request.tool_choice, markers)
         sampling = self._sampling(model, SamplingRequest.from_chat(request), prompt.token_ids)
         if grammar is not None:
