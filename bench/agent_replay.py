@@ -1,13 +1,13 @@
 """Prefix caching on an agent's conversation: the same neuron with the cache on and off.
 
 Replays the shape of a coding agent's session (Claude Code, Codex): a long system
-prompt with ~25 tool definitions, then turns that each append the model's answer and
-a new user message and resend everything. Two `neuron serve` processes run the same
-model, one with `[cache] prefix_cache = true`, one with `false`; each turn goes to both
-(alternating which goes first) as a streamed, greedy chat completion. Printed: time
-to first token per turn on each, the ratio, and `cached_tokens` as reported in the
-usage; then aggregate tok/s of 16 concurrent unrelated streams on each (the cache
-must not cost throughput).
+prompt carrying ~25 tool definitions (as JSON text), then turns that each append the
+model's answer and a new user message and resend everything. Two `neuron serve`
+processes run the same model, one with `[cache] prefix_cache = true`, one with
+`false`; each turn goes to both (alternating which goes first) as a streamed, greedy
+chat completion. Printed: time to first token per turn on each, the ratio, and
+`cached_tokens` as reported in the usage; then aggregate tok/s of 16 concurrent
+unrelated streams on each (the cache must not cost throughput).
 
     python bench/agent_replay.py                       # SmolLM2-135M (8k context)
     python bench/agent_replay.py --model synth --size small   # 32k-context synthetic
@@ -115,8 +115,13 @@ async def turn_ttft(
 
 async def replay(servers: dict[str, serve.Server], args: argparse.Namespace) -> dict:
     tools = tool_definitions(args.tools, args.tool_words)
-    histories = {name: [{"role": "system", "content": "You are a careful coding agent."}]
-                 for name in servers}  # fmt: skip
+    # The tools ride in the system prompt as JSON, as agents that describe their own
+    # tools do: every chat template keeps a system message, not every one renders
+    # `tools` (SmolLM2's drops them), and the shape — a long fixed prefix — is the same.
+    system = "You are a careful coding agent. Your tools:\n" + "\n".join(
+        json.dumps(t["function"]) for t in tools
+    )
+    histories = {name: [{"role": "system", "content": system}] for name in servers}
     rows = []
     async with httpx.AsyncClient(timeout=serve.REQUEST_TIMEOUT) as client:
         for turn in range(args.turns):
@@ -125,8 +130,7 @@ async def replay(servers: dict[str, serve.Server], args: argparse.Namespace) -> 
             for name in order:
                 history = histories[name]
                 history.append({"role": "user", "content": USER_TURNS[turn % len(USER_TURNS)]})
-                body = {"messages": history, "tools": tools, "max_tokens": args.max_tokens,
-                        "temperature": 0, "tool_choice": "none"}  # fmt: skip
+                body = {"messages": history, "max_tokens": args.max_tokens, "temperature": 0}
                 ttft, answer, prompt, cached = await turn_ttft(client, servers[name], body)
                 history.append({"role": "assistant", "content": answer})
                 row[name] = (ttft, prompt, cached)
