@@ -15,8 +15,8 @@ Not for: deciding what to generate, or HTTP.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import cast
+from collections.abc import Callable, Iterable
+from typing import Any, cast
 
 import attrs
 
@@ -230,6 +230,16 @@ def collect_chat(
 def _collect_choices(
     completion_id: CompletionId, model: ModelId, created: int, events: list
 ) -> ChatCompletion:
+    choices, finished = collect_choices(
+        events, lambda evs: collect_chat(completion_id, model, created, evs).choices[0]
+    )
+    return ChatCompletion(id=completion_id, created=created, model=model, choices=choices,
+                          usage=usage_of(finished))  # fmt: skip
+
+
+def collect_choices(events: list, collect_one: Callable[[list], Any]) -> tuple[tuple, Finished]:
+    """n > 1, not streamed: each choice's events through `collect_one` (its one choice,
+    re-indexed), in index order, and the request's `Finished`."""
     per_choice: dict[int, list[GenerationEvent]] = {}
     for event in events:
         if isinstance(event, Failed):
@@ -238,13 +248,9 @@ def _collect_choices(
             per_choice.setdefault(event.index, []).append(event.event)
         elif isinstance(event, Finished):
             choices = tuple(
-                attrs.evolve(collect_chat(completion_id, model, created, evs).choices[0], index=i)
-                for i, evs in sorted(per_choice.items())
+                attrs.evolve(collect_one(evs), index=i) for i, evs in sorted(per_choice.items())
             )
-            return ChatCompletion(
-                id=completion_id, created=created, model=model, choices=choices,
-                usage=usage_of(event),
-            )  # fmt: skip
+            return choices, event
     raise InternalError("the generation ended without a result")
 
 

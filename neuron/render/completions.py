@@ -17,8 +17,6 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Literal, cast
 
-import attrs
-
 from neuron.events import (
     ChoiceEvent,
     ContentDelta,
@@ -29,7 +27,7 @@ from neuron.events import (
     Started,
     TokenLogprob,
 )
-from neuron.render.chat import usage_of
+from neuron.render.chat import collect_choices, usage_of
 from neuron.render.template import TEXT, DeltaTemplate
 from protocol.completions import Completion, CompletionChoice, CompletionLogprobs
 from protocol.errors import InternalError
@@ -175,24 +173,11 @@ def collect_completion(
 def _collect_choices(
     completion_id: CompletionId, model: ModelId, created: int, events: list
 ) -> Completion:
-    per_choice: dict[int, list[GenerationEvent]] = {}
-    for event in events:
-        if isinstance(event, Failed):
-            raise event.error
-        if isinstance(event, ChoiceEvent):
-            per_choice.setdefault(event.index, []).append(event.event)
-        elif isinstance(event, Finished):
-            choices = tuple(
-                attrs.evolve(
-                    collect_completion(completion_id, model, created, evs).choices[0], index=i
-                )
-                for i, evs in sorted(per_choice.items())
-            )
-            return Completion(
-                id=completion_id, created=created, model=model, choices=choices,
-                usage=usage_of(event),
-            )  # fmt: skip
-    raise InternalError("the generation ended without a result")
+    choices, finished = collect_choices(
+        events, lambda evs: collect_completion(completion_id, model, created, evs).choices[0]
+    )
+    return Completion(id=completion_id, created=created, model=model, choices=choices,
+                      usage=usage_of(finished))  # fmt: skip
 
 
 def completion_logprobs(tokens) -> CompletionLogprobs:
