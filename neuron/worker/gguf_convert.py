@@ -69,6 +69,8 @@ def _read(load_gguf_checkpoint, gguf: Path, **kwargs):
     try:
         return load_gguf_checkpoint(str(gguf), **kwargs)
     except (NotImplementedError, KeyError) as exc:
+        # transformers' GGUF reader: NotImplementedError for a quantization type it
+        # cannot dequantize, KeyError for an architecture it has no mapping for.
         raise Unsupported(_reason(exc)) from exc
     except ValueError as exc:
         if "not supported" in str(exc):

@@ -73,7 +73,7 @@ def test_the_node_reports_each_familys_measured_memory(neuron: RunningDaemon):
     assert set(models) == set(FAMILIES)
     for model in models.values():
         assert model["status"] == "loaded"
-        assert model["memory_bytes"] > 100_000  # measured tensors, not a placeholder
+        assert model["memory_bytes"] > 100_000  # the tensors' measured bytes
         assert model["capabilities"] == ["text"]
 
 
