@@ -528,7 +528,7 @@ class Engine:
 
     def _join(self, sequence: _Sequence) -> None:
         assert sequence.kv is not None
-        sequence.row = self._arena.insert_sequence(sequence.kv, len(sequence.prompt))
+        sequence.row = self._arena.insert(sequence.kv, len(sequence.prompt))
         sequence.kv = None
         self._running.append(sequence)
 

@@ -171,12 +171,12 @@ class KvArena:
         max_rows: int,
         max_columns: int,
         token_budget: int,
-        kinds: Sequence[LayerKind] | None = None,
+        kinds: Sequence[LayerKind],
     ) -> None:
         self.max_rows = max_rows
         self.max_columns = max_columns
         self.token_budget = token_budget
-        self.kinds = list(kinds) if kinds is not None else None  # None: all full attention
+        self.kinds = list(kinds)
         self.starts: list[int] = []
         self.end = 0
         self._row_capacity = 0
@@ -199,11 +199,11 @@ class KvArena:
 
     @property
     def has_full_attention(self) -> bool:
-        return self.kinds is None or any(k.attention == "full" for k in self.kinds)
+        return any(k.attention == "full" for k in self.kinds)
 
     @property
     def sliding_window(self) -> int | None:
-        return next((k.window for k in self.kinds or () if k.attention == "sliding"), None)
+        return next((k.window for k in self.kinds if k.attention == "sliding"), None)
 
     @property
     def tokens_used(self) -> int:
@@ -248,14 +248,10 @@ class KvArena:
 
     # -- changing the layout -----------------------------------------------------------
 
-    def insert(self, layers: Sequence[PrefilledLayer | tuple[torch.Tensor, torch.Tensor]]) -> int:
-        """Copy one prefilled sequence in as a new row; `layers` come from
-        `prefilled_layers` (or are `(keys, values)` pairs for an all-full-attention
-        model). The sequence's length is its full-attention key count, or, for a model
-        without full attention, the `length` its caller reserved: the engine passes it."""
-        return self.insert_sequence(layers, _length_of(layers))
-
-    def insert_sequence(self, layers, length: int) -> int:
+    def insert(self, layers: Sequence, length: int) -> int:
+        """Copy one prefilled sequence of `length` tokens in as a new row; `layers` come
+        from `prefilled_layers`, or are `(keys, values)` pairs (all-full-attention models'
+        packed prefill)."""
         layers = [_as_prefilled(layer) for layer in layers]
         self._learn_layers(layers)
         if self.has_full_attention:
@@ -367,8 +363,6 @@ class KvArena:
         """Take per-layer shapes, dtype and device from the first prefilled sequence."""
         if self.cache.layers:
             return
-        if self.kinds is None:
-            self.kinds = [LayerKind("full") for _ in layers]
         for index, (kind, layer) in enumerate(zip(self.kinds, layers, strict=True)):
             if kind.attention is not None:
                 self._keys[index] = _empty_like(layer.keys)
@@ -423,14 +417,6 @@ def _as_prefilled(layer) -> PrefilledLayer:
         return layer
     keys, values = layer
     return PrefilledLayer(keys, values)
-
-
-def _length_of(layers) -> int:
-    for layer in layers:
-        keys = layer.keys if isinstance(layer, PrefilledLayer) else layer[0]
-        if keys is not None:
-            return keys.shape[-2]
-    raise ValueError("a model without attention layers needs insert_sequence(layers, length)")
 
 
 def _additive(hidden: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
