@@ -1,18 +1,18 @@
-"""`Actor`: the base class for mailbox actors, and the loop that runs one.
+"""`Actor`: the base class for long-lived actors, and the code that runs one life.
 
-This module is for actors that own state and serve messages one at a time:
-subclass `Actor`, implement `handle(message)` (sync preferred: no checkpoint
-mid-mutation; async allowed), optionally `on_start`/`on_stop`. A handler's
-return value answers an `ask`; its exception goes to the asker (boxed) and
-the actor carries on, but an exception while handling a `tell` crashes the
-actor, for its supervisor to deal with. Work that needs I/O runs as a child
-task (`start_task`) that reports back by message. It is not for supervision
-(`_supervisor`) or for light per-request work (`_task`).
+This module is for actors that own a piece of state for as long as they
+run: subclass `Actor`, set up in `on_start` (start the actor's child tasks
+there with `start_task`), clean up in `on_stop`. An incarnation lives until
+it is cancelled, calls `stop()`, or one of its child tasks raises (a crash,
+for its supervisor to deal with). There is no mailbox: the actor's state is
+an ordinary object that its child tasks and the program's other tasks call
+synchronously, in the one trio thread, so no mutation is seen half-done. It
+is not for supervision (`_supervisor`) or for light per-request work
+(`_task`).
 """
 
 from __future__ import annotations
 
-import inspect
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, ClassVar
@@ -20,11 +20,9 @@ from typing import Any, ClassVar
 import trio
 
 from ._cell import Cell, Readiness, Runner
-from ._mailbox import Envelope, Reply
 from ._ref import ActorRef
 from ._snapshot import ActorPath, ActorStatistics
-from ._task import DEFAULT_TASK_MAILBOX, run_child_task
-from .errors import ActorStopped
+from ._task import run_child_task
 
 __all__ = ["Actor", "actor_runner"]
 
@@ -39,17 +37,11 @@ class Actor:
 
     _cell: Cell | None = None
     _nursery: trio.Nursery | None = None
-    _current: Envelope | None = None
-    _deferred_current = False
     _stopping = False
-    _serve_scope: trio.CancelScope | None = None
+    _life_scope: trio.CancelScope | None = None
 
     async def on_start(self) -> None:
         """Set up before the actor counts as started; an error here is a failed start."""
-
-    def handle(self, message: Any) -> Any:
-        """Handle one message; the return value answers an `ask`. May be `async def`."""
-        raise NotImplementedError(f"{type(self).__qualname__} must implement handle()")
 
     async def on_stop(self) -> None:
         """Clean up after a started incarnation; shielded, bounded by `stop_timeout`."""
@@ -76,26 +68,13 @@ class Actor:
         return self._runtime().statistics()
 
     def stop(self) -> None:
-        """End this incarnation normally: after the current message, or at once if idle.
+        """End this incarnation normally; its child tasks are cancelled.
 
         Whether it comes back is its supervisor's call (permanent: yes).
         """
         self._stopping = True
-        if self._current is None and self._serve_scope is not None:
-            self._serve_scope.cancel("actor stopped itself")  # idle: no need to wait for mail
-
-    def defer_reply(self) -> Reply:
-        """Take over answering the ask being handled; the return value is then ignored.
-
-        Settle the `Reply` later, e.g. from a child task. If the incarnation
-        ends first, the asker gets `ActorStopped`.
-        """
-        envelope = self._current
-        if envelope is None or envelope.reply is None:
-            raise RuntimeError("defer_reply() is only valid while handling an ask")
-        self._deferred_current = True
-        self._runtime().owe(envelope.reply)
-        return envelope.reply
+        if self._life_scope is not None:
+            self._life_scope.cancel("actor stopped itself")
 
     def start_task(
         self, fn: Callable[..., Awaitable[object]], *args: Any, name: str, kind: str = "task"
@@ -103,14 +82,12 @@ class Actor:
         """Run `fn(task, *args)` as a child task actor of this incarnation.
 
         It shows in the registry under this actor and can be cancelled by ref.
-        If it raises, this actor crashes; report results by message instead,
-        e.g. ``await self.ref.tell(Loaded(...))``.
+        If it raises, this actor crashes; a task that must report a failure
+        to someone records it on the state it serves instead.
         """
         if self._nursery is None:
             raise RuntimeError("start_task() needs a running incarnation")
-        cell = self._runtime().add_child(
-            name, kind, ref_type=ActorRef, mailbox_size=DEFAULT_TASK_MAILBOX
-        )
+        cell = self._runtime().add_child(name, kind, ref_type=ActorRef)
         self._nursery.start_soon(run_child_task, cell, fn, args, name=cell.path)
         return cell.ref
 
@@ -142,8 +119,9 @@ async def _run_incarnation(actor: Actor, cell: Cell, ready: Readiness) -> None:
                 started = True
                 cell.mark_running()
                 ready.started(cell.ref)
-                with trio.CancelScope() as actor._serve_scope:
-                    await _serve(actor, cell)
+                with trio.CancelScope() as actor._life_scope:
+                    if not actor._stopping:  # stop() may come from on_start itself
+                        await trio.sleep_forever()
                 nursery.cancel_scope.cancel("actor stopped")
     finally:
         # Child tasks are done by now: on_stop never races them.
@@ -161,39 +139,3 @@ async def _bounded_on_stop(actor: Actor, cell: Cell) -> None:
         await actor.on_stop()
     if cleanup.cancelled_caught:
         log.warning("on_stop timed out path=%s timeout=%s", cell.path, actor.stop_timeout)
-
-
-async def _serve(actor: Actor, cell: Cell) -> None:
-    assert cell.mailbox is not None
-    is_async = inspect.iscoroutinefunction(actor.handle)
-    while not actor._stopping:
-        envelope = await cell.mailbox.get()
-        try:
-            await _dispatch(actor, envelope, is_async)
-        finally:
-            cell.messages_handled += 1
-
-
-async def _dispatch(actor: Actor, envelope: Envelope, is_async: bool) -> None:
-    reply = envelope.reply
-    actor._current, actor._deferred_current = envelope, False
-    try:
-        result = actor.handle(envelope.message)
-        if is_async:
-            result = await result
-    except Exception as exc:
-        if reply is None:
-            raise  # a failed tell has nobody to tell: the actor crashes
-        actor._runtime().asks_failed += 1
-        if not reply.done:
-            reply.fail(exc)
-    except BaseException:
-        # Cancelled mid-handler: the asker must not wait for a reply that cannot come.
-        if reply is not None and not actor._deferred_current:
-            reply._abandon(ActorStopped(actor.path, "stopped while handling the ask"))
-        raise
-    else:
-        if reply is not None and not actor._deferred_current:
-            reply.send(result)
-    finally:
-        actor._current = None

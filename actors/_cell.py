@@ -2,7 +2,7 @@
 
 This module is for the mutable per-actor state the runtime keeps across
 restarts — identity (name, path, kind), lifecycle state, counters, status
-fields, mailbox, cancel scope, children — and for the small state
+fields, cancel scope, children — and for the small state
 transitions every actor kind shares (running, failed, stop requested,
 removed). Every transition bumps the registry version so watchers wake. It is
 not for running an actor (`_actor`, `_task`, `_supervisor`) nor for the
@@ -12,7 +12,6 @@ caller-facing handle (`_ref`).
 from __future__ import annotations
 
 import time
-import weakref
 from collections.abc import Awaitable, Callable, Iterator
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
@@ -20,7 +19,6 @@ from typing import TYPE_CHECKING, Any
 import attrs
 import trio
 
-from ._mailbox import Mailbox, Reply
 from ._policy import Restart
 from ._snapshot import ActorPath, ActorSnapshot, ActorState, ActorStatistics
 from .errors import ActorStopped, NameTaken
@@ -76,7 +74,6 @@ class Cell:
     kind: str
     parent: Cell | None
     path: ActorPath
-    mailbox: Mailbox | None = None
     attached: bool = False  # runs in someone else's task (open_task): cancel it explicitly
     restart: Restart = Restart.TEMPORARY
     runner: Runner | None = None
@@ -92,9 +89,6 @@ class Cell:
     gone: trio.Event = attrs.Factory(trio.Event)
     stop_requested: bool = False
     active: bool = False  # a task is living this entry right now (incarnating or backing off)
-    messages_handled: int = 0
-    asks_failed: int = 0
-    owed: weakref.WeakSet[Reply] = attrs.Factory(weakref.WeakSet)  # asks taken, not yet answered
 
     def __repr__(self) -> str:
         return f"<Cell {self.path} {self.kind} {self.state.value}>"
@@ -109,7 +103,6 @@ class Cell:
         kind: str,
         *,
         ref_type: Callable[[Cell], Any],
-        mailbox_size: int | None = None,
         **fields: Any,
     ) -> Cell:
         """Register a new child in state STARTING (`fields` are further Cell fields)."""
@@ -120,10 +113,7 @@ class Cell:
         if name in self.children:
             raise NameTaken(self.path, f"already has a child named {name!r}")
         path = ActorPath(f"{self.path}/{name}")
-        mailbox = None
-        if mailbox_size is not None:
-            mailbox = Mailbox(path, mailbox_size, self.registry.bump)
-        child = Cell(self.registry, name, kind, self, path, mailbox, **fields)
+        child = Cell(self.registry, name, kind, self, path, **fields)
         child.ref = ref_type(child)
         self.children[name] = child
         self.registry.bump()
@@ -156,16 +146,6 @@ class Cell:
                 self.status[key] = value
         self.registry.bump()
 
-    def owe(self, reply: Reply) -> None:
-        """Note an ask the actor has taken from its mailbox and will answer later."""
-        self.owed.add(reply)
-
-    def abandon_owed(self) -> None:
-        """At the end of a life: nobody is left to answer, so say so (`ActorStopped`)."""
-        for reply in list(self.owed):
-            reply._abandon(ActorStopped(self.path, "stopped before replying"))
-        self.owed.clear()
-
     def walk(self) -> Iterator[Cell]:
         yield self
         for child in list(self.children.values()):
@@ -196,7 +176,7 @@ class Cell:
                 child.request_stop()
 
     def remove(self) -> None:
-        """Leave the registry for good: subtree first, mailbox closed, `gone` set.
+        """Leave the registry for good: subtree first, then `gone` set.
 
         A child some task is still living is only asked to stop: it removes
         itself (and sets its own `gone`) when that task is done with it.
@@ -212,28 +192,19 @@ class Cell:
             del self.parent.children[self.name]
         if self.state is not ActorState.FAILED:
             self.state = ActorState.STOPPED
-        if self.mailbox is not None:
-            self.mailbox.close()
         self.gone.set()
         self.registry.bump()
 
     def statistics(self) -> ActorStatistics:
-        box = self.mailbox
         return ActorStatistics(
             path=self.path,
             kind=self.kind,
             state=self.state,
             restarts=self.restarts,
             children=len(self.children),
-            mailbox_depth=box.depth if box else 0,
-            mailbox_capacity=box.capacity if box else 0,
-            senders_waiting=box.senders_waiting if box else 0,
-            messages_handled=self.messages_handled,
-            asks_failed=self.asks_failed,
         )
 
     def snapshot(self) -> ActorSnapshot:
-        box = self.mailbox
         return ActorSnapshot(
             name=self.name,
             path=self.path,
@@ -241,8 +212,6 @@ class Cell:
             state=self.state,
             started_at=self.started_at,
             restarts=self.restarts,
-            mailbox_depth=box.depth if box else 0,
-            mailbox_capacity=box.capacity if box else 0,
             last_error=self.last_error,
             status=MappingProxyType(dict(self.status)),
             children=tuple(child.snapshot() for child in self.children.values()),

@@ -1,22 +1,17 @@
 """`ActorRef`: the caller's handle to an actor.
 
-This module is for talking to an actor from outside it: `tell` (waits while
-the mailbox is full), `tell_nowait` (raises `MailboxFull`), `ask` (a reply or
-the handler's boxed error, within a timeout), `cancel` (the actor and its
-subtree, awaited until gone) and read-only views (`statistics`, `snapshot`).
+This module is for handling an actor from outside it: `cancel` (the actor
+and its subtree, awaited until gone), `wait_stopped`, and read-only views
+(`state`, `statistics`, `snapshot`).
 A ref points at the registry entry, not at one incarnation, so it stays
 valid across restarts. It is not for starting children; see `SupervisorRef`.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-import trio
-
-from ._mailbox import Envelope, Mailbox, Reply
 from ._snapshot import ActorPath, ActorSnapshot, ActorState, ActorStatistics
-from .errors import AskTimeout
 
 if TYPE_CHECKING:
     from ._cell import Cell
@@ -50,39 +45,6 @@ class ActorRef:
     @property
     def state(self) -> ActorState:
         return self._cell.state
-
-    def _mailbox(self) -> Mailbox:
-        mailbox = self._cell.mailbox
-        if mailbox is None:
-            raise TypeError(f"{self.path} is a {self.kind} and has no mailbox")
-        return mailbox
-
-    async def tell(self, message: Any) -> None:
-        """Deliver `message`; waits while the mailbox is full. Raises `ActorStopped`."""
-        await self._mailbox().put(Envelope(message))
-
-    def tell_nowait(self, message: Any) -> None:
-        """Deliver `message` or raise `MailboxFull` at once (or `ActorStopped`)."""
-        self._mailbox().put_nowait(Envelope(message))
-
-    # A timeout *parameter* (not just the caller's fail_after) is the contract
-    # here: it turns silence into AskTimeout naming the actor, and every ask
-    # must state one.
-    async def ask(self, message: Any, *, timeout: float) -> Any:  # noqa: ASYNC109
-        """Send `message` and return the handler's reply.
-
-        `timeout` (seconds, `math.inf` for none) bounds the whole exchange,
-        including waiting for mailbox space: `AskTimeout` when it runs out.
-        A handler error arrives here as `RemoteError` and the actor keeps
-        running; `ActorStopped` if the actor goes before answering. There is
-        deliberately no default: every ask states how long it may wait.
-        """
-        mailbox = self._mailbox()
-        reply = Reply(self.path)
-        with trio.move_on_after(timeout):
-            await mailbox.put(Envelope(message, reply))
-            return await reply._wait()
-        raise AskTimeout(self.path, timeout)
 
     def cancel_nowait(self) -> None:
         """Cancel this actor and its subtree for good; returns at once."""

@@ -39,11 +39,6 @@ class ActorStatistics:
     state: ActorState
     restarts: int
     children: int
-    mailbox_depth: int
-    mailbox_capacity: int
-    senders_waiting: int
-    messages_handled: int
-    asks_failed: int
 
 
 @attrs.frozen
@@ -61,8 +56,6 @@ class ActorSnapshot:
     state: ActorState
     started_at: float | None
     restarts: int
-    mailbox_depth: int
-    mailbox_capacity: int
     last_error: str | None
     status: Mapping[str, Any]
     children: tuple[ActorSnapshot, ...] = ()
@@ -85,8 +78,6 @@ class ActorSnapshot:
             "state": self.state.value,
             "started_at": self.started_at,
             "restarts": self.restarts,
-            "mailbox_depth": self.mailbox_depth,
-            "mailbox_capacity": self.mailbox_capacity,
             "last_error": self.last_error,
             "status": dict(self.status),
             "children": [child.to_dict() for child in self.children],

@@ -27,14 +27,12 @@ from ._cell import Cell, Readiness, Runner, sole_error
 from ._policy import Backoff, Restart, RestartIntensity
 from ._ref import ActorRef
 from ._snapshot import ActorState
-from ._task import DEFAULT_TASK_MAILBOX, task_runner
+from ._task import task_runner
 from .errors import ActorStopped, RestartIntensityExceeded
 
-__all__ = ["DEFAULT_MAILBOX", "Supervision", "SupervisorRef", "supervise"]
+__all__ = ["Supervision", "SupervisorRef", "supervise"]
 
 log = logging.getLogger(__name__)
-
-DEFAULT_MAILBOX = 64
 
 
 @attrs.define(eq=False)
@@ -130,7 +128,6 @@ async def _incarnate(cell: Cell, ready: Readiness) -> Exception | None:
         return sole_error(exc)
     finally:
         cell.status.clear()  # status fields describe one incarnation, not its successor
-        cell.abandon_owed()
         cell.stop_attached()
     return None
 
@@ -186,15 +183,11 @@ class SupervisorRef(ActorRef):
         *args: Any,
         name: str,
         restart: Restart = Restart.PERMANENT,
-        mailbox_size: int = DEFAULT_MAILBOX,
         kind: str | None = None,
     ) -> ActorRef:
-        """Start a mailbox actor; `factory(*args)` builds each incarnation's instance."""
+        """Start an actor; `factory(*args)` builds each incarnation's instance."""
         kind = kind or getattr(factory, "kind", Actor.kind)
-        runner = actor_runner(factory, args)
-        return await self._start_child(
-            name, kind, ActorRef, runner, restart, mailbox_size=mailbox_size
-        )
+        return await self._start_child(name, kind, ActorRef, actor_runner(factory, args), restart)
 
     async def start_supervisor(
         self,
@@ -219,14 +212,10 @@ class SupervisorRef(ActorRef):
         *args: Any,
         name: str,
         restart: Restart = Restart.TEMPORARY,
-        mailbox_size: int = DEFAULT_TASK_MAILBOX,
         kind: str = "task",
     ) -> ActorRef:
         """Start a supervised task actor running `fn(task, *args)`; returning is a normal exit."""
-        runner = task_runner(fn, args)
-        return await self._start_child(
-            name, kind, ActorRef, runner, restart, mailbox_size=mailbox_size
-        )
+        return await self._start_child(name, kind, ActorRef, task_runner(fn, args), restart)
 
     async def _start_child(
         self,

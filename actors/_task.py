@@ -2,8 +2,8 @@
 
 This module is for work with a natural end — one HTTP request, one
 generation, one model load — that should still be visible and cancellable:
-a `TaskActor` is a registry entry, a cancel scope, a small mailbox (abort,
-inspect, extra input) and status fields around an ordinary task. Use
+a `TaskActor` is a registry entry, a cancel scope and status fields around
+an ordinary task. Use
 `open_task` to make the *current* task one (a client disconnect then cancels
 it the normal trio way), `SupervisorRef.start_task` to run one under
 supervision, `Actor.start_task` for an actor's own child tasks. It is not for
@@ -19,17 +19,14 @@ from typing import Any
 import trio
 
 from ._cell import Cell, Readiness, Runner
-from ._mailbox import Envelope
 from ._ref import ActorRef
 from ._snapshot import ActorPath, ActorState, ActorStatistics
 
-__all__ = ["DEFAULT_TASK_MAILBOX", "TaskActor", "open_task", "run_child_task", "task_runner"]
-
-DEFAULT_TASK_MAILBOX = 4
+__all__ = ["TaskActor", "open_task", "run_child_task", "task_runner"]
 
 
 class TaskActor:
-    """What a task actor's code holds: its identity, scope, mailbox and status."""
+    """What a task actor's code holds: its identity, scope and status."""
 
     __slots__ = ("_cell",)
 
@@ -57,21 +54,6 @@ class TaskActor:
         """Update the status fields the registry shows (a value of None removes one)."""
         self._cell.set_status(fields)
 
-    async def receive(self) -> Envelope:
-        """Next message sent to this task (`envelope.reply` is set for an ask)."""
-        assert self._cell.mailbox is not None
-        return self._took(await self._cell.mailbox.get())
-
-    def receive_nowait(self) -> Envelope:
-        """Next message, or `trio.WouldBlock` if none is waiting."""
-        assert self._cell.mailbox is not None
-        return self._took(self._cell.mailbox.get_nowait())
-
-    def _took(self, envelope: Envelope) -> Envelope:
-        if envelope.reply is not None:
-            self._cell.owe(envelope.reply)  # answered with ActorStopped if the task ends first
-        return envelope
-
     def statistics(self) -> ActorStatistics:
         return self._cell.statistics()
 
@@ -90,7 +72,6 @@ def _life(cell: Cell) -> Iterator[TaskActor]:
         raise
     finally:
         cell.active = False
-        cell.abandon_owed()
         cell.remove()
 
 
@@ -100,19 +81,16 @@ async def open_task(
     name: str,
     *,
     kind: str = "task",
-    mailbox_size: int = DEFAULT_TASK_MAILBOX,
 ) -> AsyncIterator[TaskActor]:
     """Register the current task as a task actor under `parent` for the block.
 
     The block runs in the task actor's cancel scope: `ref.cancel()` (or the
     parent stopping) cancels it and the block exits quietly, as with
     `trio.move_on_after`. An exception leaves the block as usual and is
-    recorded as the task's last error. On exit the entry leaves the registry
-    and asks still queued get `ActorStopped`. Not supervised, never restarted.
+    recorded as the task's last error. On exit the entry leaves the registry.
+    Not supervised, never restarted.
     """
-    cell = parent._cell.add_child(
-        name, kind, ref_type=ActorRef, mailbox_size=mailbox_size, attached=True
-    )
+    cell = parent._cell.add_child(name, kind, ref_type=ActorRef, attached=True)
     with _life(cell) as task:
         yield task
 

@@ -364,6 +364,3 @@ class NodeActor(actors.Actor):
             last_poll_at=None if polled is None else
             round(time.time() - (trio.current_time() - polled), 3),
         )  # fmt: skip
-
-    def handle(self, message: Any) -> Any:
-        raise ValueError(f"unknown message {message!r}")

@@ -497,11 +497,6 @@ class Device:
             raise WorkerUnavailable(f"model {model_id!r} is not resident on {self.id}")
         return await worker.generate(model_id, prompt, sampling)
 
-    async def query_memory(self) -> wire.MemoryReport:
-        job = wire.QueryMemory(wire.JobId(next(_job_ids)))
-        with trio.fail_after(self.timeouts.heartbeat):
-            return await self._live_worker().request(job)
-
     # -- incarnations (called by DeviceActor) --------------------------------------------
 
     def attach(self, worker: WorkerProcess) -> None:
@@ -587,11 +582,6 @@ class DeviceActor(actors.Actor):
             return self._shown.get("tok_s")
         self._generated = (now, generated)
         return round(max(0, generated - before) / (now - then), 1) or None
-
-    def handle(self, message: Any) -> Any:
-        if message == "statistics":
-            return self.worker.statistics
-        raise ValueError(f"unknown message {message!r}")
 
     async def on_stop(self) -> None:
         self.device.detach()

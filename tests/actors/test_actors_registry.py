@@ -1,5 +1,7 @@
 """The registry: tree snapshots, status fields, versions, watch, statistics()."""
 
+from __future__ import annotations
+
 import json
 import time
 
@@ -12,23 +14,29 @@ from actors import ActorState
 
 
 class Node(actors.Actor):
+    """Its lives are appended to `lives`; `crash()` makes the current one fail."""
+
     kind = "node"
 
-    def __init__(self, gate: trio.Event | None = None) -> None:
+    def __init__(self, gate: trio.Event | None = None, lives: list | None = None) -> None:
         self.gate = gate
+        self.lives = lives
+        self._crash = trio.Event()
 
     async def on_start(self) -> None:
         if self.gate is not None:
             await self.gate.wait()
         self.set_status(model="qwen-0.5b")
+        if self.lives is not None:  # a test that holds the instance may crash it
+            self.lives.append(self)
+            self.start_task(self._watch, name="watch")
 
-    def handle(self, message):
-        match message:
-            case ("status", fields):
-                self.set_status(**fields)
-            case "crash":
-                raise RuntimeError("node lost")
-        return message
+    async def _watch(self, task):
+        await self._crash.wait()
+        raise RuntimeError("node lost")
+
+    def crash(self) -> None:
+        self._crash.set()
 
 
 async def test_snapshot_shows_the_tree_with_identity_state_and_status():
@@ -62,7 +70,6 @@ async def test_snapshot_shows_the_tree_with_identity_state_and_status():
     beast = rows["cortex/fleet/beast"]
     assert (beast.name, beast.restarts, beast.last_error) == ("beast", 0, None)
     assert beast.status == {"model": "qwen-0.5b"}
-    assert beast.mailbox_capacity == actors.DEFAULT_MAILBOX
     assert rows["cortex/requests/req-7"].status == {"tokens": 3}
     assert before <= snap.taken_at <= after
 
@@ -84,8 +91,6 @@ async def test_to_dict_is_plain_json():
         "state",
         "started_at",
         "restarts",
-        "mailbox_depth",
-        "mailbox_capacity",
         "last_error",
         "status",
         "children",
@@ -93,17 +98,17 @@ async def test_to_dict_is_plain_json():
 
 
 async def test_snapshot_follows_starting_running_restarting_and_removal(autojump_clock):
-    gate = trio.Event()
+    gate, lives = trio.Event(), []
     async with actors.open_root("t", backoff=actors.Backoff(initial=4)) as root:
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(lambda: root.start(Node, gate, name="n"))
+            nursery.start_soon(lambda: root.start(Node, gate, lives, name="n"))
             await wait_all_tasks_blocked()
             starting = root.registry.snapshot().find("t/n")
             assert (starting.state, starting.started_at) == (ActorState.STARTING, None)
             gate.set()
         ref = root.registry.find("t/n")
         assert ref.snapshot().state is ActorState.RUNNING
-        await ref.tell("crash")
+        lives[-1].crash()
         await trio.sleep(1)
         restarting = ref.snapshot()
         assert restarting.state is ActorState.RESTARTING
@@ -119,21 +124,14 @@ async def test_snapshot_follows_starting_running_restarting_and_removal(autojump
 
 async def test_set_status_bumps_the_version_and_none_removes_a_field():
     async with actors.open_root("t") as root:
-        ref = await root.start(Node, name="n")
+        lives = []
+        ref = await root.start(Node, None, lives, name="n")
         version = root.registry.version
-        await ref.ask(("status", {"tokens": 12}), timeout=1)
+        lives[-1].set_status(tokens=12)
         assert root.registry.version > version
         assert ref.snapshot().status == {"model": "qwen-0.5b", "tokens": 12}
-        await ref.ask(("status", {"model": None}), timeout=1)
+        lives[-1].set_status(model=None)
         assert ref.snapshot().status == {"tokens": 12}
-
-
-async def test_mailbox_depth_shows_in_the_snapshot():
-    async with actors.open_root("t") as root, actors.open_task(root, "req", mailbox_size=3) as task:
-        await task.ref.tell("a")
-        await task.ref.tell("b")
-        node = root.registry.snapshot().find("t/req")
-        assert (node.mailbox_depth, node.mailbox_capacity) == (2, 3)
 
 
 async def test_names_are_unique_among_siblings_and_slash_free():
@@ -151,26 +149,17 @@ async def test_names_are_unique_among_siblings_and_slash_free():
         assert root.registry.find("other/n") is None
 
 
-async def test_actor_statistics_count_messages_and_errors():
+async def test_actor_statistics(autojump_clock):
     async with actors.open_root("t") as root:
-        ref = await root.start(Node, name="n", mailbox_size=8)
-        await ref.ask("a", timeout=1)
-        await ref.ask("b", timeout=1)
-        with pytest.raises(actors.RemoteError):
-            await ref.ask("crash", timeout=1)
+        lives = []
+        ref = await root.start(Node, None, lives, name="n")
+        lives[-1].crash()
+        await trio.sleep(10)  # past the restart backoff
         stats = ref.statistics()
         assert stats == actors.ActorStatistics(
-            path="t/n",
-            kind="node",
-            state=ActorState.RUNNING,
-            restarts=0,
-            children=0,
-            mailbox_depth=0,
-            mailbox_capacity=8,
-            senders_waiting=0,
-            messages_handled=3,
-            asks_failed=1,
+            path="t/n", kind="node", state=ActorState.RUNNING, restarts=1, children=1
         )
+        assert lives[-1].statistics() == stats
         with pytest.raises(AttributeError):
             stats.restarts = 5  # frozen
 
@@ -256,15 +245,11 @@ async def test_watch_rejects_negative_interval():
             root.registry.watch(min_interval=-1)
 
 
-async def test_mailbox_traffic_wakes_watchers():
+async def test_status_changes_wake_watchers():
     async with actors.open_root("t") as root, actors.open_task(root, "req") as task:
         watch = root.registry.watch()
         await watch.__anext__()
-        await task.ref.tell("hello")
+        task.set_status(tokens=1)
         with trio.fail_after(1):
             snap = await watch.__anext__()
-        assert snap.find("t/req").mailbox_depth == 1
-        task.receive_nowait()
-        with trio.fail_after(1):
-            snap = await watch.__anext__()
-        assert snap.find("t/req").mailbox_depth == 0
+        assert snap.find("t/req").status == {"tokens": 1}

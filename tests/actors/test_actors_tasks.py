@@ -1,5 +1,7 @@
 """Task actors: open_task (the current task), supervised tasks, and actors' child tasks."""
 
+from __future__ import annotations
+
 import pytest
 import trio
 from trio.testing import wait_all_tasks_blocked
@@ -22,36 +24,6 @@ async def test_open_task_registers_the_current_task_for_the_block():
             assert task.ref is root.registry.find("t/requests/req-1")
         assert root.registry.find("t/requests/req-1") is None
         assert task.ref.state is actors.ActorState.STOPPED
-
-
-async def test_open_task_mailbox_carries_tells_and_asks():
-    async with (
-        actors.open_root("t") as root,
-        actors.open_task(root, "req") as task,
-        trio.open_nursery() as nursery,
-    ):
-
-        async def client():
-            await task.ref.tell("extend: 10 tokens")
-            assert await task.ref.ask("progress?", timeout=1) == {"tokens": 3}
-
-        nursery.start_soon(client)
-        told = await task.receive()
-        assert (told.message, told.reply) == ("extend: 10 tokens", None)
-        asked = await task.receive()
-        assert asked.message == "progress?"
-        asked.reply.send({"tokens": 3})
-        with pytest.raises(trio.WouldBlock):
-            task.receive_nowait()
-
-
-async def test_open_task_mailbox_is_small_and_bounded():
-    async with actors.open_root("t") as root, actors.open_task(root, "req", mailbox_size=2) as task:
-        task.ref.tell_nowait("a")
-        task.ref.tell_nowait("b")
-        with pytest.raises(actors.MailboxFull):
-            task.ref.tell_nowait("c")
-        assert task.statistics().mailbox_depth == 2
 
 
 async def test_open_task_cancelled_by_ref_exits_the_block_quietly(autojump_clock):
@@ -94,24 +66,14 @@ async def test_open_task_cancelled_by_its_caller_leaves_the_registry(autojump_cl
         assert root.registry.find("t/req") is None
 
 
-async def test_open_task_crash_propagates_unwrapped_and_fails_queued_asks(autojump_clock):
-    outcomes: list[str] = []
+async def test_open_task_crash_propagates_unwrapped_and_is_recorded():
     async with actors.open_root("t") as root:
-        async with trio.open_nursery() as nursery:
-            with pytest.raises(ValueError, match="bad request"):
-                async with actors.open_task(root, "req") as task:
-
-                    async def asker():
-                        with pytest.raises(actors.ActorStopped):
-                            await task.ref.ask("status?", timeout=1000)
-                        outcomes.append("asker got ActorStopped")
-
-                    nursery.start_soon(asker)
-                    await wait_all_tasks_blocked()
-                    raise ValueError("bad request")
-            assert task.ref.state is actors.ActorState.FAILED
-            assert root.registry.find("t/req") is None
-        assert outcomes == ["asker got ActorStopped"]
+        with pytest.raises(ValueError, match="bad request"):
+            async with actors.open_task(root, "req") as task:
+                raise ValueError("bad request")
+        assert task.ref.state is actors.ActorState.FAILED
+        assert task.ref.snapshot().last_error == "ValueError: bad request"
+        assert root.registry.find("t/req") is None
 
 
 async def test_open_task_needs_a_live_parent_and_a_free_name():
@@ -164,18 +126,14 @@ async def test_supervised_task_crash_is_recorded_and_restarted(autojump_clock):
 
 
 class Owner(actors.Actor):
-    """Runs child tasks; `("spawn", name, fails)` starts one that fails or idles."""
+    """Runs child tasks; `spawn(name, fails)` starts one that fails or idles."""
 
-    def __init__(self, births: list[int]) -> None:
-        births.append(len(births))
-        self.birth = births[-1]
+    def __init__(self, lives: list[Owner]) -> None:
+        self.birth = len(lives)
+        lives.append(self)
 
-    def handle(self, message):
-        match message:
-            case ("spawn", name, fails):
-                return self.start_task(self._child, fails, name=name).path
-            case "birth":
-                return self.birth
+    def spawn(self, name: str, fails: bool) -> str:
+        return self.start_task(self._child, fails, name=name).path
 
     async def _child(self, task, fails):
         await trio.sleep(1)
@@ -185,43 +143,35 @@ class Owner(actors.Actor):
 
 
 async def test_actor_child_task_crash_crashes_the_actor(autojump_clock):
-    births: list[int] = []
+    lives: list[Owner] = []
     async with actors.open_root("t", backoff=actors.Backoff(initial=1)) as root:
-        ref = await root.start(Owner, births, name="o")
-        assert await ref.ask(("spawn", "ok", False), timeout=1) == "t/o/ok"
-        await ref.ask(("spawn", "bad", True), timeout=1)
+        ref = await root.start(Owner, lives, name="o")
+        assert lives[0].spawn("ok", False) == "t/o/ok"
+        lives[0].spawn("bad", True)
         await trio.sleep(3)
-        assert await ref.ask("birth", timeout=1) == 1
+        assert [life.birth for life in lives] == [0, 1]
         snap = ref.snapshot()
         assert (snap.restarts, snap.last_error) == (1, "RuntimeError: child task failed")
         assert snap.children == ()  # both tasks died with their incarnation
 
 
 async def test_actor_child_task_cancel_stops_only_the_task(autojump_clock):
-    births: list[int] = []
+    lives: list[Owner] = []
     async with actors.open_root("t") as root:
-        ref = await root.start(Owner, births, name="o")
-        await ref.ask(("spawn", "job", False), timeout=1)
+        ref = await root.start(Owner, lives, name="o")
+        lives[0].spawn("job", False)
         await root.registry.find("t/o/job").cancel()
         await trio.sleep(5)
         assert root.registry.find("t/o/job") is None
-        assert await ref.ask("birth", timeout=1) == 0
+        assert len(lives) == 1
         assert ref.snapshot().restarts == 0
-
-
-class Host(actors.Actor):
-    """Hosts request tasks attached from other tasks; crashes on request."""
-
-    def handle(self, message):
-        if message == "crash":
-            raise RuntimeError("host crashed")
-        return message
 
 
 async def test_attached_tasks_are_cancelled_when_their_parent_crashes(autojump_clock):
     events: list[str] = []
+    lives: list[Owner] = []
     async with actors.open_root("t") as root:
-        host = await root.start(Host, name="host")
+        host = await root.start(Owner, lives, name="host")
         async with trio.open_nursery() as nursery:
 
             async def request():
@@ -231,23 +181,9 @@ async def test_attached_tasks_are_cancelled_when_their_parent_crashes(autojump_c
 
             nursery.start_soon(request)
             await wait_all_tasks_blocked()
-            await host.tell("crash")
+            lives[0].spawn("bad", True)
         assert events == ["cancelled=True"]
         assert host.snapshot().children == ()
-
-
-async def test_an_ask_taken_but_never_answered_fails_when_the_task_ends(autojump_clock):
-    async with actors.open_root("t") as root, trio.open_nursery() as nursery:
-
-        async def request(task_status=trio.TASK_STATUS_IGNORED):
-            async with actors.open_task(root, "req") as task:
-                task_status.started(task.ref)
-                await task.receive()  # takes the ask, then finishes without answering
-                await trio.sleep(1)
-
-        ref = await nursery.start(request)
-        with pytest.raises(actors.ActorStopped):
-            await ref.ask("progress?", timeout=100)
 
 
 class Quitter(actors.Actor):
@@ -260,9 +196,6 @@ class Quitter(actors.Actor):
         await trio.sleep(2)
         self.stop()
 
-    def handle(self, message):
-        return message
-
 
 async def test_stop_from_a_child_task_ends_an_idle_actor(autojump_clock):
     async with actors.open_root("t") as root:
@@ -272,3 +205,28 @@ async def test_stop_from_a_child_task_ends_an_idle_actor(autojump_clock):
             await ref.wait_stopped()
         assert trio.current_time() - start == pytest.approx(2)
         assert ref.state is actors.ActorState.STOPPED
+
+
+async def idle(task):
+    await trio.sleep_forever()
+
+
+class StopsAtOnce(actors.Actor):
+    async def on_start(self) -> None:
+        self.start_task(idle, name="idle")
+        self.stop()  # from on_start: the incarnation ends as soon as it has started
+
+
+async def test_stop_from_on_start_ends_the_incarnation(autojump_clock):
+    async with actors.open_root("t") as root:
+        ref = await root.start(StopsAtOnce, name="s", restart=Restart.TEMPORARY)
+        with trio.fail_after(100):
+            await ref.wait_stopped()
+        assert ref.state is actors.ActorState.STOPPED
+
+
+async def test_actor_runtime_methods_need_a_running_incarnation():
+    with pytest.raises(RuntimeError):
+        Owner([]).set_status(x=1)
+    with pytest.raises(RuntimeError):
+        Owner([]).start_task(idle, name="x")
