@@ -106,16 +106,6 @@ class CancelSequence:
 
 
 @attrs.frozen
-class QueryMemory:
-    job_id: JobId
-
-
-@attrs.frozen
-class Ping:
-    job_id: JobId
-
-
-@attrs.frozen
 class Shutdown:
     """Stop generating, release the device and exit; the reply is EOF."""
 
@@ -218,22 +208,6 @@ class JobFailed:
 
 
 @attrs.frozen
-class MemoryReport:
-    job_id: JobId
-    device: str
-    allocated_bytes: int  # held by live tensors
-    reserved_bytes: int  # held by the allocator (≥ allocated)
-    total_bytes: int | None = None  # device capacity, if known
-    free_bytes: int | None = None  # free on the device (CUDA: driver's reading)
-    model_bytes: Mapping[ModelId, int] = attrs.field(factory=dict)
-
-
-@attrs.frozen
-class Pong:
-    job_id: JobId
-
-
-@attrs.frozen
 class EngineStatistics:
     model_id: ModelId
     running: int  # sequences in the batch
@@ -259,7 +233,7 @@ class Heartbeat:
     models: tuple[EngineStatistics, ...] = ()
 
 
-Job: TypeAlias = LoadModel | UnloadModel | Generate | CancelSequence | QueryMemory | Ping | Shutdown
+Job: TypeAlias = LoadModel | UnloadModel | Generate | CancelSequence | Shutdown
 Reply: TypeAlias = (
     WorkerReady
     | ModelLoaded
@@ -269,8 +243,6 @@ Reply: TypeAlias = (
     | StepLogprobs
     | SequenceFailed
     | JobFailed
-    | MemoryReport
-    | Pong
     | Heartbeat
 )
 Message: TypeAlias = Job | Reply
@@ -280,8 +252,7 @@ KINDS: dict[int, type] = {
     0x02: UnloadModel,
     0x03: Generate,
     0x04: CancelSequence,
-    0x05: QueryMemory,
-    0x06: Ping,
+    # 0x05, 0x06, 0x46, 0x47: retired (QueryMemory, Ping, MemoryReport, Pong had no sender)
     0x07: Shutdown,
     0x40: WorkerReady,
     0x41: ModelLoaded,
@@ -289,8 +260,6 @@ KINDS: dict[int, type] = {
     0x43: StepTokens,
     0x44: SequenceFailed,
     0x45: JobFailed,
-    0x46: MemoryReport,
-    0x47: Pong,
     0x48: Heartbeat,
     0x49: PrefixReused,
     0x4A: StepLogprobs,

@@ -2,10 +2,10 @@
 and a device worker, and their codec.
 
 The parent sends jobs (`LoadModel`, `UnloadModel`, `Generate`,
-`CancelSequence`, `QueryMemory`, `Ping`, `Shutdown`); the worker sends
+`CancelSequence`, `Shutdown`); the worker sends
 replies and events (`WorkerReady` first, then `ModelLoaded`,
 `ModelUnloaded`, `StepTokens`, `StepLogprobs`, `PrefixReused`, `SequenceFailed`, `JobFailed`,
-`MemoryReport`, `Pong`, `Heartbeat`). Jobs that expect an answer carry a
+`Heartbeat`). Jobs that expect an answer carry a
 `job_id` the answer echoes; generation is keyed by `seq_id`. Every sequence
 ends exactly once: with a `StepTokens` entry whose `finish_reason` is set,
 or with `SequenceFailed`. A `CancelSequence` for a sequence that already
@@ -65,14 +65,10 @@ from protocol._worker_messages import (
     JobFailed,
     JobId,
     LoadModel,
-    MemoryReport,
     Message,
     ModelLoaded,
     ModelUnloaded,
-    Ping,
-    Pong,
     PrefixReused,
-    QueryMemory,
     Reply,
     SamplingParams,
     SeqId,
@@ -106,15 +102,11 @@ __all__ = [
     "JobFailed",
     "JobId",
     "LoadModel",
-    "MemoryReport",
     "Message",
     "MessageReader",
     "ModelLoaded",
     "ModelUnloaded",
-    "Ping",
-    "Pong",
     "PrefixReused",
-    "QueryMemory",
     "RawTensor",
     "Reply",
     "SamplingParams",

@@ -23,7 +23,7 @@ import torch
 from neuron.worker import errors
 from neuron.worker.engine import Engine, EngineConfig, kv_bytes_per_token
 from neuron.worker.grammar import Grammars
-from neuron.worker.loader import LoadedModel, load_model, quiet_transformers, read_memory
+from neuron.worker.loader import LoadedModel, load_model, quiet_transformers
 from neuron.worker.main import EXIT_DEVICE_FAULT, FrameChannel, run_heartbeats, versions
 from neuron.worker.sampler import SamplingParams
 from neuron.worker.snapshot import snapshot_at
@@ -155,10 +155,6 @@ class WorkerService:
                 self._answer(job.job_id, lambda: self._load(job))
             case wire.UnloadModel():
                 self._answer(job.job_id, lambda: self._unload(job))
-            case wire.QueryMemory(job_id=job_id):
-                self._answer(job_id, lambda: self._memory(job_id))
-            case wire.Ping(job_id=job_id):
-                self.channel.send(wire.Pong(job_id))
 
     def _answer(self, job_id: wire.JobId, work) -> None:
         try:
@@ -214,18 +210,6 @@ class WorkerService:
         resident.engine.close()
         report = resident.loaded.unload()
         return wire.ModelUnloaded(job.job_id, job.model_id, report.tensor_bytes_released)
-
-    def _memory(self, job_id: wire.JobId) -> wire.MemoryReport:
-        reading = read_memory(torch.device(self.torch_device))
-        per_model = {m: r.loaded.report.tensor_bytes for m, r in self.models.items()}
-        allocated = reading.cuda_allocated_bytes
-        if allocated is None:
-            allocated = sum(per_model.values())
-        return wire.MemoryReport(
-            job_id, self.device, allocated_bytes=allocated,
-            reserved_bytes=reading.cuda_reserved_bytes or reading.rss_bytes,
-            model_bytes=per_model,
-        )  # fmt: skip
 
     def _generate(self, job: wire.Generate) -> None:
         resident = self.models.get(job.model_id)

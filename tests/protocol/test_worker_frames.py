@@ -29,14 +29,10 @@ from protocol.worker import (
     Heartbeat,
     JobFailed,
     LoadModel,
-    MemoryReport,
     MessageReader,
     ModelLoaded,
     ModelUnloaded,
-    Ping,
-    Pong,
     PrefixReused,
-    QueryMemory,
     RawTensor,
     SamplingParams,
     SequenceFailed,
@@ -135,8 +131,6 @@ jobs = st.one_of(
         st.dictionaries(text, raw_tensors(), max_size=3),
     ),
     st.builds(CancelSequence, u64),
-    st.builds(QueryMemory, ints),
-    st.builds(Ping, ints),
     st.just(Shutdown()),
 )
 replies = st.one_of(
@@ -154,17 +148,6 @@ replies = st.one_of(
     ),
     st.builds(SequenceFailed, u64, failure_kinds, text, st.booleans()),
     st.builds(JobFailed, ints, failure_kinds, text, st.booleans()),
-    st.builds(
-        MemoryReport,
-        ints,
-        text,
-        ints,
-        ints,
-        maybe(ints),
-        maybe(ints),
-        st.dictionaries(text, ints, max_size=3),
-    ),
-    st.builds(Pong, ints),
     st.builds(Heartbeat, st.lists(engine_statistics, max_size=3).map(tuple)),
 )
 messages = jobs | replies
@@ -183,7 +166,7 @@ def chunks(raw: bytes, cuts: list[int]) -> list[bytes]:
 
 
 def test_kind_table_is_closed_and_split_by_direction():
-    assert len(KINDS) == len(set(KINDS.values())) == 18
+    assert len(KINDS) == len(set(KINDS.values())) == 14
     assert set(JOBS) | set(REPLIES) == set(KINDS.values())
     assert not set(JOBS) & set(REPLIES)
 
@@ -255,24 +238,24 @@ def test_unknown_kind_is_refused():
 
 
 def test_wrong_direction_is_refused():
-    with pytest.raises(FrameError, match="unexpected Ping"):
-        FrameDecoder(accepts=REPLIES).feed(encode(Ping(1)))
-    with pytest.raises(FrameError, match="unexpected Pong"):
-        FrameDecoder(accepts=JOBS).feed(encode(Pong(1)))
+    with pytest.raises(FrameError, match="unexpected CancelSequence"):
+        FrameDecoder(accepts=REPLIES).feed(encode(CancelSequence(1)))
+    with pytest.raises(FrameError, match="unexpected ModelUnloaded"):
+        FrameDecoder(accepts=JOBS).feed(encode(ModelUnloaded(1, "m")))
 
 
 @pytest.mark.parametrize(
     ("body", "problem"),
     [
-        (b'{"job_id": 1, "extra": 2}', "unknown fields \\(extra\\)"),
-        (b'{"job_id": "1"}', "expected integer"),
+        (b'{"seq_id": 1, "extra": 2}', "unknown fields \\(extra\\)"),
+        (b'{"seq_id": "1"}', "expected integer"),
         (b"{}", "required field missing"),
         (b"{not json", "not valid JSON"),
     ],
 )
 def test_bad_json_body_is_refused(body, problem):
     with pytest.raises(FrameError, match=problem):
-        FrameDecoder().feed(frame(0x06, body))
+        FrameDecoder().feed(frame(0x04, body))
 
 
 def test_unknown_key_in_nested_sampling_is_refused():
@@ -307,16 +290,17 @@ def test_generate_length_must_match_header():
 
 def test_messages_before_a_bad_frame_are_delivered_first():
     decoder = FrameDecoder()
-    assert decoder.feed(encode(Pong(1)) + frame(0x3F, b"")) == [Pong(1)]
+    unloaded = ModelUnloaded(1, "m")
+    assert decoder.feed(encode(unloaded) + frame(0x3F, b"")) == [unloaded]
     with pytest.raises(FrameError):
-        decoder.feed(encode(Pong(2)))
+        decoder.feed(encode(ModelUnloaded(2, "m")))
     with pytest.raises(FrameError):
         decoder.close()
 
 
 def test_close_inside_a_frame_is_an_error():
     decoder = FrameDecoder()
-    decoder.feed(encode(Pong(1))[:-1])
+    decoder.feed(encode(ModelUnloaded(1, "m"))[:-1])
     with pytest.raises(FrameError, match="inside a frame"):
         decoder.close()
 
@@ -430,39 +414,39 @@ async def test_blocking_worker_end_and_trio_parent_end_over_a_socketpair():
 
         nursery.start_soon(run_worker)
         await send_message(stream, job)
-        await send_message(stream, Ping(3))
+        await send_message(stream, CancelSequence(3))
         reader = MessageReader(stream)
         got = [await reader.receive() for _ in range(201)]
         await send_message(stream, Shutdown())
         assert await reader.receive() is None  # the worker closed its end
         assert await reader.receive() is None
     assert got == [*steps, JobFailed(3, "device_fault", "boom", retriable=True)]
-    assert result == [job, Ping(3), Shutdown()]
+    assert result == [job, CancelSequence(3), Shutdown()]
 
 
 async def test_receive_is_cancellation_safe(autojump_clock):
     parent_end, worker_end = trio.testing.memory_stream_pair()
     reader = MessageReader(parent_end)
-    raw = encode(Pong(5))
+    raw = encode(ModelUnloaded(5, "m"))
     await worker_end.send_all(raw[:3])
     with trio.move_on_after(1):
         await reader.receive()
     await worker_end.send_all(raw[3:])
-    assert await reader.receive() == Pong(5)
+    assert await reader.receive() == ModelUnloaded(5, "m")
 
 
 async def test_a_bad_frame_is_raised_after_the_good_ones_without_more_input():
     parent_end, worker_end = trio.testing.memory_stream_pair()
-    await worker_end.send_all(encode(Pong(1)) + frame(0x3F, b""))
+    await worker_end.send_all(encode(ModelUnloaded(1, "m")) + frame(0x3F, b""))
     reader = MessageReader(parent_end)
-    assert await reader.receive() == Pong(1)
+    assert await reader.receive() == ModelUnloaded(1, "m")
     with pytest.raises(FrameError, match="unknown frame kind"):
         await reader.receive()
 
 
 async def test_eof_inside_a_frame_is_an_error():
     parent_end, worker_end = trio.testing.memory_stream_pair()
-    await worker_end.send_all(encode(Pong(5))[:-2])
+    await worker_end.send_all(encode(ModelUnloaded(5, "m"))[:-2])
     await worker_end.aclose()
     with pytest.raises(FrameError):
         await MessageReader(parent_end).receive()
@@ -471,11 +455,12 @@ async def test_eof_inside_a_frame_is_an_error():
 _CHILD = textwrap.dedent(
     """
     import os, socket, sys
-    from protocol.worker import PROTOCOL_VERSION, Ping, Pong, WorkerReady, recv_frame, send_frame
+    from protocol.worker import (PROTOCOL_VERSION, ModelUnloaded, UnloadModel, WorkerReady,
+                                 recv_frame, send_frame)
     sock = socket.socket(fileno=int(sys.argv[1]))
     send_frame(sock, WorkerReady(os.getpid(), "cpu:0", PROTOCOL_VERSION, sys.version.split()[0]))
-    while (job := recv_frame(sock)) is not None and isinstance(job, Ping):
-        send_frame(sock, Pong(job.job_id))
+    while (job := recv_frame(sock)) is not None and isinstance(job, UnloadModel):
+        send_frame(sock, ModelUnloaded(job.job_id, job.model_id))
     sock.close()
     """
 )
@@ -495,8 +480,8 @@ async def test_worker_process_over_an_inherited_socket():
             ready = await reader.receive()
             assert isinstance(ready, WorkerReady) and ready.pid == process.pid
             for job_id in range(3):
-                await send_message(stream, Ping(job_id))
-                assert await reader.receive() == Pong(job_id)
+                await send_message(stream, UnloadModel(job_id, "m"))
+                assert await reader.receive() == ModelUnloaded(job_id, "m")
             await send_message(stream, Shutdown())
             assert await reader.receive() is None
         assert await process.wait() == 0
