@@ -35,6 +35,7 @@ import actors
 from neuron.config import NeuronConfig
 from neuron.devices import Device, start_devices
 from neuron.discovery import HealthSampler, build_discovery, probe_host
+from neuron.http import SHUTDOWN_RETRY_AFTER, create_app
 from neuron.metrics import NeuronMetrics
 from neuron.registry import (
     LoadRequest,
@@ -55,7 +56,6 @@ from protocol.models import ModelCard, ModelLimit, ModelList
 log = logging.getLogger(__name__)
 
 _FLUSH_TIMEOUT = 5.0  # after the drain: responses still being written get this long
-SHUTDOWN_RETRY_AFTER = 15  # seconds, on every 503 `shutting_down` (upstream's figure)
 
 
 class Neuron:
@@ -113,8 +113,6 @@ class Neuron:
     async def _serve_http(self, *, task_status: trio.TaskStatus[str]) -> None:
         """Serve until the drain is over; then give responses still being written
         a few seconds (hypercorn's graceful timeout) and return."""
-        from neuron.http import create_app
-
         listen = self.config.listen
         http = self.config.http
         config = make_config(listen.host, listen.port, graceful_timeout=_FLUSH_TIMEOUT,

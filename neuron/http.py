@@ -38,7 +38,6 @@ from quart_trio import QuartTrio
 
 from actors import NameTaken
 from neuron import openapi, render
-from neuron.daemon import SHUTDOWN_RETRY_AFTER
 from neuron.metrics import OTHER, refusal_reason
 from protocol import node, sse, unstructure
 from protocol.completions import CompletionRequest
@@ -64,6 +63,7 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
+SHUTDOWN_RETRY_AFTER = 15  # seconds, on every 503 `shutting_down` (upstream's figure)
 _PUBLIC = frozenset({"/health"})
 # On a stream's head, before any usage: how the gateway's Anthropic `message_start`
 # can report the prompt's size up front.

@@ -15,9 +15,11 @@ stopped process sends nothing; a wedged step stops the engine statistics
 from moving, which the parent's step watchdog sees). EOF on the socket means
 the parent is gone: the worker exits.
 
-Exit codes: 0 after `Shutdown` or EOF; `EXIT_DEVICE_FAULT` after a device
-fault (the parent replaces the worker). This module is not imported by the
-parent; the parent's side is `neuron.devices`.
+Exit codes: 0 after `Shutdown` or EOF; `EXIT_DEVICE_FAULT`
+(`neuron.worker.channel`) after a device fault (the parent replaces the
+worker). This module is not imported by the parent; the parent's side is
+`neuron.devices`. The serving loop is `neuron.worker.service`, imported only
+once the device is pinned.
 """
 
 from __future__ import annotations
@@ -25,15 +27,10 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import platform
-import select
 import signal
 import socket
 import sys
-import threading
-from collections.abc import Callable
 
-EXIT_DEVICE_FAULT = 75
 log = logging.getLogger("neuron.worker")
 
 
@@ -73,51 +70,6 @@ def main(argv: list[str] | None = None) -> int:
 
     service = WorkerService(sock, args.device, torch_device, args.threads, args.max_batch_size)
     return service.run(args.heartbeat_interval)
-
-
-class FrameChannel:
-    """The worker's end of the socketpair: thread-safe sends, blocking receives."""
-
-    def __init__(self, sock: socket.socket) -> None:
-        from protocol.worker import recv_frame, send_frame
-
-        self._sock = sock
-        self._send_frame = send_frame
-        self._recv_frame = recv_frame
-        self._lock = threading.Lock()
-
-    def send(self, message: object) -> None:
-        with self._lock:
-            self._send_frame(self._sock, message)
-
-    def readable(self, timeout: float | None) -> bool:
-        ready, _, _ = select.select([self._sock], [], [], timeout)
-        return bool(ready)
-
-    def receive(self) -> object | None:
-        return self._recv_frame(self._sock)
-
-
-def run_heartbeats(
-    channel: FrameChannel, make: Callable[[], object], interval: float, stop: threading.Event
-) -> None:
-    """Send `make()` every `interval` until `stop` is set or the parent is gone."""
-    while not stop.wait(interval):
-        try:
-            channel.send(make())
-        except OSError:
-            return
-
-
-def versions() -> dict[str, str | None]:
-    import torch
-    import transformers
-
-    return {
-        "python_version": platform.python_version(),
-        "torch_version": torch.__version__,
-        "transformers_version": transformers.__version__,
-    }
 
 
 if __name__ == "__main__":

@@ -21,10 +21,10 @@ from pathlib import Path
 import torch
 
 from neuron.worker import errors
+from neuron.worker.channel import EXIT_DEVICE_FAULT, FrameChannel, run_heartbeats, versions
 from neuron.worker.engine import Engine, EngineConfig, kv_bytes_per_token
 from neuron.worker.grammar import Grammars
 from neuron.worker.loader import LoadedModel, load_model, quiet_transformers
-from neuron.worker.main import EXIT_DEVICE_FAULT, FrameChannel, run_heartbeats, versions
 from neuron.worker.sampler import SamplingParams
 from neuron.worker.snapshot import snapshot_at
 from protocol import worker as wire
