@@ -68,6 +68,7 @@ Arch = Literal[
     "gpt_oss",
     "lfm2",
     "granitemoehybrid",
+    "qwen3_vl",
 ]
 Size = Literal["tiny", "small", "0.5b"]
 DType = Literal["fp32", "bf16"]
@@ -86,6 +87,10 @@ ARCHS: dict[str, tuple[str, str]] = {  # arch -> (config class, architecture)
     "gpt_oss": ("GptOssConfig", "GptOssForCausalLM"),
     "lfm2": ("Lfm2Config", "Lfm2ForCausalLM"),
     "granitemoehybrid": ("GraniteMoeHybridConfig", "GraniteMoeHybridForCausalLM"),
+}
+# Vision-language families: a vision tower in front of the same language model body.
+VISION_ARCHS: dict[str, tuple[str, str]] = {
+    "qwen3_vl": ("Qwen3VLConfig", "Qwen3VLForConditionalGeneration"),
 }
 DTYPES: dict[str, str] = {"fp32": "float32", "bf16": "bfloat16"}
 LAYOUTS = ("plain", "hf-cache")
@@ -125,6 +130,17 @@ REQUIRED_FILES = (
     "chat_template.jinja",
     MARKER_FILE,
 )
+# A vision build's extra tokens sit after the shared 4096 (so every text build keeps
+# its ids), in Qwen-VL's names; its vocabulary is rounded up to a multiple of 8.
+VISION_TOKENS = ("<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>")
+VISION_TOKEN_IDS = {t: VOCAB_SIZE + i for i, t in enumerate(VISION_TOKENS)}
+VISION_VOCAB_SIZE = VOCAB_SIZE + 8
+# The vision tower's patches: 16-pixel patches merged 2x2 into one language token, so a
+# 64x64 image (the smallest the preprocessor makes) costs 4 tokens, 1024x1024 1024.
+VISION_PATCH = 16
+VISION_MERGE = 2
+VISION_MIN_PIXELS = 64 * 64
+VISION_MAX_PIXELS = 1024 * 1024
 
 
 @frozen
@@ -188,7 +204,7 @@ def synthesize(
         with tempfile.TemporaryDirectory(dir=dest, prefix=".build-") as tmp:
             staging = Path(tmp) / "snapshot"
             config = model_config(arch, size, dtype=dtype, max_positions=max_positions)
-            _write_snapshot(staging, marker, config, seed)
+            _write_snapshot(staging, marker, config, seed, vision=arch in VISION_ARCHS)
             if layout == "plain":
                 _install_plain(staging, target)
             else:
@@ -235,6 +251,8 @@ def model_config(
 
     dtype = _checked_dtype(arch, size, dtype)
     shape = SIZES[size]
+    if arch in VISION_ARCHS:
+        return _vision_config(arch, shape, dtype, max_positions)
     config_class, architecture = ARCHS[arch]
     options = {
         "vocab_size": VOCAB_SIZE,
@@ -358,6 +376,80 @@ def _family_options(arch: str, size: str, shape: ModelShape) -> dict[str, object
     return {}
 
 
+def _vision_config(arch: str, shape: ModelShape, dtype: str, max_positions: int | None):
+    """A Qwen3-VL: the shared text body with multimodal rope (mrope, its three sections
+    splitting the rotary half of a head), and a two-block vision tower whose first block
+    also feeds the language model's first layer (deepstack)."""
+    import transformers
+
+    config_class, architecture = VISION_ARCHS[arch]
+    third = shape.head_dim // 2 // 3
+    half = shape.head_dim // 2
+    text = {
+        "vocab_size": VISION_VOCAB_SIZE,
+        "hidden_size": shape.hidden_size,
+        "intermediate_size": shape.intermediate_size,
+        "num_hidden_layers": shape.num_hidden_layers,
+        "num_attention_heads": shape.num_attention_heads,
+        "num_key_value_heads": shape.num_key_value_heads,
+        "head_dim": shape.head_dim,
+        "max_position_embeddings": max_positions or _MAX_POSITIONS,
+        "initializer_range": 0.2,  # as for the text families (model_config)
+        "rope_parameters": {
+            "rope_type": "default",
+            "rope_theta": 1_000_000.0,
+            "mrope_section": [half - 2 * third, third, third],
+            "mrope_interleaved": True,
+        },
+        "bos_token_id": TOKEN_IDS["<|endoftext|>"],
+        "eos_token_id": TOKEN_IDS["<|im_end|>"],
+        "pad_token_id": TOKEN_IDS["<|endoftext|>"],
+        "dtype": DTYPES[dtype],
+    }
+    vision = {
+        "depth": 2,
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_heads": 2,
+        "patch_size": VISION_PATCH,
+        "spatial_merge_size": VISION_MERGE,
+        "temporal_patch_size": 2,
+        "out_hidden_size": shape.hidden_size,
+        "num_position_embeddings": 256,  # a 16x16 grid, interpolated for other sizes
+        "deepstack_visual_indexes": [0],
+        "initializer_range": 0.2,
+    }
+    return getattr(transformers, config_class)(
+        text_config=text,
+        vision_config=vision,
+        image_token_id=VISION_TOKEN_IDS["<|image_pad|>"],
+        video_token_id=VISION_TOKEN_IDS["<|video_pad|>"],
+        vision_start_token_id=VISION_TOKEN_IDS["<|vision_start|>"],
+        vision_end_token_id=VISION_TOKEN_IDS["<|vision_end|>"],
+        tie_word_embeddings=True,
+        dtype=DTYPES[dtype],
+        architectures=[architecture],
+    )
+
+
+def preprocessor_config() -> dict[str, object]:
+    """A vision build's `preprocessor_config.json`: transformers' Qwen2-VL image
+    processor (Qwen3-VL's own), at the vision tower's patch and merge sizes."""
+    return {
+        "image_processor_type": "Qwen2VLImageProcessor",
+        "do_resize": True,
+        "do_rescale": True,
+        "do_normalize": True,
+        "do_convert_rgb": True,
+        "image_mean": [0.5, 0.5, 0.5],
+        "image_std": [0.5, 0.5, 0.5],
+        "patch_size": VISION_PATCH,
+        "temporal_patch_size": 2,
+        "merge_size": VISION_MERGE,
+        "size": {"shortest_edge": VISION_MIN_PIXELS, "longest_edge": VISION_MAX_PIXELS},
+    }
+
+
 def _interleave(layers: int, kind: str, full: str, every: int) -> list[str]:
     """`layers` layer kinds: `full` at every `every`-th layer, else `kind`."""
     return [full if (i + 1) % every == 0 else kind for i in range(layers)]
@@ -408,11 +500,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("out_dir", type=Path, metavar="OUT_DIR")
     parser.add_argument(
         "--arch",
-        choices=list(ARCHS),
+        choices=[*ARCHS, *VISION_ARCHS],
         default="qwen3",
         help="model family; windowed ones (mistral, gemma3, gemma4, gpt_oss) slide over "
         "16 tokens in tiny and small; hybrids (qwen3_5, qwen3_5_moe, qwen3_next, lfm2, "
-        "granitemoehybrid) interleave their recurrent layers with full attention",
+        "granitemoehybrid) interleave their recurrent layers with full attention; qwen3_vl is a "
+        "vision-language model (images in) with a real image preprocessor config",
     )
     parser.add_argument("--size", choices=list(SIZES), default="tiny")
     parser.add_argument("--seed", type=int, default=0)
@@ -479,7 +572,7 @@ def _check_choice(what: str, value: str, choices) -> None:
 
 def _checked_dtype(arch: str, size: str, dtype: str | None) -> DType:
     """Check arch and size, and return `dtype` (or the size's own), checked."""
-    _check_choice("arch", arch, ARCHS)
+    _check_choice("arch", arch, {**ARCHS, **VISION_ARCHS})
     _check_choice("size", size, SIZES)
     dtype = dtype or SIZES[size].dtype
     _check_choice("dtype", dtype, DTYPES)
@@ -508,7 +601,10 @@ def _target_dir(dest: Path, layout: Layout, org: str, repo: str, rev: str) -> Pa
 
 
 def _is_complete(target: Path, marker: dict[str, object]) -> bool:
-    if not all((target / f).is_file() for f in REQUIRED_FILES):
+    required = REQUIRED_FILES
+    if marker.get("arch") in VISION_ARCHS:
+        required = (*required, "preprocessor_config.json")
+    if not all((target / f).is_file() for f in required):
         return False
     try:
         return json.loads((target / MARKER_FILE).read_text()) == marker
@@ -568,14 +664,20 @@ def _sha256(path: Path) -> str:
 # -- building -------------------------------------------------------------------------
 
 
-def _write_snapshot(out: Path, marker: dict[str, object], config, seed: int) -> None:
+def _write_snapshot(
+    out: Path, marker: dict[str, object], config, seed: int, *, vision: bool = False
+) -> None:
     from neuron.worker.loader import quiet_transformers
 
-    tokenizer = _wrap_tokenizer(_train_tokenizer(seed), config.max_position_embeddings)
+    positions = config.get_text_config().max_position_embeddings
+    tokenizer = _wrap_tokenizer(_train_tokenizer(seed), positions, vision=vision)
     model = _build_model(config, seed)
     with quiet_transformers():
         model.save_pretrained(out)
         tokenizer.save_pretrained(out)
+    if vision:
+        text = json.dumps(preprocessor_config(), indent=2, sort_keys=True)
+        (out / "preprocessor_config.json").write_text(text + "\n")
     (out / MARKER_FILE).write_text(json.dumps(marker, sort_keys=True))
     for path in out.iterdir():
         path.chmod(0o644)  # save_pretrained leaves some files owner-only
@@ -617,7 +719,7 @@ def _train_tokenizer(seed: int):
     return tokenizer
 
 
-def _wrap_tokenizer(tokenizer, max_positions: int = _MAX_POSITIONS):
+def _wrap_tokenizer(tokenizer, max_positions: int = _MAX_POSITIONS, *, vision: bool = False):
     from tokenizers import AddedToken
     from transformers import PreTrainedTokenizerFast
 
@@ -627,11 +729,15 @@ def _wrap_tokenizer(tokenizer, max_positions: int = _MAX_POSITIONS):
     tokenizer.add_tokens([AddedToken(t, special=False, normalized=False) for t in TAG_TOKENS])
     if {t: tokenizer.token_to_id(t) for t in TOKEN_IDS} != TOKEN_IDS:
         raise RuntimeError("the corpus is too small to train the full vocabulary")
+    if vision:
+        tokenizer.add_special_tokens(
+            [AddedToken(t, special=True, normalized=False) for t in VISION_TOKENS]
+        )
     return PreTrainedTokenizerFast(
         tokenizer_object=tokenizer,
         eos_token="<|im_end|>",
         pad_token="<|endoftext|>",
-        chat_template=CHAT_TEMPLATE,
+        chat_template=VISION_CHAT_TEMPLATE if vision else CHAT_TEMPLATE,
         model_max_length=max_positions,
         clean_up_tokenization_spaces=False,
     )
@@ -646,7 +752,12 @@ def _build_model(config, seed: int):
     dtype = config.dtype
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        if getattr(config, "vision_config", None) is not None:
+            from transformers import AutoModelForImageTextToText
+
+            model = AutoModelForImageTextToText.from_config(config, dtype=torch.float32)
+        else:
+            model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     model.generation_config = GenerationConfig(
         bos_token_id=TOKEN_IDS["<|endoftext|>"],
         eos_token_id=[TOKEN_IDS["<|im_end|>"], TOKEN_IDS["<|endoftext|>"]],
@@ -752,6 +863,31 @@ CHAT_TEMPLATE = r"""{%- if tools %}
     {%- endif %}
 {%- endif %}
 """  # noqa: E501
+
+# The vision build's template: content given as parts renders each image part as
+# Qwen-VL's placeholder (`<|vision_start|><|image_pad|><|vision_end|>`, the pad expanded
+# to the image's token count after tokenising) and text parts verbatim, as Qwen3-VL's
+# own template does.
+_TEXT_CONTENT = """    {%- if message.content is string %}
+        {%- set content = message.content %}
+    {%- else %}
+        {%- set content = '' %}
+    {%- endif %}"""
+_PARTS_CONTENT = """    {%- if message.content is string %}
+        {%- set content = message.content %}
+    {%- else %}
+        {%- set parts = namespace(text='') %}
+        {%- for part in message.content %}
+            {%- if part.type in ('image', 'image_url') %}
+                {%- set parts.text = parts.text + '<|vision_start|><|image_pad|><|vision_end|>' %}
+            {%- elif part.type == 'text' %}
+                {%- set parts.text = parts.text + part.text %}
+            {%- endif %}
+        {%- endfor %}
+        {%- set content = parts.text %}
+    {%- endif %}"""
+assert _TEXT_CONTENT in CHAT_TEMPLATE
+VISION_CHAT_TEMPLATE = CHAT_TEMPLATE.replace(_TEXT_CONTENT, _PARTS_CONTENT)
 
 # Qwen2/Qwen3's pre-tokenizer split pattern.
 _SPLIT_PATTERN = (

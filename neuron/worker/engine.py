@@ -62,6 +62,7 @@ from neuron.worker.kv_arena import KvArena, LayerKind, layer_kinds, prefilled_la
 from neuron.worker.loader import LoadedModel
 from neuron.worker.prefix_cache import PrefixCache, snapshot
 from neuron.worker.sampler import SamplingParams, SequenceSampler, sample_batch
+from neuron.worker.vision import VisionPrompt
 from protocol.worker import FinishReason, SeqId
 
 __all__ = [
@@ -164,6 +165,7 @@ class _Sequence:
         max_new: int,
         reservation: int,
         stop_ids: frozenset[int],
+        vision: VisionPrompt | None = None,
     ) -> None:
         self.seq_id = seq_id
         self.prompt = prompt
@@ -180,6 +182,12 @@ class _Sequence:
         self.pending: int | None = None  # last sampled token, not yet in the KV cache
         self.row: int | None = None
         self.cancelled = False
+        # Images (vision.py): their inputs until the prompt is prefilled, and the offset
+        # multimodal rope puts on every position after them (0 for text).
+        self.vision = vision
+        self.rope_delta = 0 if vision is None else vision.rope_delta
+        # A prompt with images is not keyed by its token ids alone: no prefix cache.
+        self.cacheable = vision is None
 
     @property
     def kv_tokens(self) -> int:
@@ -234,8 +242,15 @@ class Engine:
     def has_work(self) -> bool:
         return bool(self._live)
 
-    def add(self, seq_id: SeqId, prompt_ids: Sequence[int], params: SamplingParams) -> None:
-        """Admit a sequence; it starts at the next step. Raises when it cannot be taken."""
+    def add(
+        self,
+        seq_id: SeqId,
+        prompt_ids: Sequence[int],
+        params: SamplingParams,
+        vision: VisionPrompt | None = None,
+    ) -> None:
+        """Admit a sequence; it starts at the next step. Raises when it cannot be taken.
+        `vision`: the prompt's images (`VisionModel.prepare`), for a vision model."""
         self._check_open()
         prompt = list(prompt_ids)
         self._check_request(seq_id, prompt)
@@ -247,8 +262,9 @@ class Engine:
         sampler = SequenceSampler(params, prompt, self._vocab_size, self._device)
         stop_ids = params.stop_token_ids | (frozenset() if params.ignore_eos else self._eos_ids)
         sequence = _Sequence(
-            seq_id, prompt, sampler, max_new=max_new, reservation=reservation, stop_ids=stop_ids
-        )
+            seq_id, prompt, sampler, max_new=max_new, reservation=reservation,
+            stop_ids=stop_ids, vision=vision,
+        )  # fmt: skip
         self._reuse_prefix(sequence)
         self._live[seq_id] = sequence
         self._queue.append(sequence)
@@ -394,9 +410,11 @@ class Engine:
         self._arena.ensure_writable()
         model = self._model()
         device = self._device
+        # A row's position: its token count, offset by its images' rope delta (vision.py).
+        positions = [[s.kv_tokens + s.rope_delta] for s in running]
         out = model(
             input_ids=torch.tensor([[s.pending] for s in running], device=device),
-            position_ids=torch.tensor([[s.kv_tokens] for s in running], device=device),
+            position_ids=torch.tensor(positions, device=device),
             attention_mask=self._decode_mask(),
             past_key_values=self._arena.cache,
             use_cache=True,
@@ -441,6 +459,8 @@ class Engine:
         for sequence in self._queue:
             if sequence.prefilled or len(sequence.prompt) > room or not self._packable:
                 break
+            if sequence.vision is not None:  # its positions and embeddings are its own
+                break
             group.append(sequence)
             room -= len(sequence.prompt)
         return group
@@ -451,18 +471,23 @@ class Engine:
             sequence.prefill_cache = DynamicCache(config=model.config)
         begin = sequence.prefilled
         ids = sequence.prompt[begin : begin + chunk]
+        if sequence.vision is None:
+            positions = torch.arange(begin, begin + chunk, device=self._device).unsqueeze(0)
+            inputs = {"position_ids": positions}
+        else:  # mrope positions, and the image embeddings that fall in this chunk
+            inputs = sequence.vision.chunk_inputs(begin, begin + chunk, self._device)
         out = model(
             input_ids=torch.tensor([ids], device=self._device),
-            position_ids=torch.arange(begin, begin + chunk, device=self._device).unsqueeze(0),
             past_key_values=sequence.prefill_cache,
             use_cache=True,
             logits_to_keep=1,
+            **inputs,
         )
         sequence.prefilled += chunk
         self._store_prefix(sequence)
         if sequence.prefilled == len(sequence.prompt):
             sequence.kv = prefilled_layers(sequence.prefill_cache)
-            sequence.prefill_cache = None
+            sequence.prefill_cache = sequence.vision = None
         return out.logits[:, -1]
 
     def _prefill_together(self, group: list[_Sequence]) -> torch.Tensor:
@@ -535,7 +560,7 @@ class Engine:
     def _retire(self, sequence: _Sequence) -> None:
         """Forget a sequence and free its KV: its arena row or its prefill cache."""
         self._live.pop(sequence.seq_id, None)
-        sequence.prefill_cache = sequence.kv = None
+        sequence.prefill_cache = sequence.kv = sequence.vision = None
         row = sequence.row
         if row is None:
             return
@@ -549,7 +574,7 @@ class Engine:
     # -- the prefix cache -------------------------------------------------------------
 
     def _reuse_prefix(self, sequence: _Sequence) -> None:
-        if self._prefix_cache is None:
+        if self._prefix_cache is None or not sequence.cacheable:
             return
         hit = self._prefix_cache.lookup(sequence.prompt)
         if hit is not None:
@@ -563,6 +588,7 @@ class Engine:
         exactly those tokens)."""
         return (
             self._prefix_cache is not None
+            and sequence.cacheable
             and self._prefix_cache.exact_only
             and chunk > 1
             and sequence.prefilled + chunk == len(sequence.prompt)
@@ -570,7 +596,7 @@ class Engine:
 
     def _store_prefix(self, sequence: _Sequence) -> None:
         cache = self._prefix_cache
-        if cache is None or sequence.prefill_cache is None:
+        if cache is None or sequence.prefill_cache is None or not sequence.cacheable:
             return
         if cache.exact_only and sequence.prefilled == len(sequence.prompt) - 1:
             cache.store(sequence.prompt[:-1], snapshot(sequence.prefill_cache))

@@ -175,12 +175,10 @@ def resolve_dtype(dtype: DTypeName, info: SnapshotInfo) -> torch.dtype:
 
 
 def _from_pretrained(info: SnapshotInfo, device: torch.device, dtype: torch.dtype):
-    from transformers import AutoModelForCausalLM
-
     path = info.snapshot.path
     try:
         with quiet_transformers():
-            model = AutoModelForCausalLM.from_pretrained(
+            model = _auto_class(path).from_pretrained(
                 path,
                 local_files_only=True,
                 use_safetensors=True,
@@ -228,15 +226,33 @@ def recurrent_kernels(model: torch.nn.Module) -> str:
     return " ".join(f"{name}={'yes' if ok else 'no (reference)'}" for name, ok in found.items())
 
 
+def _auto_class(path: Path):
+    """transformers' auto class to load with: the causal LM one, or, for a family served
+    with images in (`vision.VISION_FAMILIES`; not in the causal LM mapping), the
+    image-text-to-text one. Other vision-language families load their language model
+    through the causal LM class and serve text."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText
+
+    from neuron.worker.vision import VISION_FAMILIES
+
+    try:
+        config = AutoConfig.from_pretrained(path, local_files_only=True, trust_remote_code=False)
+    except (OSError, ValueError, KeyError):
+        return AutoModelForCausalLM  # from_pretrained reports what is wrong with the snapshot
+    if getattr(config, "model_type", None) in VISION_FAMILIES:
+        return AutoModelForImageTextToText
+    return AutoModelForCausalLM
+
+
 def attention_implementation(path: Path) -> str:
     """`sdpa` where the architecture has it, else `eager` (gpt-oss: its attention sinks
     have no sdpa path). Both take the engine's additive masks; other implementations
     (flash, flex, paged) do not, so they are never chosen here."""
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoConfig
 
     try:
         config = AutoConfig.from_pretrained(path, local_files_only=True, trust_remote_code=False)
-        model_class = AutoModelForCausalLM._model_mapping[type(config)]
+        model_class = _auto_class(path)._model_mapping[type(config)]
     except (OSError, ValueError, KeyError):
         return "sdpa"  # from_pretrained reports what is wrong with the snapshot
     return "sdpa" if getattr(model_class, "_supports_sdpa", False) else "eager"

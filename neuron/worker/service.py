@@ -27,6 +27,7 @@ from neuron.worker.grammar import Grammars
 from neuron.worker.loader import LoadedModel, load_model, quiet_transformers
 from neuron.worker.sampler import SamplingParams
 from neuron.worker.snapshot import snapshot_at
+from neuron.worker.vision import VisionModel, VisionPrompt
 from protocol import worker as wire
 from protocol.ids import ModelId
 
@@ -72,6 +73,7 @@ class _Resident:
         self.loaded = loaded
         self.config = config
         self.engine = Engine(loaded, config)
+        self.vision = VisionModel.of(loaded.model)  # None: served as text only
         self.sequences: set[wire.SeqId] = set()
         self._grammars: Grammars | None = None
 
@@ -219,7 +221,8 @@ class WorkerService:
             grammar = job.sampling.grammar
             matcher = None if grammar is None else resident.grammars().matcher(grammar)
             params = SamplingParams.from_wire(job.sampling, matcher)
-            resident.engine.add(job.seq_id, job.prompt_token_ids, params)
+            vision = _vision_inputs(resident, job)
+            resident.engine.add(job.seq_id, job.prompt_token_ids, params, vision)
         except (errors.WorkerError, ValueError) as exc:
             kind = failure_kind(exc)
             self.channel.send(wire.SequenceFailed(job.seq_id, kind, str(exc), _retriable(exc)))
@@ -281,6 +284,16 @@ class WorkerService:
             resident.engine.close()
             resident.loaded.unload()
         self.models.clear()
+
+
+def _vision_inputs(resident: _Resident, job: wire.Generate) -> VisionPrompt | None:
+    """The job's image tensors, checked against its prompt; None for a text job."""
+    if not job.inputs:
+        return None
+    if resident.vision is None:
+        raise errors.InvalidRequest(f"model {job.model_id!r} takes no image inputs")
+    tensors = {name: raw.to_torch() for name, raw in job.inputs.items()}
+    return resident.vision.prepare(list(job.prompt_token_ids), tensors)
 
 
 def default_prefix_cache_bytes(loaded: LoadedModel, kv_tokens: int, *, cpu: bool) -> int:

@@ -118,3 +118,25 @@ def test_the_production_loader_serves_a_family(arch, synth_model):
     model_type, _ = FAMILIES[arch]
     assert loaded.model.config.model_type == model_type
     assert loaded.report.num_parameters > 0
+
+
+def test_a_vision_build_has_a_real_image_processor_and_placeholder_template(synth_snapshot):
+    from neuron.synth import VISION_TOKEN_IDS
+
+    path = synth_snapshot("qwen3_vl")
+    config = json.loads((path / "config.json").read_text())
+    assert config["architectures"] == ["Qwen3VLForConditionalGeneration"]
+    assert config["image_token_id"] == VISION_TOKEN_IDS["<|image_pad|>"]
+    processor = transformers.AutoImageProcessor.from_pretrained(path)
+    np = pytest.importorskip("numpy")
+    pytest.importorskip("PIL")
+    out = processor(images=[np.zeros((100, 70, 3), dtype=np.uint8)], return_tensors="np")
+    assert out["image_grid_thw"].tolist() == [[1, 6, 4]]  # resized to 96x64, 16-px patches
+    tokenizer = transformers.AutoTokenizer.from_pretrained(path)
+    parts = [{"type": "image_url", "image_url": {"url": "data:"}}, {"type": "text", "text": "Hi"}]
+    text = tokenizer.apply_chat_template([{"role": "user", "content": parts}], tokenize=False)
+    assert "<|vision_start|><|image_pad|><|vision_end|>Hi" in text
+    ids = tokenizer.encode("<|vision_start|><|image_pad|><|vision_end|>")
+    assert ids == [
+        VISION_TOKEN_IDS[t] for t in ("<|vision_start|>", "<|image_pad|>", "<|vision_end|>")
+    ]
