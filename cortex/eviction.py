@@ -12,9 +12,9 @@ The rules:
   its residency priority is at most the incoming model's (equal ranks
   displace each other: upstream's cold-swap rule). The catalogue's
   `pinned_on` gives no immunity of its own (it is affinity); a pinned
-  profile's default priority of 1000 does. A resident its node pins
-  (`Residency.pinned`, the neuron's `[[models]] pinned`) is never
-  displaceable: that node refuses to unload it.
+  profile's default priority of 1000 does. A pinned resident
+  (`Residency.pinned`: the neuron's `[[models]] pinned`, or the gateway's
+  runtime pin) is never displaceable: it may not be unloaded.
 * It is *evictable* when it is also idle — nothing in flight or queued, a
   rule nothing overrides — and settled: loaded at least
   `min_residency_seconds` ago, which stops two models from swapping each

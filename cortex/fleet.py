@@ -14,6 +14,13 @@ each such choice to `on_affinity`.
     ├── fleet        supervisor: one NodeActor per configured neuron
     └── requests     supervisor: one task actor per API request
 
+Runtime pins (`pin`, `unpin`; `POST /admin/models/pin` and `unpin`) are a set
+of model ids the gateway keeps in memory and shares with every node: a copy
+of a pinned model on any node counts as pinned there (`Residency.pinned`),
+exactly as one its node's config pins, so eviction and defrag never pick it
+and the node refuses to unload it. They are lost when the gateway restarts;
+a neuron's `[[models]] pinned` is the durable form.
+
 Not for: HTTP or relaying bytes (`cortex.relay`).
 """
 
@@ -69,6 +76,9 @@ class Fleet:
         self.policy = policy
         self.load_timeout = load_timeout
         self.measured_mb: dict[ModelId, int] = {}
+        self.pins: set[ModelId] = set()  # runtime pins, shared with every node
+        for node in nodes:
+            node.pins = self.pins
         self.affinity: PrefixAffinity | None = None  # None: least busy replica only
         self.prefix_chars = 4096  # `[routing] prefix_chars`: what `prefix_key` reads
         # told (model, outcome) of each affinity choice among two or more replicas
@@ -84,6 +94,28 @@ class Fleet:
 
     def resolve(self, name: str) -> ModelId:
         return resolve_alias(self.catalogue, name)
+
+    def knows(self, model: ModelId) -> bool:
+        """Catalogued, reported by some node, or pinned."""
+        return (
+            model in self.catalogue.profiles
+            or model in self.pins
+            or any(m.id == model for n in self.nodes.values() for m in n.models)
+        )
+
+    def pin(self, model: ModelId) -> bool:
+        """Pin `model` on every node, now and after later loads; False if it already was."""
+        if model in self.pins:
+            return False
+        self.pins.add(model)
+        return True
+
+    def unpin(self, model: ModelId) -> bool:
+        """Drop the runtime pin; False if there was none."""
+        if model not in self.pins:
+            return False
+        self.pins.discard(model)
+        return True
 
     async def acquire(self, model: ModelId, *, status: Callable[..., None] | None = None,
                       exclude: frozenset[NodeName] = frozenset(),
@@ -149,6 +181,8 @@ class Fleet:
     async def _defrag(self, node: Node) -> None:
         plan = defrag_plan(self.snapshot(), node.name, self.policy, time.monotonic())
         for model in plan:
+            if model in self.pins:  # pinned while an earlier one was unloading
+                continue
             log.info("defrag: unloading node=%s model=%s", node.name, model)
             await node.unload(model, reason="defrag")
         if plan:

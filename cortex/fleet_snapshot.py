@@ -100,7 +100,8 @@ class Residency:
     `loaded_at` None means it was loaded before the gateway was watching (so
     it counts as long settled); `last_used_at` None means never used since.
     `pinned` means the node's own config pins it there (`[[models]] pinned`
-    on the neuron, which then refuses to unload it); see `cortex.eviction`.
+    on the neuron, which then refuses to unload it) or the gateway pins it at
+    runtime (`cortex.fleet.Fleet.pins`); either way see `cortex.eviction`.
     """
 
     model: ModelId

@@ -12,14 +12,18 @@ Shape (`null` fields are always present):
                              "utilization_pct": int | null}],
                 "models": [{"id", "status", "in_flight", "queued",
                             "memory_mb": int | null, "devices": [int],
-                            "pinned": bool, "error": str | null}]}]}
+                            "pinned": bool, "error": str | null}]}],
+     "pins": [str]}
 
 `status` means what it means on `/health`. `last_poll_age_s` is seconds since
 the last successful poll (null: never answered); `error` is the last poll's
 failure (null after a good poll). A model's `status` is the node's word for it
 (`loaded`, `loading`, `recovering`, `failed`, …), `error` its reason for a
-failure, `pinned` whether the node's own config pins it there, `devices` the
-device indexes its memory counts on. These are plain values, built by
+failure, `pinned` whether it is pinned there — by the node's own config or by
+the gateway's runtime pin — so that nothing evicts it, `devices` the device
+indexes its memory counts on. `pins` lists the models the gateway pins at
+runtime (`POST /admin/models/pin`), loaded or not; they last until unpinned or
+the gateway restarts. These are plain values, built by
 `cortex.gateway.Gateway.fleet_view` and read back by `cortex status`.
 """
 
@@ -75,6 +79,7 @@ class NodeView:
 class FleetView:
     status: FleetStatus
     nodes: tuple[NodeView, ...] = ()
+    pins: tuple[ModelId, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return unstructure(self)

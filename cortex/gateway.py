@@ -8,7 +8,8 @@ answers on the first poll and serves at once.
 
 The views (`health`, `model_list`, `fleet_view`) are computed from the
 nodes' last polled state; admin operations (load, unload, drain) go through
-the same node actors as routing does, so they are serialised with it.
+the same node actors as routing does, so they are serialised with it. Runtime
+pins (`set_pinned`) live in the fleet, in memory (`cortex.fleet`).
 
 Not for: route handling (`cortex.http`) or relaying (`cortex.relay`).
 """
@@ -207,6 +208,7 @@ class Gateway:
         return FleetView(
             status=self.health()["status"],
             nodes=tuple(_node_view(n, now) for n in self.fleet.nodes.values()),
+            pins=tuple(sorted(self.fleet.pins)),
         )
 
     # -- admin -----------------------------------------------------------------------------
@@ -238,6 +240,18 @@ class Gateway:
             raise NotFound(f"model {model!r} is not loaded on any node", code="model_not_found")
         await node.unload(concrete)
         return node.name
+
+    def set_pinned(self, model: str, pinned: bool) -> dict[str, Any]:
+        """Pin or unpin `model` (an alias means its target) fleet-wide; idempotent."""
+        concrete = ModelId(self.fleet.resolve(model))
+        if not self.fleet.knows(concrete):
+            raise NotFound(f"model {model!r} is neither catalogued nor on any node",
+                           code="model_not_found")  # fmt: skip
+        changed = self.fleet.pin(concrete) if pinned else self.fleet.unpin(concrete)
+        if changed:
+            log.info("runtime pin model=%s pinned=%s", concrete, pinned)
+        return {"status": "pinned" if pinned else "unpinned", "model": concrete,
+                "changed": changed}  # fmt: skip
 
     def set_draining(self, name: str, draining: bool) -> dict[str, Any]:
         node = self._node(name)

@@ -393,6 +393,14 @@ def _admin_routes(app: QuartTrio, gateway: Gateway) -> None:
         node = await gateway.admin_unload(body["model"], body.get("node"))
         return json_response({"status": "unloaded", "model": body["model"], "node": node})
 
+    @app.post("/admin/models/pin")
+    async def admin_pin():
+        return json_response(gateway.set_pinned(await _pin_body(), True))
+
+    @app.post("/admin/models/unpin")
+    async def admin_unpin():
+        return json_response(gateway.set_pinned(await _pin_body(), False))
+
     @app.post("/admin/nodes/<name>/drain")
     async def drain(name: str):
         return json_response(unstructure(gateway.set_draining(name, True)))
@@ -431,6 +439,17 @@ async def _relay_raw(response: httpx.Response) -> AsyncIterator[bytes]:
     finally:
         with trio.CancelScope(shield=True), trio.move_on_after(2):
             await response.aclose()
+
+
+async def _pin_body() -> str:
+    """The model of `{"model": <id>}`: a pin holds on every node, so no node is named."""
+    data = decode_json(await read_body(request))
+    if not isinstance(data, dict) or not isinstance(data.get("model"), str) or not data["model"]:
+        raise InvalidRequest('expected {"model": <id>}', param="model")
+    if "node" in data:
+        raise InvalidRequest("a pin holds on every node that has the model; 'node' is not "
+                             "accepted", param="node")  # fmt: skip
+    return data["model"]
 
 
 async def _admin_body() -> dict[str, Any]:

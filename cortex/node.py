@@ -12,7 +12,9 @@ the node in the actor tree.
 Lifecycle operations (load, unload) are serialised per node by a lock, and
 loads are single-flight per model: concurrent requests for a cold model share
 one `/models/load`, which runs in the node actor's own task so that a caller
-who goes away does not cancel it for the others.
+who goes away does not cancel it for the others. A model in the gateway's
+runtime pins (`Fleet.pins`, shared as `pins`) counts as pinned here, as one
+the node's config pins, and is never unloaded (409 `model_pinned`).
 
 Not for: deciding where a model goes (`cortex.placement`) or relaying
 requests (`cortex.relay`).
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Set
 from typing import Any
 
 import attrs
@@ -38,7 +41,15 @@ from cortex.fleet_snapshot import (
     Servability,
 )
 from protocol import node as wire
-from protocol.errors import ApiError, GatewayTimeout, UpstreamError, api_error_from_envelope
+from protocol.errors import (
+    ApiError,
+    Conflict,
+    ErrorCode,
+    GatewayTimeout,
+    ServiceUnavailable,
+    UpstreamError,
+    api_error_from_envelope,
+)
 from protocol.ids import ModelId, NodeName
 
 log = logging.getLogger(__name__)
@@ -99,6 +110,7 @@ class Node:
         self._flights: dict[ModelId, _Flight] = {}
         self.actor: Any = None
         self.observer: Any = None  # gets loaded/load_failed/evicted calls (metrics)
+        self.pins: Set[ModelId] = frozenset()  # the gateway's runtime pins (`Fleet.pins`)
 
     # -- polling ---------------------------------------------------------------------------
 
@@ -184,6 +196,11 @@ class Node:
         try:
             async with self._lifecycle:
                 for victim in evict:
+                    if victim in self.pins:  # pinned since placement chose it
+                        raise ServiceUnavailable(
+                            f"{victim} on {self.name} was pinned while room was being made "
+                            f"for {model}; try again", retry_after=1,
+                        )  # fmt: skip
                     task.set_status(phase=f"evicting {victim}")
                     await self._unload(victim, reason="make_room")
                 task.set_status(phase="loading")
@@ -241,6 +258,9 @@ class Node:
             await self._unload(model, reason=reason)
 
     async def _unload(self, model: ModelId, *, reason: str) -> None:
+        if model in self.pins:
+            raise Conflict(f"model {model!r} is pinned by the gateway; unpin it first "
+                           "(POST /admin/models/unpin)", code=ErrorCode.MODEL_PINNED)  # fmt: skip
         response = await self.client.post(self.endpoint + "/models/unload",
                                           json={"model_id": model})  # fmt: skip
         if response.status_code not in (200, 404):
@@ -286,10 +306,12 @@ class Node:
                 servable=_servable(info), memory_mb=_memory_mb(info), devices=info.devices,
                 in_flight=in_flight, queued=load.queue_depth if load else 0,
                 last_used_at=self.last_used_at.get(info.id),
-                loaded_at=self.loaded_at.get(info.id), pinned=info.pinned,
+                loaded_at=self.loaded_at.get(info.id),
+                pinned=info.pinned or info.id in self.pins,
             )  # fmt: skip
         for model in self._flights:
-            out.setdefault(model, Residency(model=model, status=ResidencyStatus.LOADING))
+            out.setdefault(model, Residency(model=model, status=ResidencyStatus.LOADING,
+                                            pinned=model in self.pins))  # fmt: skip
         return tuple(out.values())
 
 

@@ -37,6 +37,19 @@ _ADMIN_MODEL = {
     "properties": {"model": {"type": "string"}, "node": {"type": ["string", "null"]}},
     "required": ["model"],
 }
+_PIN = {
+    "type": "object",
+    "properties": {"model": {"type": "string"}},
+    "required": ["model"],
+}
+_PIN_RESULT = {
+    "type": "object",
+    "properties": {
+        "status": {"enum": ["pinned", "unpinned"]},
+        "model": {"type": "string", "description": "the concrete id (an alias is resolved)"},
+        "changed": {"type": "boolean", "description": "false: it already was"},
+    },
+}
 _ADMIN_RESULT = {
     "type": "object",
     "properties": {
@@ -108,8 +121,16 @@ ROUTES: tuple[Route, ...] = (
            responses=(Body(schema=_OBJECT, media_type=_SSE),)),
     _admin("POST", "/admin/models/load", "load a model (placed unless a node is named)",
            request=Body(schema=_ADMIN_MODEL), responses=(Body(schema=_ADMIN_RESULT),)),
-    _admin("POST", "/admin/models/unload", "unload a model",
-           request=Body(schema=_ADMIN_MODEL), responses=(Body(schema=_ADMIN_RESULT),)),
+    _admin("POST", "/admin/models/unload", "unload a model (409 model_pinned if pinned)",
+           request=Body(schema=_ADMIN_MODEL), responses=(Body(schema=_ADMIN_RESULT),),
+           error_statuses=(400, 404, 409, 413, 500, 502, 503)),
+    _admin("POST", "/admin/models/pin",
+           "pin a model on every node (eviction never unloads it); in memory, idempotent",
+           request=Body(schema=_PIN), responses=(Body(schema=_PIN_RESULT),),
+           error_statuses=(400, 404, 413, 500)),
+    _admin("POST", "/admin/models/unpin", "drop a model's runtime pin; idempotent",
+           request=Body(schema=_PIN), responses=(Body(schema=_PIN_RESULT),),
+           error_statuses=(400, 404, 413, 500)),
     _admin("POST", "/admin/nodes/{name}/drain", "stop placing requests and loads on a node",
            responses=(Body(schema=_DRAIN),)),
     _admin("POST", "/admin/nodes/{name}/undrain", "place on a node again",

@@ -3,7 +3,9 @@
 `cortex status [--url http://localhost:31313] [--json]` fetches `GET /health`
 and `GET /admin/fleet` (`cortex.fleet_view`) and prints the fleet's health,
 a table of nodes (state, devices, memory, models) and a table of models
-(where each is resident, requests in flight and queued). `--json` prints
+(where each is resident, requests in flight and queued). A pinned copy (the
+node's config or the gateway's runtime pin) reads `node (loaded, pinned)`; the
+gateway's runtime pins are listed under the tables. `--json` prints
 both bodies instead. An unreachable gateway or a bad answer is one line on
 stderr and exit status 1; a gateway without `/admin/fleet` (upstream's)
 still gets its `/health` shown. `render_status` is the pure rendering step.
@@ -25,7 +27,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from cortex.fleet_view import FleetView, NodeView
+from cortex.fleet_view import FleetView, ModelView, NodeView
 from protocol.errors import ValidationFailed
 
 __all__ = [
@@ -115,6 +117,9 @@ def render_status(health: dict[str, Any], fleet: FleetView | None, console: Cons
         return
     console.print(_nodes_table(fleet))
     console.print(_models_table(fleet))
+    if fleet.pins:
+        console.print(f"pinned at runtime: {', '.join(fleet.pins)}", markup=False,
+                      highlight=False)  # fmt: skip
 
 
 def _health_line(health: dict[str, Any], fleet: FleetView | None) -> Text:
@@ -134,7 +139,7 @@ def _nodes_table(fleet: FleetView) -> Table:
     for node in fleet.nodes:
         table.add_row(
             Text(node.name), _state(node), _devices(node), _memory(node),
-            Text("\n".join(f"{m.id} ({m.status})" for m in node.models) or "—"),
+            Text("\n".join(f"{m.id} ({_residency(m)})" for m in node.models) or "—"),
             Text(_last_poll(node)),
         )  # fmt: skip
     return table
@@ -166,6 +171,10 @@ def _last_poll(node: NodeView) -> str:
     return "never" if node.last_poll_age_s is None else f"{node.last_poll_age_s:.1f} s ago"
 
 
+def _residency(model: ModelView) -> str:
+    return f"{model.status}, pinned" if model.pinned else model.status
+
+
 def _mib(value: int) -> str:
     return f"{value} MiB" if abs(value) < 1024 else f"{value / 1024:.1f} GiB"
 
@@ -179,7 +188,7 @@ def _models_table(fleet: FleetView) -> Table:
     totals: dict[str, list[int]] = {}
     for node in fleet.nodes:
         for m in node.models:
-            where.setdefault(m.id, []).append(f"{node.name} ({m.status})")
+            where.setdefault(m.id, []).append(f"{node.name} ({_residency(m)})")
             total = totals.setdefault(m.id, [0, 0, 0])
             total[0], total[1] = total[0] + m.in_flight, total[1] + m.queued
             total[2] += m.memory_mb or 0

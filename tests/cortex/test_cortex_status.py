@@ -90,6 +90,16 @@ def test_the_models_table_adds_up_the_copies():
     assert row.split("│")[3:6] == ["         3 ", "      1 ", " 32.2 GiB "]
 
 
+def test_pinned_copies_and_runtime_pins_are_shown():
+    pinned = ModelView(id="org/kept", status="loaded", pinned=True)
+    node = NodeView(name="beast", endpoint="http://beast:13131", state="up", models=(pinned,))
+    text = rendered(HEALTH, FleetView(status="ok", nodes=(node,), pins=("org/kept", "org/off")))
+    assert "org/kept (loaded, pinned)" in text  # the nodes table
+    assert "beast (loaded, pinned)" in text  # the models table
+    assert "pinned at runtime: org/kept, org/off" in text
+    assert "pinned at runtime" not in rendered(HEALTH, FLEET)
+
+
 def test_rendering_without_admin_fleet_still_shows_health():
     text = rendered({"status": "degraded", "nodes": {"healthy": 0, "total": 0}}, None)
     assert "fleet degraded  0/0 nodes healthy" in text
@@ -222,7 +232,8 @@ counts = st.integers(min_value=0, max_value=10**6)
 devices = st.builds(DeviceView, index=counts, id=st.none() | names, total_mb=counts,
                     free_mb=counts)  # fmt: skip
 models = st.builds(ModelView, id=names, status=st.sampled_from(["loaded", "loading", "failed"]),
-                   in_flight=counts, queued=counts, memory_mb=st.none() | counts)  # fmt: skip
+                   in_flight=counts, queued=counts, memory_mb=st.none() | counts,
+                   pinned=st.booleans())  # fmt: skip
 nodes = st.builds(
     NodeView, name=names, endpoint=names, state=st.sampled_from(["up", "suspect", "down"]),
     draining=st.booleans(),
@@ -231,7 +242,8 @@ nodes = st.builds(
     models=st.lists(models, max_size=3).map(tuple),
 )  # fmt: skip
 fleets = st.builds(FleetView, status=st.sampled_from(["ok", "impaired", "degraded"]),
-                   nodes=st.lists(nodes, max_size=3).map(tuple))  # fmt: skip
+                   nodes=st.lists(nodes, max_size=3).map(tuple),
+                   pins=st.lists(names, max_size=3).map(tuple))  # fmt: skip
 
 
 @given(fleets)

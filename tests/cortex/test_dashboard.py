@@ -189,6 +189,23 @@ async def test_an_open_gateway_shows_drives_and_streams(gateway, neuron):
         sync_api.expect(page.locator("#models-body")).to_contain_text("n1: loaded")
         shot("models")
 
+        page.get_by_role("button", name=f"Pin {QWEN}", exact=True).click()
+        confirm(page)
+        notice(page, rf"^Pinned {re.escape(QWEN)}\.$")
+        marker = page.locator(f'#models-body [data-pin="{QWEN}"]')
+        sync_api.expect(marker).to_have_text("pinned")  # drawn from the next /admin/fleet
+        sync_api.expect(page.get_by_role("button", name=f"Unpin {QWEN}")).to_be_enabled()
+        assert gw.fleet.pins == {QWEN}
+        shot("models-pinned")
+        open_view(page, "fleet")  # the copy on n1 is marked there too
+        sync_api.expect(node.locator("tr", has_text=QWEN).locator(".st-pinned")).to_have_count(1)
+        open_view(page, "models")
+        page.get_by_role("button", name=f"Unpin {QWEN}").click()
+        confirm(page)
+        notice(page, rf"^Unpinned {re.escape(QWEN)}\.$")
+        sync_api.expect(marker).to_have_count(0)
+        assert gw.fleet.pins == set()
+
         page.get_by_role("button", name="Drain n1").click()
         confirm(page)
         notice(page, r"^n1: drained \(0 in flight\)")
@@ -260,6 +277,10 @@ async def test_keys_a_wrong_key_is_401_and_a_user_key_may_not_act(gateway, neuro
         confirm(page)
         notice(page, "^403: key 'team-user' may not use admin routes")
         sync_api.expect(page.locator("#nodes-body")).to_contain_text("403")
+        page.evaluate("notice('')")  # the page's own helper: so the next 403 is the pin's
+        page.get_by_role("button", name=f"Pin {QWEN}", exact=True).click()
+        confirm(page)
+        notice(page, "^403: key 'team-user' may not use admin routes")
         shot("user-key-refused")
 
         use_key(page, ADMIN)
@@ -269,5 +290,6 @@ async def test_keys_a_wrong_key_is_401_and_a_user_key_may_not_act(gateway, neuro
 
     errors = await in_browser(scenario, "keys")
     assert neuron_status(neuron, QWEN) == "loaded"  # the user key's unload never happened
+    assert gw.fleet.pins == set()  # nor its pin
     assert [e for e in errors if not EXPECTED_REFUSAL.match(e)] == []
     assert errors, "the refusals should have been logged by the browser"

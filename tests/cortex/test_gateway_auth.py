@@ -218,6 +218,15 @@ async def test_health_and_version_are_public_and_admin_needs_an_admin_key(gatewa
                            headers={"x-api-key": FULL})  # fmt: skip
     assert unload.status_code == 403
     assert QWEN in {m.id for m in gw.fleet.nodes["n1"].models}
+    for path in ("/admin/models/pin", "/admin/models/unpin"):
+        missing = await request(gw, "POST", path, json={"model": QWEN})
+        assert missing.status_code == 401, path
+        user = await request(gw, "POST", path, json={"model": QWEN}, headers={"x-api-key": FULL})
+        assert user.status_code == 403, path
+        assert gw.fleet.pins == set()  # refused: nothing changed
+    pin = await request(gw, "POST", "/admin/models/pin", json={"model": QWEN},
+                        headers={"x-api-key": ADMIN})  # fmt: skip
+    assert pin.status_code == 200 and gw.fleet.pins == {QWEN}
 
 
 # -- which models --------------------------------------------------------------------------

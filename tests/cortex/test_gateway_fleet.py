@@ -1,5 +1,5 @@
-"""The gateway over two real neurons: cold loads, eviction, pinning, aliases,
-single-flight, keepalives, disconnects, failover and metrics.
+"""The gateway over two real neurons: cold loads, eviction, pinning (affinity and
+the runtime pin API), aliases, single-flight, keepalives, disconnects, failover and metrics.
 
 Two `neuron serve` processes (one CPU device each, a 6 MiB model budget so
 that two ~3.5 MiB models cannot co-reside on a node) serve the whole module;
@@ -215,6 +215,48 @@ async def test_pinning(gateway):
     assert where_loaded(gw)["alpha"] == set()
 
 
+async def test_a_runtime_pin_survives_eviction_and_refuses_unload(gateway):
+    gw = await gateway()
+    for model in (QWEN, LLAMA):  # one on each node; QWEN is the least recently used
+        assert (await post(gw, chat(model))).status_code == 200
+    async with httpx.AsyncClient(base_url=gw.url, timeout=60) as client:
+        pin = await client.post("/admin/models/pin", json={"model": "fast"})  # QWEN's alias
+        assert pin.status_code == 200, pin.text
+        assert pin.json() == {"status": "pinned", "model": QWEN, "changed": True}
+        again = await client.post("/admin/models/pin", json={"model": QWEN})
+        assert again.json() == {"status": "pinned", "model": QWEN, "changed": False}
+        for path in ("/admin/models/pin", "/admin/models/unpin"):
+            unknown = await client.post(path, json={"model": "nobody/nothing"})
+            assert unknown.status_code == 404, unknown.text
+            assert unknown.json()["error"]["code"] == "model_not_found"
+            assert "nobody/nothing" in unknown.json()["error"]["message"]
+        with_node = await client.post("/admin/models/pin", json={"model": QWEN, "node": "alpha"})
+        assert (with_node.status_code, with_node.json()["error"]["param"]) == (400, "node")
+        refused = await client.post("/admin/models/unload", json={"model": QWEN})
+        assert refused.status_code == 409, refused.text
+        assert refused.json()["error"]["code"] == "model_pinned"
+    view = await _get(gw, "/admin/fleet")
+    assert view["pins"] == [QWEN]
+    pinned_on = _node_of(gw, QWEN)
+    assert _fleet_model(view, pinned_on, QWEN)["pinned"] is True
+    assert _fleet_model(view, _node_of(gw, LLAMA), LLAMA)["pinned"] is False
+
+    # LRU would evict QWEN; pinned, it stays and LLAMA makes room instead
+    assert (await post(gw, chat(THIRD))).status_code == 200
+    assert set().union(*where_loaded(gw).values()) == {QWEN, THIRD}
+    assert _node_of(gw, QWEN) == pinned_on
+
+    async with httpx.AsyncClient(base_url=gw.url, timeout=60) as client:
+        unpin = await client.post("/admin/models/unpin", json={"model": QWEN})
+        assert unpin.json() == {"status": "unpinned", "model": QWEN, "changed": True}
+        again = await client.post("/admin/models/unpin", json={"model": QWEN})
+        assert again.json() == {"status": "unpinned", "model": QWEN, "changed": False}
+        view = await _get(gw, "/admin/fleet")
+        assert view["pins"] == [] and _fleet_model(view, pinned_on, QWEN)["pinned"] is False
+        unload = await client.post("/admin/models/unload", json={"model": QWEN})
+        assert unload.status_code == 200, unload.text
+
+
 async def test_client_disconnect_frees_the_node_slot(gateway, neurons):
     gw = await gateway()
     assert (await post(gw, chat(QWEN))).status_code == 200
@@ -368,6 +410,10 @@ async def _metrics(gw: CortexGateway) -> dict[str, float]:
 
 def _fleet_node(view: dict, name: str) -> dict:
     return next(n for n in view["nodes"] if n["name"] == name)
+
+
+def _fleet_model(view: dict, node: str, model: str) -> dict:
+    return next(m for m in _fleet_node(view, node)["models"] if m["id"] == model)
 
 
 async def _served_by(gw: CortexGateway, node: str) -> float:

@@ -3,7 +3,8 @@
 // Every figure comes from the gateway's API: /admin/fleet (nodes, devices, models),
 // /v1/models (the merged catalogue), /admin/traffic (recent requests and rates),
 // /admin/actors/stream (the live actor tree) and /admin/nodes/<name>/actors (a node's
-// own tree). Actions are the admin routes; the playground is /v1/chat/completions.
+// own tree). Actions are the admin routes (load, unload, pin, unpin, drain); the playground
+// is /v1/chat/completions.
 // The key the operator types is kept in this tab only (sessionStorage) and sent as
 // `Authorization: Bearer`; refusals are shown with the API's own message.
 "use strict";
@@ -15,7 +16,7 @@ const state = {
   timer: null,
   abort: null, // the current view's streams and requests
   fleet: null,
-  pending: new Map(), // "load:<model>" → {started, node}
+  pending: new Map(), // "<model>" → {action, started}
   loadingSince: new Map(), // "<node>/<model>" → ms, first seen loading
   collapsed: new Set(), // actor paths the operator closed
   lastRender: new Map(), // view part → digest of what it drew
@@ -351,7 +352,7 @@ function drawModels() {
   nodeChoices(nodes.map((n) => n.name));
   const digest = JSON.stringify([catalogue.data.map((c) => [c.id, c.locations]),
     nodes.map((n) => [n.name, n.state, n.draining, n.models.map((m) => [m.id, m.status, m.pinned, m.error])]),
-    [...state.pending.entries()], fleetError, ticking()]);
+    state.fleet ? state.fleet.pins : null, [...state.pending.entries()], fleetError, ticking()]);
   draw("models-body", digest, () => modelsTable(catalogue.data, nodes));
   draw("nodes-body", digest, () => fleetError
     ? h("p", { class: "problem" }, fleetError)
@@ -372,7 +373,10 @@ function nodeChoices(names) {
   select.value = names.includes(chosen) ? chosen : "";
 }
 
+const DOING = { load: "loading", unload: "unloading", pin: "pinning", unpin: "unpinning" };
+
 function modelsTable(cards, nodes) {
+  const pins = new Set(state.fleet ? state.fleet.pins || [] : []);
   const pinned = new Map();
   for (const node of nodes) for (const m of node.models) if (m.pinned) pinned.set(`${node.name}/${m.id}`, true);
   const rows = cards.map((card) => {
@@ -387,11 +391,20 @@ function modelsTable(cards, nodes) {
         `Load ${card.id}`),
       card.locations.filter((loc) => loc.status !== "unloaded").map((loc) =>
         h("button", { type: "button", class: "danger", disabled: Boolean(pending),
-          onclick: () => unloadModel(card.id, loc.node) }, `Unload ${card.id} from ${loc.node}`)));
+          onclick: () => unloadModel(card.id, loc.node) }, `Unload ${card.id} from ${loc.node}`)),
+      pins.has(card.id)
+        ? h("button", { type: "button", disabled: Boolean(pending), onclick: () => pinModel(card.id, false) },
+          `Unpin ${card.id}`)
+        : h("button", { type: "button", disabled: Boolean(pending), onclick: () => pinModel(card.id, true) },
+          `Pin ${card.id}`));
     const progress = pending ? h("span", { role: "status", class: "pending" },
       h("progress", { "aria-label": `${pending.action} ${card.id}` }),
-      ` ${pending.action === "load" ? "loading" : "unloading"}… ${((Date.now() - pending.started) / 1000).toFixed(0)} s`) : null;
-    return [h("span", { class: "mono" }, card.id), where,
+      ` ${DOING[pending.action]}… ${((Date.now() - pending.started) / 1000).toFixed(0)} s`) : null;
+    const name = h("span", { class: "mono" }, card.id);
+    const marker = pins.has(card.id)
+      ? h("span", { class: "badge st-pinned", "data-pin": card.id, title: "pinned by the gateway: never evicted" },
+        "pinned") : null;
+    return [h("span", {}, name, " ", marker), where,
       card.limit ? String(card.limit.context) : "–", h("div", {}, actions, progress)];
   });
   return table(["Model", "Where", "Context", "Actions"], rows);
@@ -412,7 +425,8 @@ async function act(id, action, text, path, body, done) {
   if (!(await confirmAction(text))) return;
   const started = Date.now();
   state.pending.set(id, { action, started });
-  notice(`${action === "load" ? "Loading" : "Unloading"} ${id}…`, "info");
+  const doing = DOING[action];
+  notice(`${doing[0].toUpperCase()}${doing.slice(1)} ${id}…`, "info");
   drawModels(); // the progress, now
   try {
     const answer = await api("POST", path, body);
@@ -437,6 +451,14 @@ function unloadModel(id, node) {
   return act(id, "unload", `Unload ${id} from ${node}? Requests for it will wait for a new load.`,
     "/admin/models/unload", { model: id, node },
     (answer) => `Unloaded ${answer.model} from ${answer.node}.`);
+}
+
+function pinModel(id, on) {
+  const text = on
+    ? `Pin ${id}? No node will evict it (nor unload it) until it is unpinned; the pin is kept until the gateway restarts.`
+    : `Unpin ${id}? It may be evicted again to make room for other models.`;
+  return act(id, on ? "pin" : "unpin", text, `/admin/models/${on ? "pin" : "unpin"}`, { model: id },
+    (answer) => `${on ? "Pinned" : "Unpinned"} ${answer.model}${answer.changed ? "" : ` (it already was ${answer.status})`}.`);
 }
 
 async function drain(node, on) {
