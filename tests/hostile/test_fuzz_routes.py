@@ -59,6 +59,9 @@ HINTS: dict[tuple[str, str], dict[str, st.SearchStrategy[Any]]] = {
     ("neuron", "/models/{model_id}/endpoint"): {"model_id": st.sampled_from([QWEN]) | _names},
     ("cortex", "/admin/models/load"): {"model": st.sampled_from([QWEN, "fast"]) | _names},
     ("cortex", "/admin/models/unload"): {"model": _names},
+    # a pin left behind only keeps the loaded model (QWEN, "fast") where it is
+    ("cortex", "/admin/models/pin"): {"model": st.sampled_from([QWEN, "fast"]) | _names},
+    ("cortex", "/admin/models/unpin"): {"model": st.sampled_from([QWEN, "fast"]) | _names},
 }
 _CONTENT_TYPES = st.sampled_from(
     ["application/json"] * 6
