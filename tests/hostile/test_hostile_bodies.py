@@ -31,7 +31,8 @@ pytestmark = [
 MIB = 1024 * 1024
 DEFAULT_LIMIT = 32 * MIB
 
-# (daemon, path, dialect) of every route that reads a JSON body.
+# (daemon, path, dialect) of every route that reads a JSON body (but /admin/models/pin and
+# unpin, read as /admin/models/load reads its body and fuzzed by test_fuzz_routes.py).
 BODY_ROUTES = [
     ("neuron", "/v1/chat/completions", "openai"),
     ("neuron", "/v1/completions", "openai"),
