@@ -201,9 +201,10 @@ class Engine:
     (also the default `max_in_flight`); default_dtype "auto": dtype of loads
     that name none ("auto" = what the model's config.json declares);
     constrain_tool_calls true: a forced tool call (`tool_choice` required or named,
-    Anthropic any/tool) decodes under a grammar of the JSON call form, so the reply is
-    a valid call; false leaves the model to write the call in its own form (the
-    output still starts inside the call), for models trained on another call syntax
+    Anthropic any/tool), and every call the model opens when a tool is `strict`,
+    decodes under a grammar of the JSON call form, so the call is valid; false
+    leaves the model to write calls in its own form (a forced one still starts
+    inside the call), for models trained on another call syntax
     (Qwen3-Coder/Qwen3.5's `<function=…>` XML)."""
 
     max_batch_size: int = setting(16, at_least(1))

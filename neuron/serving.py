@@ -33,7 +33,7 @@ from neuron.events import Failed, Finished, GenerationEvent, Started
 from neuron.generation import GenerationJob, generate_choices
 from neuron.metrics import NeuronMetrics
 from neuron.registry import ModelRegistry, ServedModel
-from neuron.text.constraints import forced_call_grammar, request_grammar
+from neuron.text.constraints import chat_grammar
 from neuron.text.output import OutputParser
 from neuron.text.prompt import ChatPrompt
 from neuron.text.reasoning import Markers, probe_markers
@@ -59,7 +59,7 @@ class ServingSettings:
     default_max_tokens: int = 8192
     stream_buffer: int = 256  # events between actor and body: backpressure past this
     idle_timeout: float = math.inf  # `[timeouts] request_idle`: a sequence's longest silence
-    constrain_tool_calls: bool = True  # `[engine]`: forced calls decode under a JSON grammar
+    constrain_tool_calls: bool = True  # `[engine]`: forced/strict calls obey a JSON grammar
 
 
 class Serving:
@@ -84,12 +84,12 @@ class Serving:
         return self._markers[model.id]
 
     def chat_job(self, request: ChatCompletionRequest) -> GenerationJob:
-        grammar = request_grammar(request)
         model = self.registry.get(request.model)
         markers = self.markers(model)
         prompt = ChatPrompt.build(request, model.tokenizer, markers, model_id=model.id)
-        if prompt.opens_tool_call and prompt.tools and self.settings.constrain_tool_calls:
-            grammar = forced_call_grammar(prompt.tools, request.tool_choice, markers)
+        grammar = chat_grammar(
+            request, prompt, markers, constrain_tool_calls=self.settings.constrain_tool_calls
+        )
         sampling = self._sampling(model, SamplingRequest.from_chat(request), prompt.token_ids)
         if grammar is not None:
             params = attrs.evolve(sampling.params, grammar=grammar)

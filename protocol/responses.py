@@ -316,6 +316,7 @@ class ResponsesRequest:
     text: TextConfig | None = None
     metadata: dict[str, str] | None = None
     include: tuple[str, ...] | None = None
+    top_logprobs: int | None = None  # with `include` message.output_text.logprobs
     truncation: str | None = None
     user: str | None = None
     chat_template_kwargs: dict[str, Any] | None = None  # vendor

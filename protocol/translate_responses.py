@@ -6,7 +6,9 @@ one user message, and input items their chat equivalents — `message`
 items by role (`developer` as system), `function_call` items as assistant
 tool calls (consecutive calls grouped into one assistant turn),
 `function_call_output` items as tool messages, `input_text`/`output_text`
-parts as text and `input_image` parts as `image_url` parts. Reasoning items
+parts as text and `input_image` parts as `image_url` parts; `text.format`
+becomes `response_format` and `include: ["message.output_text.logprobs"]`
+with `top_logprobs` chat's `logprobs` / `top_logprobs`. Reasoning items
 and item kinds we do not serve are dropped (a model never sees its previous
 reasoning in a Qwen-style template anyway); hosted tools are dropped, flat
 function tools reshaped. `previous_response_id` is refused: this server
@@ -55,7 +57,15 @@ def responses_to_chat(request: rs.ResponsesRequest) -> chat.ChatCompletionReques
         chat_template_kwargs=request.chat_template_kwargs,
         user=request.user,
         response_format=_response_format(request.text),
+        **_logprobs(request),
     )
+
+
+def _logprobs(request: rs.ResponsesRequest) -> dict[str, Any]:
+    """`include: ["message.output_text.logprobs"]` (+ `top_logprobs`) as chat's pair."""
+    if "message.output_text.logprobs" not in (request.include or ()):
+        return {}
+    return {"logprobs": True, "top_logprobs": request.top_logprobs}
 
 
 def _response_format(text: rs.TextConfig | None) -> chat.ResponseFormat | None:

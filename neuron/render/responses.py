@@ -4,7 +4,9 @@
 the next `sequence_number`: `response.created` and `response.in_progress`
 (the in-progress shell), then one output item per run of same-kind output —
 a reasoning item (summary part and summary text deltas), a message item
-(content part and `output_text` deltas), a function call item per parsed
+(content part and `output_text` deltas; with `include:
+["message.output_text.logprobs"]` each delta, the done event and the part
+carry the logprobs of the tokens that became that text), a function call item per parsed
 tool call (its arguments in one delta) — each opened when its first output
 arrives and closed (`*.done` events) when output of another kind begins or
 the generation ends; then `response.completed`, or `response.incomplete`
@@ -33,8 +35,10 @@ from neuron.events import (
     Failed,
     Finished,
     GenerationEvent,
+    LogprobsDelta,
     ReasoningDelta,
     Started,
+    TokenLogprob,
     ToolCallParsed,
 )
 from neuron.render.template import SEQUENCE, TEXT, DeltaTemplate
@@ -78,7 +82,9 @@ from protocol.responses import (
 )
 from protocol.sse import encode_json_event
 
-__all__ = ["ResponsesStream", "collect_response"]
+__all__ = ["LOGPROBS_INCLUDE", "ResponsesStream", "collect_response"]
+
+LOGPROBS_INCLUDE = "message.output_text.logprobs"
 
 # Request fields a response echoes back (when the client set them).
 _ECHOED = (
@@ -99,13 +105,15 @@ _ECHOED = (
 
 
 class _Message:
-    """An open message item: one `output_text` part that deltas extend."""
+    """An open message item: one `output_text` part that deltas extend (and, when
+    the request included them, the logprobs of its tokens)."""
 
     prefix = "msg"
 
-    def __init__(self, item_id: ItemId, index: int) -> None:
+    def __init__(self, item_id: ItemId, index: int, *, logprobs: bool = False) -> None:
         self.id, self.index = item_id, index
         self.parts: list[str] = []
+        self.logprobs: list[TokenLogprob] | None = [] if logprobs else None
         delta = OutputTextDelta(
             item_id=item_id,
             output_index=index,
@@ -125,11 +133,16 @@ class _Message:
 
     def close(self, status: ItemStatus) -> tuple[OutputMessage, list[ResponseStreamEvent]]:
         """The finished item, and the events that finish it."""
-        part = OutputText(text="".join(self.parts))
+        tokens = self.logprobs
+        part = OutputText(
+            text="".join(self.parts),
+            logprobs=None if tokens is None else tuple(_part_logprob(t) for t in tokens),
+        )
         item = OutputMessage(id=self.id, status=status, content=(part,))
         where = {"item_id": self.id, "output_index": self.index, "content_index": 0}
+        done_logprobs = tuple(_event_logprob(t) for t in tokens or ())
         return item, [
-            OutputTextDone(**where, text=part.text),
+            OutputTextDone(**where, text=part.text, logprobs=done_logprobs),
             ContentPartDone(**where, part=part),
             OutputItemDone(output_index=self.index, item=item),
         ]
@@ -205,6 +218,10 @@ class ResponsesStream:
         self._sequence = 0
         self._output: list[OutputItem] = []  # closed items, in output order
         self._open: _Message | _Reasoning | None = None
+        # `include: ["message.output_text.logprobs"]`: a step's logprobs wait for its
+        # text; those of tokens that became reasoning or a call are dropped.
+        self._logprobs = request is not None and LOGPROBS_INCLUDE in (request.include or ())
+        self._pending: list[TokenLogprob] = []
 
     @property
     def ended(self) -> bool:
@@ -223,9 +240,14 @@ class ResponsesStream:
             case ContentDelta(text):
                 return self._text(_Message, text) if text else b""
             case ReasoningDelta(text):
+                self._pending.clear()
                 return self._text(_Reasoning, text) if text else b""
             case ToolCallParsed():
+                self._pending.clear()
                 return self._function_call(event)
+            case LogprobsDelta(tokens):
+                self._pending.extend(tokens)
+                return b""
             case Started():
                 return b""
             case Finished():
@@ -284,13 +306,25 @@ class ResponsesStream:
         if type(item) is not kind:
             return self._switch_to(kind) + self._text(kind, text)
         item.parts.append(text)
+        if isinstance(item, _Message) and item.logprobs is not None:
+            tokens, self._pending = self._pending, []
+            item.logprobs += tokens
+            delta = OutputTextDelta(
+                item_id=item.id, output_index=item.index, content_index=0, delta=text,
+                logprobs=tuple(_event_logprob(t) for t in tokens),
+            )  # fmt: skip
+            return self._emit(delta)
         self._sequence += 1
         return item.template.render(text, self._sequence - 1)
 
     def _switch_to(self, kind: type[_Message] | type[_Reasoning]) -> bytes:
         self._check_live()
         closing = self._close("completed")
-        item = kind(self._item_id(kind.prefix), len(self._output))
+        item_id, index = self._item_id(kind.prefix), len(self._output)
+        if kind is _Message:
+            item = _Message(item_id, index, logprobs=self._logprobs)
+        else:
+            item = _Reasoning(item_id, index)
         self._open = item
         return closing + self._emit(*item.opened())
 
@@ -382,3 +416,16 @@ def _response_error_code(error: ApiError) -> str:
     The `error` event before `response.failed` keeps our own code.
     """
     return "rate_limit_exceeded" if error.status == 429 else "server_error"
+
+
+def _part_logprob(token: TokenLogprob) -> dict[str, Any]:
+    """An `output_text` part's entry: bytes included, alternatives most likely first."""
+    top = [{"token": t.token, "bytes": list(t.bytes), "logprob": t.logprob} for t in token.top]
+    return {"token": token.token, "bytes": list(token.bytes), "logprob": token.logprob,
+            "top_logprobs": top}  # fmt: skip
+
+
+def _event_logprob(token: TokenLogprob) -> dict[str, Any]:
+    """A delta or done event's entry (OpenAI's events carry no bytes)."""
+    top = [{"token": t.token, "logprob": t.logprob} for t in token.top]
+    return {"token": token.token, "logprob": token.logprob, "top_logprobs": top}

@@ -129,3 +129,30 @@ def test_n_greedy_choices_are_equal_and_stream_interleaved(client):
     assert [c.index for c in legacy.choices] == [0, 1]
     assert legacy.choices[0].text == legacy.choices[1].text
     assert legacy.usage.completion_tokens == 6
+
+
+def test_responses_output_text_logprobs_streamed_and_not(client):
+    # Greedy, so the Responses reply and a chat reply on the same prompt sample the
+    # same tokens; the synthetic template opens no reasoning, so all are text.
+    body = dict(model=QWEN, input=USER[0]["content"], max_output_tokens=6, temperature=0)
+    include = ["message.output_text.logprobs"]
+    chat = client.chat.completions.create(
+        model=QWEN, messages=USER, max_tokens=6, temperature=0, logprobs=True, top_logprobs=2
+    )
+    expected = [(t.token, t.logprob) for t in chat.choices[0].logprobs.content]
+    text_tokens = expected[: len(expected) - (chat.choices[0].finish_reason == "stop")]
+    response = client.responses.create(**body, include=include, top_logprobs=2)
+    [part] = response.output[0].content
+    assert [e.token for e in part.logprobs] == [token for token, _ in text_tokens]
+    assert [e.logprob for e in part.logprobs] == pytest.approx(
+        [lp for _, lp in text_tokens], abs=1e-5
+    )
+    assert all(len(e.top_logprobs) == 2 for e in part.logprobs)
+    deltas, done = [], None
+    for event in client.responses.create(**body, include=include, top_logprobs=2, stream=True):
+        if event.type == "response.output_text.delta":
+            deltas += [(e.token, e.logprob) for e in event.logprobs]
+        elif event.type == "response.output_text.done":
+            done = [(e.token, e.logprob) for e in event.logprobs]
+    assert deltas == done == [(e.token, e.logprob) for e in part.logprobs]
+    assert client.responses.create(**body).output[0].content[0].logprobs is None

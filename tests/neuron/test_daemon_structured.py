@@ -267,3 +267,30 @@ def test_a_forced_tool_call_is_always_a_valid_call(client, claude, choice):
     assert message.stop_reason == "tool_use"
     [use] = [b for b in message.content if b.type == "tool_use"]
     jsonschema.validate(use.input, SCHEMAS[use.name])
+
+
+# -- strict tools under tool_choice auto ------------------------------------------------------
+
+TOOL_CALL = 4092  # neuron.synth.TOKEN_IDS["<tool_call>"]
+STRICT_TOOLS = [{"type": t["type"], "function": {**t["function"], "strict": True}} for t in TOOLS]
+
+
+def test_strict_tools_under_auto_make_every_call_valid(client):
+    # The random model rarely opens a call on its own: a bias on `<tool_call>` makes
+    # it open one after a few words of text. Under `auto` it may write anything
+    # before; inside the block the grammar holds.
+    body = dict(model=QWEN, messages=USER, tool_choice="auto", logit_bias={str(TOOL_CALL): 6})
+    reply = client.chat.completions.create(
+        **body, tools=STRICT_TOOLS, max_tokens=120, n=8, seed=1, parallel_tool_calls=False
+    )
+    calls = [c for choice in reply.choices for c in choice.message.tool_calls or ()]
+    assert len(calls) >= 4, [choice.message for choice in reply.choices]
+    for call in calls:
+        jsonschema.validate(json.loads(call.function.arguments), SCHEMAS[call.function.name])
+    for choice in reply.choices:
+        if choice.message.tool_calls:
+            assert choice.finish_reason == "tool_calls" and len(choice.message.tool_calls) == 1
+    # Without `strict` the same biased model opens calls it never writes validly.
+    loose = client.chat.completions.create(**body, tools=TOOLS, max_tokens=30, n=3, seed=1)
+    assert not any(choice.message.tool_calls for choice in loose.choices)
+    assert any("<tool_call>" in (choice.message.content or "") for choice in loose.choices)

@@ -17,8 +17,10 @@ from neuron.events import (
     ContentDelta,
     Failed,
     Finished,
+    LogprobsDelta,
     ReasoningDelta,
     Started,
+    TokenLogprob,
     ToolCallParsed,
 )
 from neuron.render import ResponsesStream, collect_response
@@ -506,3 +508,58 @@ def test_stream_and_collect_agree(events, split):
     assert response == unstructure(collect_response(ID, MODEL, CREATED, events))
     cut = events[-1].reason == "length"
     assert payloads[-1]["type"] == ("response.incomplete" if cut else "response.completed")
+
+
+# -- include: message.output_text.logprobs --------------------------------------------------
+
+
+def _logprob(token: str, value: float, *top: tuple[str, float]):
+    alternatives = tuple(TokenLogprob(t, v, tuple(t.encode())) for t, v in top)
+    return TokenLogprob(token, value, tuple(token.encode()), alternatives)
+
+
+def test_output_text_logprobs_when_included():
+    request = ResponsesRequest(model=MODEL, input="hi", include=("message.output_text.logprobs",))
+    think, there = _logprob("<think>", -0.5), _logprob("there", -0.25)
+    hi = _logprob("Hi", -0.1, ("Hi", -0.1), ("Yo", -2.0))
+    events = [
+        Started(prompt_tokens=3),
+        LogprobsDelta((think,)),
+        ReasoningDelta("hmm"),
+        LogprobsDelta((hi,)),
+        ContentDelta("Hi"),
+        LogprobsDelta((_logprob(" ", -1.0),)),  # held back by the parser until "there"
+        LogprobsDelta((there,)),
+        ContentDelta(" there"),
+        LogprobsDelta((_logprob("<tool_call>", -3.0),)),
+        CALL,
+        Finished("tool_calls", 3, 5),
+    ]
+    payloads = _events(_render(events, request=request))
+    deltas = [p for p in payloads if p["type"] == "response.output_text.delta"]
+    assert [[e["token"] for e in d["logprobs"]] for d in deltas] == [["Hi"], [" ", "there"]]
+    assert deltas[0]["logprobs"][0] == {
+        "token": "Hi",
+        "logprob": -0.1,
+        "top_logprobs": [{"token": "Hi", "logprob": -0.1}, {"token": "Yo", "logprob": -2.0}],
+    }
+    [done] = [p for p in payloads if p["type"] == "response.output_text.done"]
+    assert [e["token"] for e in done["logprobs"]] == ["Hi", " ", "there"]
+    reply = collect_response(ID, MODEL, CREATED, events, request=request)
+    [part] = reply.output[1].content
+    assert [(e["token"], e["logprob"]) for e in part.logprobs] == [
+        ("Hi", -0.1), (" ", -1.0), ("there", there.logprob),
+    ]  # fmt: skip
+    assert part.logprobs[0]["bytes"] == [72, 105]
+    assert part.logprobs[0]["top_logprobs"][1] == {
+        "token": "Yo",
+        "bytes": [89, 111],
+        "logprob": -2.0,
+    }
+    parsed = oai.Response.model_validate(json.loads(json.dumps(unstructure(reply))))
+    assert parsed.output[1].content[0].logprobs[2].token == "there"
+    # Not included: no logprobs on the part, empty lists on the events.
+    plain = collect_response(
+        ID, MODEL, CREATED, events, request=ResponsesRequest(model=MODEL, input="hi")
+    )
+    assert plain.output[1].content[0].logprobs is None

@@ -68,3 +68,11 @@ def test_previous_response_id_is_refused():
         translate({"model": "m", "input": "hi", "previous_response_id": "resp_1"})
     assert refused.value.code == "chained_conversation_not_supported"
     assert refused.value.param == "previous_response_id"
+
+
+def test_output_text_logprobs_include_becomes_chat_logprobs():
+    include = {"include": ["message.output_text.logprobs"], "top_logprobs": 3}
+    out = translate({"model": "m", "input": "hi", **include})
+    assert out["logprobs"] is True and out["top_logprobs"] == 3
+    out = translate({"model": "m", "input": "hi", "top_logprobs": 3, "include": ["reasoning"]})
+    assert "logprobs" not in out and "top_logprobs" not in out
