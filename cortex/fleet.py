@@ -29,6 +29,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from typing import Any
 
 import attrs
 import httpx
@@ -38,7 +39,7 @@ import actors
 from cortex.affinity import AffinityOutcome, PrefixAffinity
 from cortex.eviction import EvictionPolicy, defrag_plan
 from cortex.fleet_snapshot import Catalogue, FleetSnapshot, NodeState
-from cortex.node import Node, NodeActor, PollSettings
+from cortex.node import LifecycleObserver, Node, NodeActor, PollSettings
 from cortex.placement import (
     Impossible,
     Load,
@@ -69,8 +70,17 @@ class Acquired:
 
 
 class Fleet:
-    def __init__(self, nodes: list[Node], catalogue: Catalogue, policy: EvictionPolicy,
-                 *, load_timeout: float = 1800.0) -> None:  # fmt: skip
+    def __init__(
+        self,
+        nodes: list[Node],
+        catalogue: Catalogue,
+        policy: EvictionPolicy,
+        *,
+        load_timeout: float = 1800.0,
+        affinity: PrefixAffinity | None = None,
+        prefix_chars: int = 4096,
+        on_affinity: Callable[[ModelId, AffinityOutcome], None] | None = None,
+    ) -> None:
         self.nodes = {n.name: n for n in nodes}
         self.catalogue = catalogue
         self.policy = policy
@@ -79,10 +89,10 @@ class Fleet:
         self.pins: set[ModelId] = set()  # runtime pins, shared with every node
         for node in nodes:
             node.pins = self.pins
-        self.affinity: PrefixAffinity | None = None  # None: least busy replica only
-        self.prefix_chars = 4096  # `[routing] prefix_chars`: what `prefix_key` reads
+        self.affinity = affinity  # None: least busy replica only
+        self.prefix_chars = prefix_chars  # `[routing] prefix_chars`: what `prefix_key` reads
         # told (model, outcome) of each affinity choice among two or more replicas
-        self.on_affinity: Callable[[ModelId, AffinityOutcome], None] | None = None
+        self.on_affinity = on_affinity
 
     def snapshot(self) -> FleetSnapshot:
         nodes = tuple(n.snapshot() for n in self.nodes.values())
@@ -218,16 +228,22 @@ async def _wait_and_cancel(event: trio.Event, scope: trio.CancelScope) -> None:
     scope.cancel()
 
 
-async def start_fleet(root: actors.SupervisorRef, endpoints: list[tuple[str, str]],
-                      catalogue: Catalogue, policy: EvictionPolicy, settings: PollSettings,
-                      client: httpx.AsyncClient) -> Fleet:  # fmt: skip
-    """Start the `fleet` supervisor with one NodeActor per (name, endpoint)."""
-    nodes = [Node(NodeName(name), url, client, settings) for name, url in endpoints]
-    fleet = Fleet(nodes, catalogue, policy, load_timeout=settings.load_timeout)
+def build_fleet(endpoints: list[tuple[str, str]], catalogue: Catalogue, policy: EvictionPolicy,
+                settings: PollSettings, client: httpx.AsyncClient, *,
+                observer: LifecycleObserver | None = None, **routing: Any) -> Fleet:  # fmt: skip
+    """The fleet of one Node per (name, endpoint), polled by nobody yet (`start_fleet`);
+    `routing`: Fleet's affinity settings."""
+    nodes = [Node(NodeName(name), url, client, settings, observer=observer)
+             for name, url in endpoints]  # fmt: skip
+    return Fleet(nodes, catalogue, policy, load_timeout=settings.load_timeout, **routing)
+
+
+async def start_fleet(root: actors.SupervisorRef, fleet: Fleet) -> actors.SupervisorRef:
+    """Start the `fleet` supervisor with one NodeActor per node; all polling on return."""
     supervisor = await root.start_supervisor(
         "fleet", intensity=actors.RestartIntensity(max_restarts=20, window=60),
         backoff=actors.Backoff(initial=0.5, maximum=10),
     )  # fmt: skip
-    for node in nodes:
+    for node in fleet.nodes.values():
         await supervisor.start(NodeActor, node, name=node.name, kind="node")
-    return fleet
+    return supervisor

@@ -1,7 +1,11 @@
 """The gateway daemon's life and the fleet-wide views its routes serve.
 
-`Gateway.run` opens the actor root, starts the fleet (one node actor per
-configured neuron), binds the API and the metrics listener, and serves until
+A `Gateway` is built whole from its config: keyring, metrics, the client to
+the nodes and the fleet (every node, its lifecycle observer, the routing
+settings) exist from construction. `Gateway.run` opens what lives only while
+it runs — the actor root, the node actors polling the fleet, the request
+supervisor, held together as `upstream` (`cortex.relay.Upstream`, what the
+relay takes) — binds the API and the metrics listener, and serves until
 `stop()`, then lets in-flight requests finish (bounded) and stops. A gateway
 restarted with nodes running rebuilds its whole view from the nodes' own
 answers on the first poll and serves at once.
@@ -21,6 +25,7 @@ import logging
 import time
 from typing import Any
 
+import attrs
 import httpx
 import trio
 from quart import Response, request
@@ -30,12 +35,14 @@ import actors
 from cortex.affinity import PrefixAffinity
 from cortex.auth import Keyring, NeuronTokens, open_warning
 from cortex.config import CortexConfig, split_listen
-from cortex.eviction import EvictionPolicy
-from cortex.fleet import Fleet, start_fleet
+from cortex.fleet import Fleet, build_fleet, start_fleet
 from cortex.fleet_snapshot import Catalogue, NodeState, ResidencyStatus
 from cortex.fleet_view import DeviceView, FleetView, ModelView, NodeView
+from cortex.http import create_app
+from cortex.metrics import CortexMetrics
 from cortex.node import Node, PollSettings
 from cortex.placement import feasible_nodes
+from cortex.relay import Upstream
 from cortex.transport import Transport
 from protocol import sdnotify
 from protocol.buildinfo import build_info
@@ -47,57 +54,77 @@ from protocol.models import ModelCard, ModelList, ModelLocation
 log = logging.getLogger(__name__)
 
 
+@attrs.frozen
+class _Running:
+    """What exists only while the gateway runs."""
+
+    root: actors.Root
+    upstream: Upstream
+
+
 class Gateway:
     def __init__(self, config: CortexConfig) -> None:
         self.config = config
         self.catalogue: Catalogue = config.catalogue
         self.keyring = Keyring(config.entitlements, config.catalogue)
+        self.metrics = CortexMetrics.for_config(config)
+        self.client = _client(config)
+        self.fleet = self._build_fleet()
         self.draining = False
-        self.url = ""
+        self.url = ""  # bound by run()
         self.metrics_url = ""
-        self.root: Any = None
-        self.fleet: Fleet = None  # type: ignore[assignment]
-        self.requests: Any = None
-        self.client: httpx.AsyncClient = None  # type: ignore[assignment]
-        self.metrics: Any = None
         self._stop = trio.Event()
+        self._running: _Running | None = None
+
+    @property
+    def upstream(self) -> Upstream:
+        """What the relay takes; there while `run()` serves."""
+        return self._live().upstream
+
+    @property
+    def root(self) -> actors.Root:
+        return self._live().root
+
+    @property
+    def requests(self) -> actors.SupervisorRef:
+        return self._live().upstream.requests
+
+    def _live(self) -> _Running:
+        if self._running is None:
+            raise RuntimeError("the gateway is not running")
+        return self._running
 
     # -- lifecycle -------------------------------------------------------------------------
 
     async def run(self, *, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED) -> None:
-        from cortex.http import create_app
-        from cortex.metrics import CortexMetrics
-
-        self.metrics = CortexMetrics.for_config(self.config)
-        http = self.config.http
-        timeout = httpx.Timeout(connect=5.0, read=http.upstream_idle_timeout, write=60, pool=60)
-        transport = Transport(httpx.Limits(max_connections=1024, max_keepalive_connections=256))
-        tokens = NeuronTokens(self.config.neurons, self.config.fleet.neuron_token)
         async with (
-            httpx.AsyncClient(timeout=timeout, transport=transport, auth=tokens or None) as client,
+            self.client,
             actors.open_root("cortex") as root,
             trio.open_nursery() as nursery,
         ):
-            self.client, self.root = client, root
-            self.fleet = await start_fleet(
-                root, [(n.name, n.endpoint) for n in self.config.neurons], self.catalogue,
-                self._policy(), self._poll_settings(), client,
-            )  # fmt: skip
-            for node in self.fleet.nodes.values():
-                node.observer = _LifecycleMetrics(self.metrics)
-            self._route_by_prefix()
-            self.requests = await root.start_supervisor("requests")
-            self.url = await self._bind(nursery, create_app(self), self.config.gateway.listen)
-            self.metrics_url = await self._bind(nursery, self._metrics_app(),
-                                                self.config.gateway.metrics_listen)  # fmt: skip
-            log.info("cortex listening url=%s metrics=%s", self.url, self.metrics_url)
-            if warning := open_warning(self.config, self.url):
-                log.warning("%s", warning)
-            sdnotify.ready(f"listening on {self.url}; metrics on {self.metrics_url}")
-            task_status.started(self.url)
-            await self._stop.wait()
-            # hypercorn now lets in-flight requests finish (graceful_timeout), then
-            # the servers return and the root stops the fleet.
+            await start_fleet(root, self.fleet)
+            requests = await root.start_supervisor("requests")
+            http = self.config.http
+            upstream = Upstream(self.fleet, self.client, requests, retries=http.retries,
+                                keepalive=http.keepalive_interval)  # fmt: skip
+            self._running = _Running(root, upstream)
+            try:
+                await self._serve(nursery, task_status)
+            finally:
+                self._running = None
+
+    async def _serve(self, nursery: trio.Nursery, task_status: trio.TaskStatus[str]) -> None:
+        self.url = await self._bind(nursery, create_app(self), self.config.gateway.listen)
+        self.metrics_url = await self._bind(nursery, self._metrics_app(),
+                                            self.config.gateway.metrics_listen)  # fmt: skip
+        log.info("cortex listening url=%s metrics=%s", self.url, self.metrics_url)
+        if warning := open_warning(self.config, self.url):
+            log.warning("%s", warning)
+        sdnotify.ready(f"listening on {self.url}; metrics on {self.metrics_url}")
+        task_status.started(self.url)
+        await self._stop.wait()
+        # hypercorn now lets in-flight requests finish (graceful_timeout), then
+        # the servers return and the root stops the fleet.
 
     async def _bind(self, nursery: trio.Nursery, app: QuartTrio, listen: str) -> str:
         host, port = split_listen(listen)
@@ -132,22 +159,22 @@ class Gateway:
             raise ServiceUnavailable("the gateway is shutting down", code="shutting_down",
                                      retry_after=5)  # fmt: skip
 
-    def _route_by_prefix(self) -> None:
-        """`[routing]`: prefix-aware routing among replicas, counted in the metrics."""
-        routing = self.config.routing
-        if routing.prefix_affinity:
-            self.fleet.affinity = PrefixAffinity(routing.load_factor, routing.load_slack)
-            self.fleet.prefix_chars = routing.prefix_chars
-            self.fleet.on_affinity = self.metrics.affinity_choice
-
-    def _policy(self) -> EvictionPolicy:
-        return self.config.eviction.policy()
-
-    def _poll_settings(self) -> PollSettings:
-        f = self.config.fleet
-        return PollSettings(
+    def _build_fleet(self) -> Fleet:
+        config, f = self.config, self.config.fleet
+        settings = PollSettings(
             interval=f.poll_interval, timeout=f.poll_timeout, failure_threshold=f.failure_threshold,
-            backoff_max=f.backoff_max, load_timeout=self.config.http.load_timeout,
+            backoff_max=f.backoff_max, load_timeout=config.http.load_timeout,
+        )  # fmt: skip
+        routing = config.routing  # `[routing]`: prefix-aware routing among replicas, counted
+        affinity = {}
+        if routing.prefix_affinity:
+            affinity = dict(affinity=PrefixAffinity(routing.load_factor, routing.load_slack),
+                            prefix_chars=routing.prefix_chars,
+                            on_affinity=self.metrics.affinity_choice)  # fmt: skip
+        return build_fleet(
+            [(n.name, n.endpoint) for n in config.neurons], self.catalogue,
+            config.eviction.policy(), settings, self.client,
+            observer=_LifecycleMetrics(self.metrics), **affinity,
         )  # fmt: skip
 
     # -- metrics hooks ---------------------------------------------------------------------
@@ -263,10 +290,19 @@ class Gateway:
         return {"node": node.name, "state": state, "in_flight": busy}
 
 
+def _client(config: CortexConfig) -> httpx.AsyncClient:
+    """The one client to every node (closed when `run()` ends)."""
+    http = config.http
+    timeout = httpx.Timeout(connect=5.0, read=http.upstream_idle_timeout, write=60, pool=60)
+    transport = Transport(httpx.Limits(max_connections=1024, max_keepalive_connections=256))
+    tokens = NeuronTokens(config.neurons, config.fleet.neuron_token)
+    return httpx.AsyncClient(timeout=timeout, transport=transport, auth=tokens or None)
+
+
 class _LifecycleMetrics:
     """What a node's lifecycle operations report, as metrics."""
 
-    def __init__(self, metrics: Any) -> None:
+    def __init__(self, metrics: CortexMetrics) -> None:
         self.metrics = metrics
 
     def loaded(self, node: str, model: str, seconds: float) -> None:

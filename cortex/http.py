@@ -51,9 +51,9 @@ from cortex.relay import (
     Head,
     answer_in_full,
     error_from_body,
+    open_stream,
     response_headers,
 )
-from cortex.relay import stream_events as relay_stream
 from cortex.ui import routes as ui
 from protocol import decode_json, encode_json, sse, unstructure
 from protocol.completions import Completion, CompletionChoice
@@ -70,7 +70,7 @@ from protocol.http import (
 from protocol.ids import ModelId, NodeName
 from protocol.node import ACCOUNT_ID_HEADER, KEY_ID_HEADER
 from protocol.openai import ChatCompletionChunk, CompletionId, FinishReason
-from protocol.streaming import END, IDLE, open_event_stream
+from protocol.streaming import END, IDLE
 
 if TYPE_CHECKING:
     from cortex.gateway import Gateway
@@ -191,7 +191,7 @@ async def _proxy(gateway: Gateway, path: str):
 
 
 async def _proxy_once(gateway: Gateway, path: str, raw: bytes, model: str, meter: Meter):
-    response, body = await answer_in_full(gateway, request_id(), model=model, route=path,
+    response, body = await answer_in_full(gateway.upstream, request_id(), model=model, route=path,
                                           path=path, body=raw, headers=_upstream_headers(),
                                           meter=meter)  # fmt: skip
     meter.chunk(body)
@@ -200,12 +200,9 @@ async def _proxy_once(gateway: Gateway, path: str, raw: bytes, model: str, meter
 
 
 async def _proxy_stream(gateway: Gateway, path: str, raw: bytes, model: str, meter: Meter):
-    headers, rid = _upstream_headers(), request_id()
-    stream = await open_event_stream(
-        lambda send: gateway.requests.start_task(_produce, gateway, path, raw, model, headers,
-                                                 send, meter, name=rid, kind="request"),
-        keepalive=gateway.config.http.keepalive_interval,
-    )  # fmt: skip
+    stream = await open_stream(gateway.upstream, request_id(), model=ModelId(model), route=path,
+                               path=path, body=raw, headers=_upstream_headers(),
+                               meter=meter)  # fmt: skip
     first = stream.first
     if first is END or isinstance(first, Broken) or (isinstance(first, Head)
                                                      and first.status != 200):  # fmt: skip
@@ -223,16 +220,6 @@ def _refused(first: Any, meter: Meter) -> Response:
     meter.head(first)
     meter.finish(outcome_for_status(first.status, first.body))
     return Response(first.body, first.status, dict(first.headers))
-
-
-async def _produce(task: Any, gateway: Gateway, path: str, raw: bytes, model: str,
-                   headers: dict[str, str], send: trio.MemorySendChannel,
-                   meter: Meter) -> None:  # fmt: skip
-    task.set_status(model=model, route=path, phase="placing")
-    status = meter.watching(task.set_status)
-    with contextlib.suppress(trio.BrokenResourceError):  # the client went away
-        await relay_stream(send, gateway.fleet, model, path, raw, headers, gateway.client,
-                           retries=gateway.config.http.retries, status=status)  # fmt: skip
 
 
 class _RelayRenderer:
@@ -311,15 +298,17 @@ _STREAM_ID = re.compile(rb'"id":"((?:chatcmpl|cmpl)-[^"]{1,200})"')
 def _messages_routes(app: QuartTrio, gateway: Gateway) -> None:
     @app.post(MESSAGES_ROUTE)
     async def create_message():
-        return await messages.create_message(gateway, await read_body(request),
-                                              _upstream_headers(), request_id(),
-                                              principal())  # fmt: skip
+        gateway.check_admitting()
+        return await messages.create_message(gateway.upstream, gateway.keyring, gateway.metrics,
+                                              await read_body(request), _upstream_headers(),
+                                              request_id(), principal())  # fmt: skip
 
     @app.post(COUNT_TOKENS_ROUTE)
     async def count_tokens():
-        return await messages.count_tokens(gateway, await read_body(request),
-                                           _upstream_headers(), request_id(),
-                                           principal())  # fmt: skip
+        gateway.check_admitting()
+        return await messages.count_tokens(gateway.upstream, gateway.keyring, gateway.metrics,
+                                           await read_body(request), _upstream_headers(),
+                                           request_id(), principal())  # fmt: skip
 
 
 # -- info ----------------------------------------------------------------------------------

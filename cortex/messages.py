@@ -12,7 +12,9 @@ HTTP error, a failure after it one `error` event. `count_tokens` asks a node
 to render and tokenise the same chat request (`/v1/chat/tokenize`), so the
 count is the model's own.
 
-The meter sees the node's chat bytes, so time to first token and token
+It takes what it uses: the relay's `Upstream`, the keyring that admits the
+caller, and the metrics; the gateway's admission check (draining) is the
+route's. The meter sees the node's chat bytes, so time to first token and token
 counts are recorded as for any chat request. Errors are raised here and
 rendered in the Anthropic envelope by `cortex.http`.
 
@@ -26,13 +28,20 @@ import contextlib
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
-import trio
 from quart import Response
 
-from cortex.auth import Grant, Principal
+from cortex.auth import Grant, Keyring, Principal
 from cortex.meter import Meter, outcome_for_status
-from cortex.relay import SSE_HEADERS, Broken, Chunk, Head, answer_in_full, error_from_body
-from cortex.relay import stream_events as relay_stream
+from cortex.relay import (
+    SSE_HEADERS,
+    Broken,
+    Chunk,
+    Head,
+    Upstream,
+    answer_in_full,
+    error_from_body,
+    open_stream,
+)
 from protocol import anthropic as an
 from protocol import encode_json, parse
 from protocol.errors import ApiError, InternalError, UpstreamError
@@ -40,7 +49,7 @@ from protocol.http import json_response
 from protocol.ids import ModelId
 from protocol.node import TokenCount
 from protocol.openai import ChatCompletion
-from protocol.streaming import END, IDLE, open_event_stream
+from protocol.streaming import END, IDLE
 from protocol.translate_anthropic import (
     ChatStreamToAnthropic,
     chat_to_message,
@@ -49,7 +58,7 @@ from protocol.translate_anthropic import (
 )
 
 if TYPE_CHECKING:
-    from cortex.gateway import Gateway
+    from cortex.metrics import CortexMetrics
 
 __all__ = ["COUNT_TOKENS_ROUTE", "MESSAGES_ROUTE", "count_tokens", "create_message"]
 
@@ -62,29 +71,29 @@ _TOKENIZE = "/v1/chat/tokenize"
 _PROMPT_TOKENS = "x-helexa-prompt-tokens"  # the node's stream head carries the prompt's size
 
 
-async def create_message(gateway: Gateway, raw: bytes, headers: Mapping[str, str], rid: str,
+async def create_message(upstream: Upstream, keyring: Keyring, metrics: CortexMetrics,
+                         raw: bytes, headers: Mapping[str, str], rid: str,
                          principal: Principal | None = None):  # fmt: skip
-    gateway.check_admitting()
     request = parse(raw, an.MessagesRequest)
-    model = gateway.fleet.resolve(request.model)
+    model = upstream.fleet.resolve(request.model)
     body = encode_json(messages_to_chat(request, model=model))
-    grant = gateway.keyring.admit(principal, request.model, model, estimate=max(1, len(body) // 4))
-    with _metering(gateway, MESSAGES_ROUTE, model, grant) as meter:
+    grant = keyring.admit(principal, request.model, model, estimate=max(1, len(body) // 4))
+    with _metering(metrics, MESSAGES_ROUTE, model, grant) as meter:
         if request.stream:
-            return await _stream(gateway, body, model, headers, rid, meter)
-        return await _once(gateway, body, model, headers, rid, meter)
+            return await _stream(upstream, body, model, headers, rid, meter)
+        return await _once(upstream, body, model, headers, rid, meter)
 
 
-async def count_tokens(gateway: Gateway, raw: bytes, headers: Mapping[str, str], rid: str,
+async def count_tokens(upstream: Upstream, keyring: Keyring, metrics: CortexMetrics,
+                       raw: bytes, headers: Mapping[str, str], rid: str,
                        principal: Principal | None = None):  # fmt: skip
     """The prompt tokens of the request on the model's own template and tokenizer."""
-    gateway.check_admitting()
     request = parse(raw, an.CountTokensRequest)
-    model = gateway.fleet.resolve(request.model)
+    model = upstream.fleet.resolve(request.model)
     body = encode_json(count_tokens_to_chat(request, model=model))
-    grant = gateway.keyring.admit(principal, request.model, model)  # counting costs no tokens
-    with _metering(gateway, COUNT_TOKENS_ROUTE, model, grant) as meter:
-        data = await _ask(gateway, _TOKENIZE, body, model, headers, rid, COUNT_TOKENS_ROUTE,
+    grant = keyring.admit(principal, request.model, model)  # counting costs no tokens
+    with _metering(metrics, COUNT_TOKENS_ROUTE, model, grant) as meter:
+        data = await _ask(upstream, _TOKENIZE, body, model, headers, rid, COUNT_TOKENS_ROUTE,
                           meter)  # fmt: skip
         counted = _node_reply(data, TokenCount)
         meter.finish("ok")
@@ -92,11 +101,11 @@ async def count_tokens(gateway: Gateway, raw: bytes, headers: Mapping[str, str],
 
 
 @contextlib.contextmanager
-def _metering(gateway: Gateway, route: str, model: ModelId,
+def _metering(metrics: CortexMetrics, route: str, model: ModelId,
               grant: Grant | None) -> Iterator[Meter]:  # fmt: skip
     """A meter for the request, finished here if it fails (a stream's body finishes it);
     it settles the key's `grant` with the usage it reads."""
-    meter = Meter(gateway.metrics, route, model)
+    meter = Meter(metrics, route, model)
     meter.grant = grant
     try:
         yield meter
@@ -111,21 +120,21 @@ def _metering(gateway: Gateway, route: str, model: ModelId,
 # -- one reply -----------------------------------------------------------------------------
 
 
-async def _once(gateway: Gateway, body: bytes, model: ModelId, headers: Mapping[str, str],
+async def _once(upstream: Upstream, body: bytes, model: ModelId, headers: Mapping[str, str],
                 rid: str, meter: Meter):  # fmt: skip
-    data = await _ask(gateway, _CHAT, body, model, headers, rid, MESSAGES_ROUTE, meter)
+    data = await _ask(upstream, _CHAT, body, model, headers, rid, MESSAGES_ROUTE, meter)
     meter.chunk(data)  # the node's usage, for the metrics
     message = chat_to_message(_node_reply(data, ChatCompletion))
     meter.finish("ok")
     return json_response(message)
 
 
-async def _ask(gateway: Gateway, path: str, body: bytes, model: ModelId,
+async def _ask(upstream: Upstream, path: str, body: bytes, model: ModelId,
                headers: Mapping[str, str], rid: str, route: str,
                meter: Meter) -> bytes:  # fmt: skip
     """POST `body` to a node serving `model` (as a request actor): its 200 body, or
     its refusal raised as an ApiError."""
-    response, data = await answer_in_full(gateway, rid, model=model, route=route, path=path,
+    response, data = await answer_in_full(upstream, rid, model=model, route=route, path=path,
                                           body=body, headers=headers, meter=meter)  # fmt: skip
     if response.status_code != 200:
         raise error_from_body(response.status_code, data, response.headers.get("retry-after"))
@@ -144,13 +153,10 @@ def _node_reply(data: bytes, cls: type[T]) -> T:
 # -- a stream ------------------------------------------------------------------------------
 
 
-async def _stream(gateway: Gateway, body: bytes, model: ModelId, headers: Mapping[str, str],
+async def _stream(upstream: Upstream, body: bytes, model: ModelId, headers: Mapping[str, str],
                   rid: str, meter: Meter):  # fmt: skip
-    stream = await open_event_stream(
-        lambda send: gateway.requests.start_task(_produce, gateway, body, model, headers, send,
-                                                 meter, name=rid, kind="request"),
-        keepalive=gateway.config.http.keepalive_interval,
-    )  # fmt: skip
+    stream = await open_stream(upstream, rid, model=model, route=MESSAGES_ROUTE, path=_CHAT,
+                               body=body, headers=headers, meter=meter)  # fmt: skip
     first = stream.first
     if first is END or isinstance(first, Broken) or (isinstance(first, Head)
                                                      and first.status != 200):  # fmt: skip
@@ -178,16 +184,6 @@ def _prompt_tokens(first: Any) -> int:
     """The prompt's size from the node's stream head, if it came before any keepalive."""
     value = first.headers.get(_PROMPT_TOKENS, "") if isinstance(first, Head) else ""
     return int(value) if value.isdigit() else 0
-
-
-async def _produce(task: Any, gateway: Gateway, body: bytes, model: ModelId,
-                   headers: Mapping[str, str], send: trio.MemorySendChannel,
-                   meter: Meter) -> None:  # fmt: skip
-    task.set_status(model=model, route=MESSAGES_ROUTE, phase="placing")
-    status = meter.watching(task.set_status)
-    with contextlib.suppress(trio.BrokenResourceError):  # the client went away
-        await relay_stream(send, gateway.fleet, model, _CHAT, body, headers, gateway.client,
-                           retries=gateway.config.http.retries, status=status)  # fmt: skip
 
 
 class AnthropicRenderer:

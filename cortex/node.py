@@ -25,7 +25,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Set
-from typing import Any
+from typing import Any, Protocol
 
 import attrs
 import httpx
@@ -75,6 +75,14 @@ class PollSettings:
     load_timeout: float = 1800.0
 
 
+class LifecycleObserver(Protocol):
+    """What a node tells of its loads and evictions (the gateway's metrics)."""
+
+    def loaded(self, node: str, model: str, seconds: float) -> None: ...
+    def load_failed(self, node: str, model: str, seconds: float, outcome: str) -> None: ...
+    def evicted(self, node: str, model: str, reason: str) -> None: ...
+
+
 class _Flight:
     def __init__(self) -> None:
         self.done = trio.Event()
@@ -85,7 +93,8 @@ class Node:
     """The gateway's view of one neuron; mutated only by its actor and its ops."""
 
     def __init__(self, name: NodeName, endpoint: str, client: httpx.AsyncClient,
-                 settings: PollSettings) -> None:  # fmt: skip
+                 settings: PollSettings, *,
+                 observer: LifecycleObserver | None = None) -> None:  # fmt: skip
         self.name = name
         self.endpoint = endpoint.rstrip("/")
         self.client = client
@@ -108,8 +117,8 @@ class Node:
         self.changed = trio.Event()
         self._lifecycle = trio.Lock()
         self._flights: dict[ModelId, _Flight] = {}
-        self.actor: Any = None
-        self.observer: Any = None  # gets loaded/load_failed/evicted calls (metrics)
+        self.actor: NodeActor | None = None  # the incarnation polling this node, while one runs
+        self.observer = observer
         self.pins: Set[ModelId] = frozenset()  # the gateway's runtime pins (`Fleet.pins`)
 
     # -- polling ---------------------------------------------------------------------------
@@ -181,6 +190,9 @@ class Node:
         """Load `model` here (after evicting `evict`); concurrent callers share one load."""
         flight = self._flights.get(model)
         if flight is None:
+            if self.actor is None:  # between incarnations: the actor's restart backoff
+                raise ServiceUnavailable(f"node {self.name} is restarting its poller",
+                                         retry_after=1)  # fmt: skip
             flight = self._flights[model] = _Flight()
             name = "load " + model.replace("/", "--")  # actor names hold no "/"
             self.actor.start_task(self._fly, model, devices, evict, flight, name=name, kind="load")
@@ -369,6 +381,9 @@ class NodeActor(actors.Actor):
     async def on_start(self) -> None:
         self.node.actor = self
         self.start_task(self._poll_forever, name="poll", kind="poller")
+
+    async def on_stop(self) -> None:
+        self.node.actor = None  # no loads start on a dead incarnation
 
     async def _poll_forever(self, task: Any) -> None:
         while True:

@@ -6,12 +6,14 @@ unread. A failure before the first byte — the node refused the connection,
 or answered a retriable 503 (worker died, model recovering, node shutting
 down) — is retried on another replica, a bounded number of times.
 
-`stream_events` runs a streaming request as a producer feeding a memory
-channel (`protocol.streaming`): first the upstream head, then each body chunk
+`open_stream` runs a streaming request as a request actor feeding an event
+stream (`protocol.streaming`): first the upstream head, then each body chunk
 exactly as it arrived (never buffered or re-framed), then the end; a refusal
 (a head that is not 200) comes with its whole body and nothing follows. A
 failure after the head is reported in-band. The HTTP layer renders these,
 with SSE keepalive comments while the request waits (for a load, a queue).
+`answer_in_full` runs a non-streamed one. Both take an `Upstream`: what
+relaying needs of the gateway, and nothing else.
 
 Not for: choosing nodes (`cortex.placement` via `cortex.fleet`).
 """
@@ -33,9 +35,9 @@ from cortex.affinity import prefix_key
 from cortex.fleet import Acquired, Fleet
 from protocol.errors import RETRIABLE_CODES, ApiError, UpstreamError, api_error_from_envelope
 from protocol.ids import ModelId, NodeName
+from protocol.streaming import EventStream, open_event_stream
 
 if TYPE_CHECKING:
-    from cortex.gateway import Gateway
     from cortex.meter import Meter
 
 log = logging.getLogger(__name__)
@@ -66,6 +68,20 @@ class Broken:
     """The relay failed; before a `Head` it is the answer, after it in-band."""
 
     error: ApiError
+
+
+@attrs.frozen
+class Upstream:
+    """What relaying needs of the gateway: placement (`fleet`), the client to the
+    nodes, the supervisor request actors live under, how often a request that
+    failed before its first byte is tried elsewhere (`retries`), and the seconds
+    of silence after which a stream gets a keepalive."""
+
+    fleet: Fleet
+    client: httpx.AsyncClient
+    requests: actors.SupervisorRef
+    retries: int
+    keepalive: float
 
 
 SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
@@ -138,24 +154,55 @@ def response_headers(response: httpx.Response) -> dict[str, str]:
     return {k: v for k, v in response.headers.items() if k.lower() in _FORWARDED_RESPONSE_HEADERS}
 
 
+async def open_stream(
+    upstream: Upstream,
+    rid: str,
+    *,
+    model: ModelId,
+    route: str,
+    path: str,
+    body: bytes,
+    headers: Mapping[str, str],
+    meter: Meter,
+) -> EventStream:
+    """A streamed request as request actor `rid`, its events read from the returned
+    stream (the first already there: a refusal is still a plain HTTP answer)."""
+    return await open_event_stream(
+        lambda send: upstream.requests.start_task(
+            _produce, upstream, send, model, route, path, body, headers, meter,
+            name=rid, kind="request",
+        ),
+        keepalive=upstream.keepalive,
+    )  # fmt: skip
+
+
+async def _produce(task: Any, upstream: Upstream, send: trio.MemorySendChannel, model: ModelId,
+                   route: str, path: str, body: bytes, headers: Mapping[str, str],
+                   meter: Meter) -> None:  # fmt: skip
+    task.set_status(model=model, route=route, phase="placing")
+    status = meter.watching(task.set_status)
+    with contextlib.suppress(trio.BrokenResourceError):  # the client went away
+        await stream_events(send, upstream, model, path, body, headers, status=status)
+
+
 async def stream_events(
     send: trio.MemorySendChannel,
-    fleet: Fleet,
+    upstream: Upstream,
     model: ModelId,
     path: str,
     body: bytes,
     headers: Mapping[str, str],
-    client: httpx.AsyncClient,
     *,
-    retries: int,
     status: Any = None,
 ) -> None:
     """Producer: Head, Chunk…, then close; a refused Head with its body; or Broken.
     Closes `send` when done."""
     async with send:
         try:
-            acquired, response = await open_upstream(fleet, model, path, body, headers, client,
-                                                     retries=retries, status=status)  # fmt: skip
+            acquired, response = await open_upstream(
+                upstream.fleet, model, path, body, headers, upstream.client,
+                retries=upstream.retries, status=status,
+            )  # fmt: skip
         except ApiError as exc:
             await send.send(Broken(exc))
             return
@@ -184,7 +231,7 @@ async def stream_events(
 
 
 async def answer_in_full(
-    gateway: Gateway,
+    upstream: Upstream,
     rid: str,
     *,
     model: str,
@@ -197,11 +244,11 @@ async def answer_in_full(
     """One non-streamed request as a request actor: placed, sent to a node (retried
     elsewhere when that is worth it), its whole answer read; `meter` told who answered.
     The response comes back closed, with its body."""
-    async with actors.open_task(gateway.requests, rid, kind="request") as task:
+    async with actors.open_task(upstream.requests, rid, kind="request") as task:
         task.set_status(model=model, route=route, phase="placing")
         acquired, response = await open_upstream(
-            gateway.fleet, ModelId(model), path, body, headers, gateway.client,
-            retries=gateway.config.http.retries, status=meter.watching(task.set_status),
+            upstream.fleet, ModelId(model), path, body, headers, upstream.client,
+            retries=upstream.retries, status=meter.watching(task.set_status),
         )  # fmt: skip
         meter.answered(acquired.node.name, acquired.cold, acquired.load_wait or None,
                        acquired.head_wait, retried_on=acquired.retried_on)  # fmt: skip
