@@ -34,7 +34,7 @@ import trio
 import actors
 from neuron.config import NeuronConfig
 from neuron.devices import Device, start_devices
-from neuron.discovery import HealthSampler, build_discovery, probe_host
+from neuron.discovery import HealthSampler, HostProbe, build_discovery, probe_host
 from neuron.http import SHUTDOWN_RETRY_AFTER, create_app
 from neuron.metrics import NeuronMetrics
 from neuron.registry import (
@@ -58,48 +58,76 @@ log = logging.getLogger(__name__)
 _FLUSH_TIMEOUT = 5.0  # after the drain: responses still being written get this long
 
 
-class Neuron:
-    """Everything one running daemon holds; the HTTP routes read from it."""
+@attrs.frozen
+class _Running:
+    """What exists only while the daemon runs (inside its actor root and nursery)."""
 
-    def __init__(self, config: NeuronConfig) -> None:
+    root: actors.Root
+    requests: actors.SupervisorRef
+    registry: ModelRegistry
+    serving: Serving
+
+
+class Neuron:
+    """Everything one daemon holds, built whole from its config and the host probe;
+    what lives only while it runs is there from `run()`'s start (`registry`,
+    `serving`, `root`, `requests`). The HTTP routes read from it."""
+
+    def __init__(self, config: NeuronConfig, probe: HostProbe) -> None:
         self.config = config
         self.started_at = time.monotonic()
         self.metrics = NeuronMetrics()
         self.build_info = build_info()
         self.metrics.set_build_info(self.build_info)
+        specs = config.device_specs([g.index for g in probe.gpu.gpus], probe.resources)
+        self.discovery = build_discovery(
+            probe, specs, max_prompt_tokens=config.limits.max_prompt_tokens
+        )
+        self.devices = [Device(spec, config.worker_timeouts()) for spec in specs]
+        self._wanted = config.model_devices(specs)
+        self.activation = node.Activation(
+            "pre_warming", pending=tuple(m.id for m, _ in self._wanted)
+        )
+        self._health_sampler = HealthSampler(specs)
         self.draining = False
-        self.public_url = ""
-        self.activation = node.Activation(state="pre_warming")
-        self.root: Any = None
-        self.requests: Any = None
-        self.devices: list[Device] = []
-        self.discovery: node.Discovery | None = None
-        self.registry: ModelRegistry | None = None  # type: ignore[assignment]
-        self.serving: Serving | None = None  # type: ignore[assignment]
-        self._health_sampler: HealthSampler | None = None
+        self.public_url = ""  # bound by run()
+        self._running: _Running | None = None
         self._sampling = trio.Lock()  # the sampler measures CPU deltas: one caller at a time
         self._restarts_counted: dict[str, int] = {}
         self._stop = trio.Event()  # begin the shutdown
         self._close_listener = trio.Event()  # drained: stop accepting connections
         self._http_closed = trio.Event()
 
+    @property
+    def registry(self) -> ModelRegistry:
+        return self._live().registry
+
+    @property
+    def serving(self) -> Serving:
+        return self._live().serving
+
+    @property
+    def root(self) -> actors.Root:
+        return self._live().root
+
+    @property
+    def requests(self) -> actors.SupervisorRef:
+        return self._live().requests
+
+    def _live(self) -> _Running:
+        if self._running is None:
+            raise RuntimeError("the neuron is not running")
+        return self._running
+
     # -- lifecycle -------------------------------------------------------------------------
 
     async def run(self, *, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED) -> None:
-        probe = await probe_host()
-        specs = self.config.device_specs([g.index for g in probe.gpu.gpus], probe.resources)
-        self.discovery = build_discovery(
-            probe, specs, max_prompt_tokens=self.config.limits.max_prompt_tokens
-        )
-        self._health_sampler = HealthSampler(specs)
-        self.devices = [Device(spec, self.config.worker_timeouts()) for spec in specs]
-        wanted = self.config.model_devices(specs)
-        self.activation = node.Activation("pre_warming", pending=tuple(m.id for m, _ in wanted))
+        wanted = self._wanted
         async with actors.open_root("neuron") as root, trio.open_nursery() as nursery:
-            self.root = root
-            self.registry = ModelRegistry(self.devices, self._limits(), nursery, self.metrics)
-            self.requests = await root.start_supervisor("requests")
-            self.serving = Serving(self.registry, self.requests, self._settings(), self.metrics)
+            registry = ModelRegistry(self.devices, self._limits(), nursery, self.metrics)
+            requests = await root.start_supervisor("requests")
+            serving = Serving(registry, requests, self._settings(), self.metrics)
+            self._running = _Running(root, requests, registry, serving)
             url = await nursery.start(self._serve_http)
             self.public_url = url
             sdnotify.ready(f"listening on {url}; {len(wanted)} default model(s) to load")
@@ -270,7 +298,7 @@ def _public_url(bound: str, host: str) -> str:
 
 async def serve_forever(config: NeuronConfig) -> None:
     """Run until SIGTERM / SIGINT, then shut down gracefully (later signals are noted)."""
-    neuron = Neuron(config)
+    neuron = Neuron(config, await probe_host())
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_stop_on_signals, signals, neuron)
