@@ -43,7 +43,7 @@ import actors
 from cortex import messages, openapi
 from cortex.auth import Principal, with_usage
 from cortex.messages import COUNT_TOKENS_ROUTE, MESSAGES_ROUTE
-from cortex.meter import Meter, outcome_for_status
+from cortex.meter import Meter, metering, outcome_for_status
 from cortex.relay import (
     SSE_HEADERS,
     Broken,
@@ -52,12 +52,13 @@ from cortex.relay import (
     answer_in_full,
     error_from_body,
     open_stream,
+    refusal,
     response_headers,
 )
 from cortex.ui import routes as ui
 from protocol import decode_json, encode_json, sse, unstructure
 from protocol.completions import Completion, CompletionChoice
-from protocol.errors import ApiError, InternalError, InvalidRequest, NotFound, UpstreamError
+from protocol.errors import ApiError, InvalidRequest, NotFound, UpstreamError
 from protocol.http import (
     Dialect,
     error_response,
@@ -176,18 +177,10 @@ def _upstream_headers() -> dict[str, str]:
 async def _proxy(gateway: Gateway, path: str):
     gateway.check_admitting()
     raw, model, stream = _peek(await read_body(request), gateway)
-    meter = Meter(gateway.metrics, path, model)
-    meter.grant = request.helexa_grant
-    try:
+    with metering(gateway.metrics, path, model, request.helexa_grant) as meter:
         if stream:
             return await _proxy_stream(gateway, path, raw, model, meter)
         return await _proxy_once(gateway, path, raw, model, meter)
-    except ApiError as exc:
-        meter.finish(outcome_for_status(exc.status, exc.type))
-        raise
-    except BaseException:
-        meter.finish("cancelled")
-        raise
 
 
 async def _proxy_once(gateway: Gateway, path: str, raw: bytes, model: str, meter: Meter):
@@ -203,23 +196,11 @@ async def _proxy_stream(gateway: Gateway, path: str, raw: bytes, model: str, met
     stream = await open_stream(gateway.upstream, request_id(), model=ModelId(model), route=path,
                                path=path, body=raw, headers=_upstream_headers(),
                                meter=meter)  # fmt: skip
-    first = stream.first
-    if first is END or isinstance(first, Broken) or (isinstance(first, Head)
-                                                     and first.status != 200):  # fmt: skip
-        stream.close()
-        return _refused(first, meter)
+    if (head := refusal(stream)) is not None:  # the node's answer, status and all
+        meter.head(head)
+        meter.finish(outcome_for_status(head.status, head.body))
+        return Response(head.body, head.status, dict(head.headers))
     return Response(stream.body(_RelayRenderer(meter)), 200, SSE_HEADERS)
-
-
-def _refused(first: Any, meter: Meter) -> Response:
-    """A stream the node refused before it began: its answer, status and all."""
-    if first is END:
-        raise InternalError("the relay ended before the node answered")
-    if isinstance(first, Broken):
-        raise first.error
-    meter.head(first)
-    meter.finish(outcome_for_status(first.status, first.body))
-    return Response(first.body, first.status, dict(first.headers))
 
 
 class _RelayRenderer:

@@ -24,14 +24,13 @@ a node (`cortex.fleet`).
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from quart import Response
 
-from cortex.auth import Grant, Keyring, Principal
-from cortex.meter import Meter, outcome_for_status
+from cortex.auth import Keyring, Principal
+from cortex.meter import Meter, metering
 from cortex.relay import (
     SSE_HEADERS,
     Broken,
@@ -41,10 +40,11 @@ from cortex.relay import (
     answer_in_full,
     error_from_body,
     open_stream,
+    refusal,
 )
 from protocol import anthropic as an
 from protocol import encode_json, parse
-from protocol.errors import ApiError, InternalError, UpstreamError
+from protocol.errors import ApiError, UpstreamError
 from protocol.http import json_response
 from protocol.ids import ModelId
 from protocol.node import TokenCount
@@ -78,7 +78,7 @@ async def create_message(upstream: Upstream, keyring: Keyring, metrics: CortexMe
     model = upstream.fleet.resolve(request.model)
     body = encode_json(messages_to_chat(request, model=model))
     grant = keyring.admit(principal, request.model, model, estimate=max(1, len(body) // 4))
-    with _metering(metrics, MESSAGES_ROUTE, model, grant) as meter:
+    with metering(metrics, MESSAGES_ROUTE, model, grant) as meter:
         if request.stream:
             return await _stream(upstream, body, model, headers, rid, meter)
         return await _once(upstream, body, model, headers, rid, meter)
@@ -92,29 +92,12 @@ async def count_tokens(upstream: Upstream, keyring: Keyring, metrics: CortexMetr
     model = upstream.fleet.resolve(request.model)
     body = encode_json(count_tokens_to_chat(request, model=model))
     grant = keyring.admit(principal, request.model, model)  # counting costs no tokens
-    with _metering(metrics, COUNT_TOKENS_ROUTE, model, grant) as meter:
+    with metering(metrics, COUNT_TOKENS_ROUTE, model, grant) as meter:
         data = await _ask(upstream, _TOKENIZE, body, model, headers, rid, COUNT_TOKENS_ROUTE,
                           meter)  # fmt: skip
         counted = _node_reply(data, TokenCount)
         meter.finish("ok")
     return json_response(an.CountTokensResponse(input_tokens=counted.count))
-
-
-@contextlib.contextmanager
-def _metering(metrics: CortexMetrics, route: str, model: ModelId,
-              grant: Grant | None) -> Iterator[Meter]:  # fmt: skip
-    """A meter for the request, finished here if it fails (a stream's body finishes it);
-    it settles the key's `grant` with the usage it reads."""
-    meter = Meter(metrics, route, model)
-    meter.grant = grant
-    try:
-        yield meter
-    except ApiError as exc:
-        meter.finish(outcome_for_status(exc.status, exc.type))
-        raise
-    except BaseException:
-        meter.finish("cancelled")
-        raise
 
 
 # -- one reply -----------------------------------------------------------------------------
@@ -157,23 +140,11 @@ async def _stream(upstream: Upstream, body: bytes, model: ModelId, headers: Mapp
                   rid: str, meter: Meter):  # fmt: skip
     stream = await open_stream(upstream, rid, model=model, route=MESSAGES_ROUTE, path=_CHAT,
                                body=body, headers=headers, meter=meter)  # fmt: skip
-    first = stream.first
-    if first is END or isinstance(first, Broken) or (isinstance(first, Head)
-                                                     and first.status != 200):  # fmt: skip
-        stream.close()
-        raise _refusal(first, meter)
-    translator = ChatStreamToAnthropic(model=model, input_tokens=_prompt_tokens(first))
+    if (head := refusal(stream)) is not None:  # a plain HTTP error, in our envelope
+        meter.head(head)
+        raise _node_error(head)
+    translator = ChatStreamToAnthropic(model=model, input_tokens=_prompt_tokens(stream.first))
     return Response(stream.body(AnthropicRenderer(meter, translator)), 200, SSE_HEADERS)
-
-
-def _refusal(first: Any, meter: Meter) -> ApiError:
-    """Why a stream failed before it began (raised: a plain HTTP error)."""
-    if first is END:
-        return InternalError("the relay ended before the node answered")
-    if isinstance(first, Broken):
-        return first.error
-    meter.head(first)
-    return _node_error(first)
 
 
 def _node_error(head: Head) -> ApiError:

@@ -21,14 +21,16 @@ Not for: changing what is relayed — the meter only looks.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import trio
 
 from cortex.metrics import CortexMetrics, RequestRecord
+from protocol.errors import ApiError
 
 if TYPE_CHECKING:
     from cortex.auth import Grant
@@ -119,6 +121,23 @@ class Meter:
             prompt_tokens=usage.get("prompt", 0), completion_tokens=usage.get("completion", 0),
             cached_prompt_tokens=usage.get("cached", 0),
         ))  # fmt: skip
+
+
+@contextlib.contextmanager
+def metering(metrics: CortexMetrics, route: str, model: str,
+             grant: Grant | None) -> Iterator[Meter]:  # fmt: skip
+    """A meter for the request, finished here if it fails (a stream's body finishes
+    it); it settles the key's `grant` with the usage it reads."""
+    meter = Meter(metrics, route, model)
+    meter.grant = grant
+    try:
+        yield meter
+    except ApiError as exc:
+        meter.finish(outcome_for_status(exc.status, exc.type))
+        raise
+    except BaseException:
+        meter.finish("cancelled")
+        raise
 
 
 def outcome_for_status(status: int, detail: str | bytes | None = None) -> str:

@@ -33,9 +33,15 @@ import trio
 import actors
 from cortex.affinity import prefix_key
 from cortex.fleet import Acquired, Fleet
-from protocol.errors import RETRIABLE_CODES, ApiError, UpstreamError, api_error_from_envelope
+from protocol.errors import (
+    RETRIABLE_CODES,
+    ApiError,
+    InternalError,
+    UpstreamError,
+    api_error_from_envelope,
+)
 from protocol.ids import ModelId, NodeName
-from protocol.streaming import EventStream, open_event_stream
+from protocol.streaming import END, EventStream, open_event_stream
 
 if TYPE_CHECKING:
     from cortex.meter import Meter
@@ -174,6 +180,21 @@ async def open_stream(
         ),
         keepalive=upstream.keepalive,
     )  # fmt: skip
+
+
+def refusal(stream: EventStream) -> Head | None:
+    """None when the stream began (or is waiting: keepalives); else, with the stream
+    closed, the node's refusing head, or the error that broke it before one (raised)."""
+    first = stream.first
+    if isinstance(first, Head) and first.status != 200:
+        stream.close()
+        return first
+    if first is END or isinstance(first, Broken):
+        stream.close()
+        if isinstance(first, Broken):
+            raise first.error
+        raise InternalError("the relay ended before the node answered")
+    return None
 
 
 async def _produce(task: Any, upstream: Upstream, send: trio.MemorySendChannel, model: ModelId,
