@@ -480,14 +480,6 @@ def ensure_demo_models(
     return DemoModels(name, plain_root, hf_root, plain, cached)
 
 
-def default_cache_dir() -> Path:
-    """`$HELEXA_DEMO_CACHE`, else `$XDG_CACHE_HOME/helexa/demo-models` (or `~/.cache/...`)."""
-    if explicit := os.environ.get("HELEXA_DEMO_CACHE"):
-        return Path(explicit)
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "helexa" / "demo-models"
-
-
 # -- command line ---------------------------------------------------------------------
 
 

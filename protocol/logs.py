@@ -35,7 +35,6 @@ __all__ = [
     "PlainFormatter",
     "RequestIdFilter",
     "configure_logging",
-    "current_request_id",
     "printable",
     "set_request_id",
 ]
@@ -62,10 +61,6 @@ def _escape(char: str) -> str:
 def set_request_id(request_id: str | None) -> contextvars.Token[str | None]:
     """Tag what is logged from now on in this context (and tasks it starts)."""
     return _request_id.set(request_id)
-
-
-def current_request_id() -> str | None:
-    return _request_id.get()
 
 
 class RequestIdFilter(logging.Filter):
