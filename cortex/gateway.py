@@ -107,11 +107,8 @@ class Gateway:
             http = self.config.http
             upstream = Upstream(self.fleet, self.client, requests, retries=http.retries,
                                 keepalive=http.keepalive_interval)  # fmt: skip
-            self._running = _Running(root, upstream)
-            try:
-                await self._serve(nursery, task_status)
-            finally:
-                self._running = None
+            self._running = _Running(root, upstream)  # kept after: requests still draining
+            await self._serve(nursery, task_status)
 
     async def _serve(self, nursery: trio.Nursery, task_status: trio.TaskStatus[str]) -> None:
         self.url = await self._bind(nursery, create_app(self), self.config.gateway.listen)
