@@ -78,7 +78,7 @@ class Gateway:
 
     @property
     def upstream(self) -> Upstream:
-        """What the relay takes; there while `run()` serves."""
+        """What the relay takes; there from the start of `run()` on."""
         return self._live().upstream
 
     @property
