@@ -38,7 +38,6 @@ from neuron.text.tokenizer import ModelTokenizer
 from neuron.worker.snapshot import GenerationDefaults
 from protocol.completions import CompletionRequest
 from protocol.openai import ChatCompletionRequest
-from protocol.responses import ResponsesRequest
 from protocol.worker import SamplingParams
 
 __all__ = [
@@ -96,15 +95,6 @@ class SamplingRequest:
     @classmethod
     def from_completion(cls, r: CompletionRequest) -> SamplingRequest:
         return cls(max_tokens=r.max_tokens, logprobs=r.logprobs, **_common(r))
-
-    @classmethod
-    def from_responses(cls, r: ResponsesRequest) -> SamplingRequest:
-        return cls(
-            max_tokens=r.max_output_tokens,
-            max_tokens_param="max_output_tokens",
-            temperature=r.temperature,
-            top_p=r.top_p,
-        )
 
 
 def _common(r: ChatCompletionRequest | CompletionRequest) -> dict:

@@ -19,7 +19,6 @@ from neuron.worker.snapshot import GenerationDefaults
 from protocol._converter import structure
 from protocol.completions import CompletionRequest
 from protocol.openai import ChatCompletionRequest
-from protocol.responses import ResponsesRequest
 
 DEMO_DEFAULTS = GenerationDefaults(do_sample=True, temperature=0.6, top_p=0.95, top_k=20)
 
@@ -248,18 +247,11 @@ def test_every_valid_request_resolves_to_worker_valid_params(
 # -- dialects -------------------------------------------------------------------------------
 
 
-def test_from_completion_and_responses():
+def test_from_completion():
     completion = structure(
         {"model": "m", "prompt": "x", "max_tokens": 7, "stop": "\n", "seed": 3, "n": 1},
         CompletionRequest,
     )
     assert SamplingRequest.from_completion(completion) == SamplingRequest(
         max_tokens=7, stop=("\n",), seed=3, n=1
-    )
-    responses = structure(
-        {"model": "m", "input": "x", "max_output_tokens": 9, "temperature": 0.2},
-        ResponsesRequest,
-    )
-    assert SamplingRequest.from_responses(responses) == SamplingRequest(
-        max_tokens=9, max_tokens_param="max_output_tokens", temperature=0.2
     )
