@@ -116,3 +116,18 @@ async def test_a_load_names_the_first_harness_the_node_lists(autojump_clock, har
         await node.ensure_loaded(MODEL, (0,), ())
     [body] = bodies
     assert (body["model_id"], body.get("harness"), body["devices"]) == (MODEL, sent, [0])
+
+
+async def test_no_load_starts_while_no_node_actor_runs(autojump_clock):
+    """Between incarnations (a crash's backoff) or before the first: a 503 to retry."""
+    node = node_answering(loaded_ok)
+    async with actors.open_root("t") as root, node.client:
+        with pytest.raises(ApiError) as before:
+            await node.ensure_loaded(MODEL, (), ())
+        ref = await root.start(QuietNodeActor, node, name="n")
+        await ref.cancel()  # its on_stop: the node has no actor again
+        with pytest.raises(ApiError) as after:
+            await node.ensure_loaded(MODEL, (), ())
+    for refused_load in (before.value, after.value):
+        assert (refused_load.status, refused_load.retry_after) == (503, 1)
+        assert "restarting its poller" in refused_load.message
