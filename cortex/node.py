@@ -90,7 +90,10 @@ class _Flight:
 
 
 class Node:
-    """The gateway's view of one neuron; mutated only by its actor and its ops."""
+    """The gateway's view of one neuron. Changed in place — by its actor's poller, its
+    own lifecycle operations and the request path (`Fleet.acquire` counts what it
+    routes) — always by synchronous code in the one trio thread, so never seen
+    half-done; a change that needs I/O does the I/O first, then applies its result."""
 
     def __init__(self, name: NodeName, endpoint: str, client: httpx.AsyncClient,
                  settings: PollSettings, *,
