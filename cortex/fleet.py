@@ -105,6 +105,16 @@ class Fleet:
     def resolve(self, name: str) -> ModelId:
         return resolve_alias(self.catalogue, name)
 
+    def capabilities(self, model: ModelId) -> tuple[str, ...]:
+        """What the catalogue and the nodes say `model` takes (empty: not known yet)."""
+        profile = self.catalogue.profiles.get(model)
+        found = list(profile.capabilities if profile is not None else ())
+        for node in self.nodes.values():
+            for info in node.models:
+                if info.id == model:
+                    found += info.capabilities or ()
+        return tuple(dict.fromkeys(found))
+
     def knows(self, model: ModelId) -> bool:
         """Catalogued, reported by some node, or pinned."""
         return (

@@ -56,6 +56,7 @@ from cortex.relay import (
     response_headers,
 )
 from cortex.ui import routes as ui
+from cortex.vision import check_vision
 from protocol import decode_json, encode_json, sse, unstructure
 from protocol.completions import Completion, CompletionChoice
 from protocol.errors import ApiError, InvalidRequest, NotFound, UpstreamError
@@ -153,6 +154,7 @@ def _peek(raw: bytes, gateway: Gateway) -> tuple[bytes, str, bool]:
         raise InvalidRequest("missing 'model' field in request body", param="model",
                              code="missing_model_field")  # fmt: skip
     concrete = gateway.fleet.resolve(model)
+    check_vision(data, concrete, gateway.fleet.capabilities(concrete))
     request.helexa_grant = gateway.keyring.admit(principal(), model, concrete,
                                                  estimate=max(1, len(raw) // 4))  # fmt: skip
     if concrete != model:

@@ -42,8 +42,9 @@ from cortex.relay import (
     open_stream,
     refusal,
 )
+from cortex.vision import check_vision
 from protocol import anthropic as an
-from protocol import encode_json, parse
+from protocol import encode_json, parse, unstructure
 from protocol.errors import ApiError, UpstreamError
 from protocol.http import json_response
 from protocol.ids import ModelId
@@ -76,7 +77,9 @@ async def create_message(upstream: Upstream, keyring: Keyring, metrics: CortexMe
                          principal: Principal | None = None):  # fmt: skip
     request = parse(raw, an.MessagesRequest)
     model = upstream.fleet.resolve(request.model)
-    body = encode_json(messages_to_chat(request, model=model))
+    chat = messages_to_chat(request, model=model)
+    check_vision(unstructure(chat), model, upstream.fleet.capabilities(model))
+    body = encode_json(chat)
     grant = keyring.admit(principal, request.model, model, estimate=max(1, len(body) // 4))
     with metering(metrics, MESSAGES_ROUTE, model, grant) as meter:
         if request.stream:

@@ -66,6 +66,7 @@ __all__ = [
     "ModelConfig",
     "NeuronConfig",
     "Timeouts",
+    "Vision",
     "default_model_roots",
     "find_config_path",
     "load_config",
@@ -227,6 +228,25 @@ class Cache:
 
 
 @attrs.frozen
+class Vision:
+    """`[vision]` — images sent to vision-language models (inline data URIs / base64
+    only; a URL is never fetched). Each limit refused is a 400 `image_limit_exceeded`
+    naming its key.
+
+    max_image_bytes         10485760 (10 MiB)  one image's decoded bytes
+    max_image_pixels        16777216 (4096²)   one image's width x height, read from
+                                               its header before decoding
+    max_images_per_request  8                  images in one request's messages
+    max_image_aspect_ratio  100                longer side / shorter side
+    """
+
+    max_image_bytes: int = setting(10 * MIB, at_least(1))
+    max_image_pixels: int = setting(4096 * 4096, at_least(1))
+    max_images_per_request: int = setting(8, at_least(1))
+    max_image_aspect_ratio: float = setting(100.0, at_least(1))
+
+
+@attrs.frozen
 class Admission:
     """`[admission]` — per-model admission (each loaded model has its own).
 
@@ -344,8 +364,8 @@ class NeuronConfig:
     models                      []      `[[models]]` tables: load at start
 
     and the sections `[listen]`, `[auth]`, `[log]`, `[http]`, `[limits]`,
-    `[cpu]`, `[engine]`, `[cache]`, `[admission]`, `[timeouts]`. `source` (the file read)
-    and `notes` (advisories for the log) are not keys.
+    `[cpu]`, `[engine]`, `[cache]`, `[vision]`, `[admission]`, `[timeouts]`. `source`
+    (the file read) and `notes` (advisories for the log) are not keys.
     """
 
     model_roots: tuple[str, ...] | None = None
@@ -360,6 +380,7 @@ class NeuronConfig:
     cpu: Cpu = attrs.field(factory=Cpu)
     engine: Engine = attrs.field(factory=Engine)
     cache: Cache = attrs.field(factory=Cache)
+    vision: Vision = attrs.field(factory=Vision)
     admission: Admission = attrs.field(factory=Admission)
     timeouts: Timeouts = attrs.field(factory=Timeouts)
     source: str | None = not_a_key(default=None)

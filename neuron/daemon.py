@@ -46,6 +46,7 @@ from neuron.registry import (
     engine_statistics,
 )
 from neuron.serving import Serving, ServingSettings
+from neuron.text.images import ImageLimits
 from protocol import node, sdnotify
 from protocol.buildinfo import build_info
 from protocol.errors import ApiError
@@ -281,6 +282,7 @@ class Neuron:
             default_max_tokens=self.config.limits.default_max_tokens,
             idle_timeout=self.config.timeouts.request_idle,
             constrain_tool_calls=self.config.engine.constrain_tool_calls,
+            image_limits=ImageLimits(**attrs.asdict(self.config.vision)),
         )
 
 

@@ -35,7 +35,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import attrs
@@ -374,15 +374,20 @@ class WorkerProcess:
         return pending.result
 
     async def generate(
-        self, model_id: ModelId, prompt: tuple[int, ...], sampling: wire.SamplingParams
+        self,
+        model_id: ModelId,
+        prompt: tuple[int, ...],
+        sampling: wire.SamplingParams,
+        inputs: Mapping[str, wire.RawTensor] | None = None,
     ) -> TokenStream:
+        """Start a sequence; `inputs`: extra CPU tensors (a vision model's images)."""
         seq_id = wire.SeqId(next(_seq_ids))
         stream = TokenStream(self, seq_id)
         if not self._sequences:
             self._last_progress = trio.current_time()
         self._sequences[seq_id] = stream
         try:
-            await self._send(wire.Generate(seq_id, model_id, prompt, sampling))
+            await self._send(wire.Generate(seq_id, model_id, prompt, sampling, inputs or {}))
         except BaseException:
             self._sequences.pop(seq_id, None)
             raise
@@ -490,12 +495,16 @@ class Device:
             self._notify()
 
     async def generate(
-        self, model_id: ModelId, prompt: tuple[int, ...], sampling: wire.SamplingParams
+        self,
+        model_id: ModelId,
+        prompt: tuple[int, ...],
+        sampling: wire.SamplingParams,
+        inputs: Mapping[str, wire.RawTensor] | None = None,
     ) -> TokenStream:
         worker = self._live_worker()
         if model_id not in self.resident:
             raise WorkerUnavailable(f"model {model_id!r} is not resident on {self.id}")
-        return await worker.generate(model_id, prompt, sampling)
+        return await worker.generate(model_id, prompt, sampling, inputs)
 
     # -- incarnations (called by DeviceActor) --------------------------------------------
 

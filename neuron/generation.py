@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Mapping
 from typing import Any
 
 import attrs
@@ -41,6 +42,7 @@ from neuron.text.output import OutputParser
 from neuron.text.sampling import ResolvedSampling
 from neuron.text.stop import StopMatcher
 from protocol.errors import ApiError, GatewayTimeout, InternalError
+from protocol.worker import RawTensor
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +61,8 @@ class GenerationJob:
     idle_timeout: float = math.inf  # `[timeouts] request_idle`: longest wait for a step
     # n > 1: the other choices' jobs (index 1, 2, ...), same prompt, own parser and seed.
     copies: tuple[GenerationJob, ...] = ()
+    # Extra CPU tensors for the worker: a vision model's images (neuron.text.images).
+    inputs: Mapping[str, RawTensor] = attrs.field(factory=dict)
 
     def status(self, **fields: Any) -> None:
         if self.task is not None:
@@ -187,7 +191,7 @@ async def generate(job: GenerationJob, send: trio.MemorySendChannel[GenerationEv
             job.status(phase="prefill")
             progress = _Progress(job)
             stream = await job.model.device.generate(
-                job.model.id, job.prompt_ids, job.sampling.params
+                job.model.id, job.prompt_ids, job.sampling.params, job.inputs
             )
             outcome = "abort"  # unless the relay ends: the reader went away, or cancelled
             try:

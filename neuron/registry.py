@@ -30,6 +30,7 @@ import trio
 from neuron.admission import Admission
 from neuron.devices import Device, ModelPlacement
 from neuron.metrics import NeuronMetrics
+from neuron.text.images import ImageInputs
 from neuron.text.tokenizer import ModelTokenizer
 from neuron.worker import errors as worker_errors
 from neuron.worker.snapshot import SnapshotInfo, inspect_model
@@ -125,6 +126,7 @@ class ServedModel:
     status: str = "loaded"
     pinned: bool = False
     prefix_cache_bytes: int = 0  # the worker's prefix cache budget (0: off)
+    images: ImageInputs | None = None  # a vision model's image processor; None: text only
 
     @property
     def context_length(self) -> int:
@@ -231,6 +233,10 @@ class ModelRegistry:
             request.model_id, str(info.snapshot.path), dtype, prefix_cache_bytes=prefix_cache
         )
         loaded = await device.load(placement)
+        # A vision model's image processor: transformers, imported in this process.
+        images = await trio.to_thread.run_sync(
+            ImageInputs.from_snapshot, info.snapshot.path, info.model_type
+        )
         max_in_flight = (
             request.max_in_flight or self.limits.max_in_flight or loaded.max_sequences or 1
         )
@@ -240,6 +246,7 @@ class ModelRegistry:
             request.model_id, info, tokenizer, device, index, admission, dtype,
             memory_bytes=loaded.memory_bytes, load_seconds=loaded.load_seconds,
             pinned=request.pinned, prefix_cache_bytes=loaded.prefix_cache_bytes,
+            images=images,
         )  # fmt: skip
 
     def _inspect(self, model_id: ModelId) -> SnapshotInfo:
@@ -335,7 +342,7 @@ def _model_info(model: ServedModel) -> node.ModelInfo:
         status=model.current_status(),
         devices=(model.device_index,),
         vram_used_mb=model.memory_bytes // (1 << 20),
-        capabilities=("text",),
+        capabilities=("text", "image") if model.images is not None else ("text",),
         limit=node.ModelLimit(context=context, input=context, output=None) if context else None,
         tool_call=_has_markers(model.tokenizer, "<tool_call>", "</tool_call>"),
         reasoning=_has_markers(model.tokenizer, "<think>", "</think>"),

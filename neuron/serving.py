@@ -34,6 +34,7 @@ from neuron.generation import GenerationJob, generate_choices
 from neuron.metrics import NeuronMetrics
 from neuron.registry import ModelRegistry, ServedModel
 from neuron.text.constraints import chat_grammar
+from neuron.text.images import ImageLimits
 from neuron.text.output import OutputParser
 from neuron.text.prompt import ChatPrompt
 from neuron.text.reasoning import Markers, probe_markers
@@ -60,6 +61,7 @@ class ServingSettings:
     stream_buffer: int = 256  # events between actor and body: backpressure past this
     idle_timeout: float = math.inf  # `[timeouts] request_idle`: a sequence's longest silence
     constrain_tool_calls: bool = True  # `[engine]`: forced/strict calls obey a JSON grammar
+    image_limits: ImageLimits = attrs.field(factory=ImageLimits)  # `[vision]`
 
 
 class Serving:
@@ -86,7 +88,7 @@ class Serving:
     def chat_job(self, request: ChatCompletionRequest) -> GenerationJob:
         model = self.registry.get(request.model)
         markers = self.markers(model)
-        prompt = ChatPrompt.build(request, model.tokenizer, markers, model_id=model.id)
+        prompt = self._chat_prompt(request, model, markers)
         grammar = chat_grammar(
             request, prompt, markers, constrain_tool_calls=self.settings.constrain_tool_calls
         )
@@ -96,15 +98,22 @@ class Serving:
             sampling = attrs.evolve(sampling, params=params)
         parser = prompt.output_parser(model.tokenizer, markers)
         job = GenerationJob(model, prompt.token_ids, sampling, parser, self.metrics,
-                            idle_timeout=self.settings.idle_timeout)  # fmt: skip
+                            idle_timeout=self.settings.idle_timeout,
+                            inputs=prompt.inputs)  # fmt: skip
         return _with_copies(job, request.n, lambda: prompt.output_parser(model.tokenizer, markers))
 
     def count_chat_tokens(self, request: ChatCompletionRequest) -> TokenCount:
         """The prompt tokens `request` costs, rendered exactly as `chat_job` renders it."""
         model = self.registry.get(request.model)
-        prompt = ChatPrompt.build(request, model.tokenizer, self.markers(model), model_id=model.id)
+        prompt = self._chat_prompt(request, model, self.markers(model))
         return TokenCount(model=model.id, count=len(prompt.token_ids),
                           max_context=model.context_length)  # fmt: skip
+
+    def _chat_prompt(self, request: ChatCompletionRequest, model: ServedModel, markers: Markers):
+        return ChatPrompt.build(
+            request, model.tokenizer, markers, images=model.images,
+            image_limits=self.settings.image_limits, model_id=model.id,
+        )  # fmt: skip
 
     def completion_job(self, request: CompletionRequest) -> GenerationJob:
         model = self.registry.get(request.model)

@@ -13,8 +13,9 @@ burst window, median queue wait = TTFT - the server's prefill time, and
 ours: `prefix:<n>` (an agent-style ~n-token system prompt sent twice with
 different questions: the second's TTFT and `cached_tokens`, and the first's
 as `ttft_cold_s`) and `image:<px>` (a pxxpx PNG in a chat request, for models
-with the `vision` capability). Text scenarios skip models that advertise
-`image` (generation). A scenario that does not apply says why
+that take images: the `vision` capability, or `image` beside `text`, as helexa's
+vision-language models advertise). Text scenarios skip models that advertise
+`image` without `text` (generation). A scenario that does not apply says why
 (`Scenario.skip_reason`); the sweep records it.
 
 Not for: deciding what is already measured (`sweep`) or timing (`measure`).
@@ -95,9 +96,15 @@ class Scenario(Protocol):
 
 
 def _text_only(model: ModelEntry) -> str | None:
-    if "image" in model.capabilities:
+    if "image" in model.capabilities and "text" not in model.capabilities:
         return "text scenarios skip image-generation models"
     return None
+
+
+def takes_images(capabilities: tuple[str, ...]) -> bool:
+    """Images in: upstream's `vision`, or helexa's `text` + `image` (a generation
+    model advertises `image` alone)."""
+    return "vision" in capabilities or {"text", "image"} <= set(capabilities)
 
 
 def _measured(m: Measurement) -> dict[str, Any]:
@@ -226,8 +233,8 @@ class Image:
         return f"image:{self.px}"
 
     def skip_reason(self, client: TargetClient, model: ModelEntry) -> str | None:
-        if "vision" not in model.capabilities:
-            return "the model does not advertise the vision capability"
+        if not takes_images(model.capabilities):
+            return "the model does not take images (no vision, or image and text, capability)"
         return None
 
     async def run(self, ctx: Context, model: ModelEntry) -> dict[str, Any]:

@@ -9,7 +9,11 @@
     │                                  extras prompt_len, max
     ├── ContentUnsupported             InvalidRequest 400 unsupported_content (audio, files)
     │   └── VisionUnsupported          400 vision_unsupported, extras model_id, suggestion
-    └── ImageNotDataUri                InvalidRequest 400 invalid_image_url (never fetched)
+    ├── ImageNotDataUri                InvalidRequest 400 invalid_image_url (never fetched)
+    ├── ImageInvalid                   InvalidRequest 400 invalid_image (undecodable, wrong
+    │                                  type, no pixels), param = the part's path
+    └── ImageLimitExceeded             InvalidRequest 400 image_limit_exceeded, extras
+                                       limit (the `[vision]` key), value, max
 
 Every class but `TokenizerLoadFailed` is also the `protocol.errors` class named, so the
 daemon's HTTP edge renders it with its own status and code; nothing here knows
@@ -24,6 +28,8 @@ from protocol.errors import ApiError, InvalidRequest
 __all__ = [
     "ContentUnsupported",
     "ContextLengthExceeded",
+    "ImageInvalid",
+    "ImageLimitExceeded",
     "ImageNotDataUri",
     "InvalidParameter",
     "TemplateRenderFailed",
@@ -110,4 +116,27 @@ class ImageNotDataUri(TextError, InvalidRequest):
         super().__init__(
             "image_url must be a data:image/...;base64 URI; remote image URLs are not fetched",
             param=param,
+        )
+
+
+class ImageInvalid(TextError, InvalidRequest):
+    """An inline image that cannot be used: not base64, not the type it claims, not one
+    of PNG / JPEG / WebP / GIF, truncated or corrupt, or without pixels."""
+
+    code = "invalid_image"
+
+    def __init__(self, param: str, reason: str) -> None:
+        super().__init__(f"Invalid image at '{param}': {reason}", param=param)
+
+
+class ImageLimitExceeded(TextError, InvalidRequest):
+    """An image, or a request's images, over one of the node's `[vision]` limits."""
+
+    code = "image_limit_exceeded"
+
+    def __init__(self, param: str, limit: str, value: float, maximum: float, what: str) -> None:
+        super().__init__(
+            f"{what} is {value:g}, over this server's limit of {maximum:g} ([vision] {limit})",
+            param=param,
+            extra={"limit": limit, "value": value, "max": maximum},
         )

@@ -28,12 +28,14 @@ from typing import Any
 import attrs
 
 from neuron.text.errors import InvalidParameter, UnsupportedValue
+from neuron.text.images import ImageInputs, ImageLimits
 from neuron.text.messages import chat_messages, chat_tools
 from neuron.text.output import OutputParser
 from neuron.text.reasoning import Markers, prompt_opens_reasoning
 from neuron.text.tokenizer import ModelTokenizer
 from neuron.text.tool_calls import ToolSchemas
 from protocol.openai import ChatCompletionRequest, NamedToolChoice
+from protocol.worker import RawTensor
 
 __all__ = ["ChatPrompt"]
 
@@ -49,6 +51,9 @@ class ChatPrompt:
     parse_tool_calls: bool
     opens_reasoning: bool
     opens_tool_call: bool = False  # `tool_choice` forced a call: output starts inside one
+    # A vision model's image tensors for the worker (`neuron.text.images`); the
+    # token ids then hold each image's placeholder tokens, so they count in its length.
+    inputs: Mapping[str, RawTensor] = attrs.field(factory=dict)
 
     @classmethod
     def build(
@@ -57,16 +62,23 @@ class ChatPrompt:
         tokenizer: ModelTokenizer,
         markers: Markers,
         *,
-        vision: bool = False,
+        images: ImageInputs | None = None,
+        image_limits: ImageLimits | None = None,
         model_id: str | None = None,
         default_template_kwargs: Mapping[str, Any] | None = None,
     ) -> ChatPrompt:
-        """Raises the content errors of `messages` and the template errors of
-        `ModelTokenizer.render_chat`."""
+        """Raises the content errors of `messages`, the image errors of
+        `neuron.text.images` and the template errors of `ModelTokenizer.render_chat`.
+        `images`: the model's image side (None: a text-only model, images refused)."""
+        vision = images is not None
         messages = chat_messages(request.messages, vision=vision, model_id=model_id)
         tools = _chosen_tools(chat_tools(request.tools), request.tool_choice)
         kwargs = {**(default_template_kwargs or {}), **(request.chat_template_kwargs or {})}
         text, token_ids = tokenizer.chat_prompt(messages, tools, template_kwargs=kwargs)
+        inputs = {}
+        if images is not None:
+            limits = image_limits or ImageLimits()
+            token_ids, inputs = images.prompt_inputs(messages, token_ids, limits)
         opens_reasoning = prompt_opens_reasoning(text, markers)
         forced = tools is not None and request.tool_choice not in (None, "auto", "none")
         if forced:
@@ -79,6 +91,7 @@ class ChatPrompt:
             parse_tool_calls=tools is not None and request.tool_choice != "none",
             opens_reasoning=opens_reasoning and not forced,
             opens_tool_call=forced,
+            inputs=inputs,
         )
 
     def output_parser(
