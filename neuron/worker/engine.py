@@ -200,7 +200,11 @@ class _Sequence:
 class Engine:
     """Continuous batching over one loaded model. Single-threaded; see module docs."""
 
-    def __init__(self, loaded: LoadedModel, config: EngineConfig | None = None) -> None:
+    def __init__(
+        self, loaded: LoadedModel, config: EngineConfig | None = None, *, sample=sample_batch
+    ) -> None:
+        """`sample` picks each step's tokens (`sample_batch`; a tensor-parallel rank's
+        own, which agrees with its peers: `tensor_parallel.Group.sample`)."""
         config = config or EngineConfig()
         model = loaded.model
         _check_supported(model)
@@ -214,6 +218,7 @@ class Engine:
         self._dtype = next(model.parameters()).dtype
         self._vocab_size = model.get_output_embeddings().weight.shape[0]
         self._eos_ids = frozenset(loaded.info.eos_token_ids)
+        self._sample = sample
         self.max_batch_size = config.max_batch_size
         self.kv_token_budget = config.kv_token_budget or self.max_batch_size * self.max_seq_len
         self._chunk = config.prefill_chunk_tokens
@@ -396,7 +401,7 @@ class Engine:
             return [], prefill_tokens, 0
         started = time.perf_counter()
         logits = torch.cat([*decode_logits, *prefill_logits])
-        tokens = sample_batch(logits, [s.sampler for s in rows])
+        tokens = self._sample(logits, [s.sampler for s in rows])
         # Sampling is charged to decode: it is per-token work, like the decode forward.
         self._decode_seconds += time.perf_counter() - started
         self._decoded += len(decoded)

@@ -20,7 +20,7 @@ import gc
 import importlib.util
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Literal
 
@@ -128,16 +128,24 @@ class LoadedModel:
 
 
 def load_model(
-    snapshot: ResolvedSnapshot, *, device: str = "cpu", dtype: DTypeName = "auto"
+    snapshot: ResolvedSnapshot,
+    *,
+    device: str = "cpu",
+    dtype: DTypeName = "auto",
+    shard: Callable[[torch.nn.Module], torch.nn.Module] | None = None,
 ) -> LoadedModel:
-    """Load `snapshot` onto `device`; raise LoadFailed (or DeviceOutOfMemory) if it fails."""
+    """Load `snapshot` onto `device`; raise LoadFailed (or DeviceOutOfMemory) if it fails.
+
+    `shard` (a tensor-parallel rank's, `tensor_parallel.Group.shard`) cuts the model
+    down to this rank's part before it is copied to the device; what is measured is
+    that part."""
     info = read_snapshot_info(snapshot)
     torch_device = torch.device(device)
     torch_dtype = resolve_dtype(dtype, info)
     release_memory(torch_device)
     before = read_memory(torch_device)
     started = time.perf_counter()
-    model = _from_pretrained(info, torch_device, torch_dtype)
+    model = _from_pretrained(info, torch_device, torch_dtype, shard)
     _synchronize(torch_device)
     seconds = time.perf_counter() - started
     after = read_memory(torch_device)
@@ -174,7 +182,7 @@ def resolve_dtype(dtype: DTypeName, info: SnapshotInfo) -> torch.dtype:
     return _DECLARED_DTYPES.get(str(info.declared_dtype), torch.float32)
 
 
-def _from_pretrained(info: SnapshotInfo, device: torch.device, dtype: torch.dtype):
+def _from_pretrained(info: SnapshotInfo, device: torch.device, dtype: torch.dtype, shard=None):
     path = info.snapshot.path
     try:
         with quiet_transformers():
@@ -186,6 +194,8 @@ def _from_pretrained(info: SnapshotInfo, device: torch.device, dtype: torch.dtyp
                 dtype=dtype,
                 attn_implementation=attention_implementation(path),
             )
+            if shard is not None:
+                model = shard(model)
             # device_map would need accelerate: stage through host memory instead.
             model = model.to(device) if device.type != "cpu" else _own_memory(model)
     except torch.OutOfMemoryError as exc:
@@ -269,7 +279,7 @@ def _own_memory(model: torch.nn.Module) -> torch.nn.Module:
     for module in model.modules():
         for table in (module._parameters, module._buffers):
             for name, tensor in table.items():
-                if tensor is not None:
+                if tensor is not None and not _is_dtensor(tensor):  # a shard is a copy
                     table[name] = _copy_once(tensor, copies)
     return model
 
@@ -305,14 +315,23 @@ def tensor_bytes(model: torch.nn.Module) -> int:
     tensors = [*model.parameters(), *model.buffers()]
     storages = {}
     for tensor in tensors:
-        storage = tensor.untyped_storage()
+        storage = _local(tensor).untyped_storage()
         storages[storage.data_ptr()] = storage.nbytes()
     return sum(storages.values())
 
 
+def _is_dtensor(tensor: torch.Tensor) -> bool:
+    return hasattr(tensor, "to_local")
+
+
+def _local(tensor: torch.Tensor) -> torch.Tensor:
+    """This process's part of a tensor (a tensor-parallel shard's local tensor)."""
+    return tensor.to_local() if _is_dtensor(tensor) else tensor
+
+
 def _unique_tensors(tensors: Iterator[torch.Tensor]) -> list[torch.Tensor]:
     seen: dict[int, torch.Tensor] = {}
-    for tensor in tensors:
+    for tensor in map(_local, tensors):
         seen.setdefault(tensor.data_ptr(), tensor)
     return list(seen.values())
 

@@ -20,12 +20,12 @@ from pathlib import Path
 
 import torch
 
-from neuron.worker import errors
+from neuron.worker import errors, tensor_parallel
 from neuron.worker.channel import EXIT_DEVICE_FAULT, FrameChannel, run_heartbeats, versions
 from neuron.worker.engine import Engine, EngineConfig, kv_bytes_per_token
 from neuron.worker.grammar import Grammars
 from neuron.worker.loader import LoadedModel, load_model, quiet_transformers
-from neuron.worker.sampler import SamplingParams
+from neuron.worker.sampler import SamplingParams, sample_batch
 from neuron.worker.snapshot import snapshot_at
 from neuron.worker.vision import VisionModel, VisionPrompt
 from protocol import worker as wire
@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 GIB = 1 << 30
 PREFIX_CACHE_SHARE = 4  # default prefix cache: a quarter of the model's KV budget...
 PREFIX_CACHE_CPU_CAP = GIB  # ...and at most 1 GiB on a CPU device
+FOLLOWER_STOP_TIMEOUT = 30.0  # a follower's unload waits this long for the lead's "stop"
 
 
 class _DeviceFaulted(Exception):
@@ -67,15 +68,27 @@ def _retriable(exc: BaseException) -> bool:
 
 
 class _Resident:
-    """One loaded model and its engine."""
+    """One loaded model and its engine; `group` when it is one rank of a
+    tensor-parallel group (then `plan` collects the lead's admissions and
+    cancellations for the next step's broadcast, and a follower runs `follower`)."""
 
-    def __init__(self, loaded: LoadedModel, config: EngineConfig) -> None:
+    def __init__(
+        self, loaded: LoadedModel, config: EngineConfig, group: tensor_parallel.Group | None
+    ) -> None:
         self.loaded = loaded
         self.config = config
-        self.engine = Engine(loaded, config)
+        self.group = group
+        sample = sample_batch if group is None else group.sample()
+        self.engine = Engine(loaded, config, sample=sample)
         self.vision = VisionModel.of(loaded.model)  # None: served as text only
         self.sequences: set[wire.SeqId] = set()
         self._grammars: Grammars | None = None
+        self.plan: list[tuple] = []
+        self.follower: tensor_parallel.Follower | None = None
+
+    @property
+    def lead(self) -> bool:
+        return self.group is not None and self.group.lead
 
     def grammars(self) -> Grammars:
         """Constrained decoding's compiled grammars for this model (built on first use)."""
@@ -129,19 +142,24 @@ class WorkerService:
 
     def _loop(self) -> int:
         while True:
-            busy = any(r.engine.has_work for r in self.models.values())
+            busy = any(self._steps_here(r) for r in self.models.values())
             while self.channel.readable(0 if busy else None):
                 job = self.channel.receive()
                 if job is None or isinstance(job, wire.Shutdown):
                     return 0
                 self._handle(job)
-                busy = any(r.engine.has_work for r in self.models.values())
+                busy = any(self._steps_here(r) for r in self.models.values())
                 if busy and not self.channel.readable(0):
                     break
             for model_id, resident in list(self.models.items()):
-                if resident.engine.has_work:
+                if self._steps_here(resident):
                     self._step(model_id, resident)
             self._publish_statistics()
+
+    @staticmethod
+    def _steps_here(resident: _Resident) -> bool:
+        """The loop steps this engine now (a follower's runs on its own thread)."""
+        return resident.follower is None and resident.engine.has_work
 
     # -- jobs --------------------------------------------------------------------------
 
@@ -152,7 +170,9 @@ class WorkerService:
             case wire.CancelSequence(seq_id=seq_id):
                 model_id = self.owner.get(seq_id)
                 if model_id is not None:
-                    self.models[model_id].engine.cancel(seq_id)
+                    resident = self.models[model_id]
+                    if resident.engine.cancel(seq_id) and resident.lead:
+                        resident.plan.append(("cancel", seq_id))
             case wire.LoadModel():
                 self._answer(job.job_id, lambda: self._load(job))
             case wire.UnloadModel():
@@ -174,14 +194,27 @@ class WorkerService:
     def _load(self, job: wire.LoadModel) -> wire.ModelLoaded:
         if job.model_id in self.models:
             raise errors.InvalidRequest(f"model {job.model_id!r} is already loaded")
-        with quiet_transformers():
-            loaded = load_model(
-                snapshot_at(job.model_id, Path(job.path)),
-                device=self.torch_device,
-                dtype=job.dtype,
-            )
-        resident = _Resident(loaded, self._engine_config(loaded, job))
+        group = None
+        if job.tensor_parallel is not None:
+            group = tensor_parallel.Group(job.tensor_parallel, torch.device(self.torch_device))
+            group.join()
+        try:
+            with quiet_transformers():
+                loaded = load_model(
+                    snapshot_at(job.model_id, Path(job.path)),
+                    device=self.torch_device,
+                    dtype=job.dtype,
+                    shard=None if group is None else group.shard,
+                )
+            resident = _Resident(loaded, self._engine_config(loaded, job), group)
+        except BaseException:
+            if group is not None:
+                group.leave()
+            raise
         self.models[job.model_id] = resident
+        if group is not None and not group.lead:
+            resident.follower = tensor_parallel.Follower(group, resident.engine, self._group_failed)
+            resident.follower.start()
         engine = resident.engine
         report = loaded.report
         memory = report.cuda_allocated_delta_bytes or report.tensor_bytes
@@ -209,20 +242,47 @@ class WorkerService:
         if resident is None:
             raise errors.ModelNotLoaded(f"model {job.model_id!r} is not loaded on {self.device}")
         self._fail_sequences(resident, "not_found", "model was unloaded", retriable=True)
+        self._leave_group(resident)
         resident.engine.close()
         report = resident.loaded.unload()
         return wire.ModelUnloaded(job.job_id, job.model_id, report.tensor_bytes_released)
+
+    def _leave_group(self, resident: _Resident) -> None:
+        """A rank's part of unloading: the lead tells the followers to stop; a follower
+        waits for that; then each destroys the process group."""
+        group = resident.group
+        if group is None:
+            return
+        if resident.follower is not None:
+            if not resident.follower.join(FOLLOWER_STOP_TIMEOUT):
+                # out of step for good: the parent replaces this worker
+                raise errors.DeviceFault("the tensor-parallel lead did not stop this rank")
+        else:
+            group.send_plan([("stop",)])
+        group.leave()
+
+    def _group_failed(self, exc: BaseException) -> None:
+        """A follower's collective failed: this rank is out of step for good. Exit, so
+        that the parent restarts the whole group (called on the follower's thread)."""
+        log.error("tensor-parallel rank failed device=%s: %r", self.device, exc)
+        os._exit(EXIT_DEVICE_FAULT)
 
     def _generate(self, job: wire.Generate) -> None:
         resident = self.models.get(job.model_id)
         try:
             if resident is None:
                 raise errors.ModelNotLoaded(f"model {job.model_id!r} is not loaded")
+            if resident.follower is not None:
+                raise errors.InvalidRequest("sequences go to a tensor-parallel group's rank 0")
             grammar = job.sampling.grammar
             matcher = None if grammar is None else resident.grammars().matcher(grammar)
             params = SamplingParams.from_wire(job.sampling, matcher)
             vision = _vision_inputs(resident, job)
+            if vision is not None and resident.group is not None:
+                raise errors.InvalidRequest("a tensor-parallel model takes text only here")
             resident.engine.add(job.seq_id, job.prompt_token_ids, params, vision)
+            if resident.lead:
+                resident.plan.append(("add", job.seq_id, job.prompt_token_ids, job.sampling))
         except (errors.WorkerError, ValueError) as exc:
             kind = failure_kind(exc)
             self.channel.send(wire.SequenceFailed(job.seq_id, kind, str(exc), _retriable(exc)))
@@ -234,12 +294,19 @@ class WorkerService:
 
     def _step(self, model_id: ModelId, resident: _Resident) -> None:
         try:
+            if resident.lead:
+                plan, resident.plan = resident.plan, []
+                resident.group.send_plan([*plan, ("step",)])
             result = resident.engine.step()
         except errors.DeviceFault as exc:
             self._fail_sequences(resident, failure_kind(exc), str(exc), retriable=True)
             raise _DeviceFaulted from exc
         except Exception as exc:
             log.exception("engine step failed model=%s", model_id)
+            if resident.group is not None:
+                # Out of step with the other ranks for good: the parent restarts the group.
+                self._fail_sequences(resident, "device_fault", f"tensor-parallel step: {exc}", True)
+                raise _DeviceFaulted from exc
             self._fail_sequences(resident, "internal", f"engine step failed: {exc}", True)
             resident.engine = Engine(resident.loaded, resident.config)
             return
@@ -274,7 +341,9 @@ class WorkerService:
     # -- statistics --------------------------------------------------------------------
 
     def _publish_statistics(self) -> None:
-        self._stats = tuple(_wire_statistics(m, r.engine) for m, r in self.models.items())
+        self._stats = tuple(
+            _wire_statistics(m, r.engine) for m, r in self.models.items() if r.follower is None
+        )
 
     def _heartbeat(self) -> wire.Heartbeat:
         return wire.Heartbeat(models=self._stats)
