@@ -250,8 +250,10 @@ class Node:
     async def _load(self, model: ModelId, devices: tuple[int, ...]) -> None:
         # the node's first harness: upstream neurons require the field, ours default it
         harnesses = self.discovery.harnesses if self.discovery else ()
+        # Upstream's rule: a model placed over several devices is split over them.
+        tensor_parallel = len(devices) if devices and len(devices) > 1 else None
         spec = wire.ModelSpec(model_id=model, harness=harnesses[0] if harnesses else None,
-                              devices=devices or None)  # fmt: skip
+                              tensor_parallel=tensor_parallel, devices=devices or None)  # fmt: skip
         started = time.monotonic()
         with trio.fail_after(self.settings.load_timeout):
             response = await self.client.post(

@@ -321,6 +321,11 @@ class ModelConfig:
     max_in_flight  —           overrides [admission] max_in_flight
     prefix_cache   —           overrides [cache] prefix_cache (false: off)
     prefix_cache_mb  —         overrides [cache] prefix_cache_mb
+    tensor_parallel  1         split the model over this many devices, one
+                               worker per rank (`devices` names them, in rank
+                               order; else the least-loaded)
+    min_devices    1           upstream's catalogue key: above 1 it is the
+                               tensor_parallel (when that is not set)
     """
 
     id: str = setting(check=lambda v: None if v.strip() else "must not be empty")
@@ -331,6 +336,13 @@ class ModelConfig:
     max_in_flight: int | None = setting(None, at_least(1))
     prefix_cache: bool | None = None
     prefix_cache_mb: int | None = setting(None, at_least(1))
+    tensor_parallel: int = setting(1, at_least(1))
+    min_devices: int = setting(1, at_least(1))
+
+    @property
+    def ranks(self) -> int:
+        """Devices the model is split over: `tensor_parallel`, else `min_devices`."""
+        return self.tensor_parallel if self.tensor_parallel > 1 else self.min_devices
 
     @property
     def served_id(self) -> str:
@@ -451,6 +463,9 @@ class NeuronConfig:
                                     f"(this node has {', '.join(ids) or 'none'})")  # fmt: skip
                 else:
                     indices.append(index)
+            if model.ranks > 1 and model.devices and len(model.devices) != model.ranks:
+                problems.append(f"{where}: [[models]] #{n} devices: tensor_parallel = "
+                                f"{model.ranks} needs one device per rank")  # fmt: skip
             resolved.append((model, tuple(indices)))
         if problems:
             raise ConfigError(problems)
@@ -577,7 +592,6 @@ def _tail(origin: str, rest: tuple) -> str:
 
 _UNSUPPORTED = {  # upstream's load options this neuron cannot honour: refused, not ignored
     "quant": "quantised loading is not supported by this neuron; load the dense weights",
-    "tensor_parallel": "tensor parallelism is not supported by this neuron yet",
 }
 
 

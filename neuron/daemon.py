@@ -171,7 +171,8 @@ class Neuron:
                 request = LoadRequest(served, model.dtype, devices or None, model.max_in_flight,
                                       pinned=model.pinned, source=model.id)  # fmt: skip
                 request = attrs.evolve(request, prefix_cache=model.prefix_cache,
-                                       prefix_cache_bytes=_mib(model.prefix_cache_mb))  # fmt: skip
+                                       prefix_cache_bytes=_mib(model.prefix_cache_mb),
+                                       tensor_parallel=model.ranks)  # fmt: skip
                 await self.registry.load(request)
                 completed.append(served)
             except ModelAlreadyLoaded:  # loaded through the API meanwhile
@@ -221,7 +222,11 @@ class Neuron:
         pids = {d.id: (d.worker.pid if d.worker else None) for d in self.devices}
         model_bytes = {d.id: 0 for d in self.devices}
         for model in self.registry.models.values():
-            model_bytes[model.device.id] += model.memory_bytes
+            if model.group is not None:  # each rank's measured share on its own device
+                for device_id, loaded in model.group.member_loaded().items():
+                    model_bytes[device_id] += loaded.memory_bytes
+            else:
+                model_bytes[model.device.id] += model.memory_bytes
         async with self._sampling:
             devices = await self._health_sampler.sample(pids, model_bytes)
         devices = tuple(

@@ -89,11 +89,14 @@ class ModelPlacement:
     max_sequences: int | None = None
     kv_cache_bytes: int | None = None
     prefix_cache_bytes: int | None = None  # None: the worker sizes it; 0: off
+    # A tensor-parallel model: this rank's place (set per formation) and its group.
+    tensor_parallel: wire.TensorParallel | None = None
+    group: Any = attrs.field(default=None, eq=False, repr=False)  # TensorParallelGroup
 
     def job(self) -> wire.LoadModel:
         return wire.LoadModel(
             wire.JobId(next(_job_ids)), self.model_id, self.path, self.dtype,
-            self.max_sequences, self.kv_cache_bytes,
+            self.max_sequences, self.kv_cache_bytes, self.tensor_parallel,
             prefix_cache_bytes=self.prefix_cache_bytes,
         )  # fmt: skip
 
@@ -445,6 +448,8 @@ class Device:
         self.desired: dict[ModelId, ModelPlacement] = {}
         self.resident: dict[ModelId, wire.ModelLoaded] = {}
         self.load_errors: dict[ModelId, str] = {}
+        # Tensor-parallel groups this device is a rank of (neuron.tensor_parallel).
+        self.groups: dict[ModelId, Any] = {}
         self.incarnations = 0
         self._changed = trio.Event()
 
@@ -520,13 +525,21 @@ class Device:
         self.worker = None
         self.resident = {}
         self._notify()
+        for group in list(self.groups.values()):
+            group.member_lost(self)  # one rank gone fails the whole group
 
     async def restore(self, worker: WorkerProcess) -> None:
-        """Load the desired models on a new worker, one by one; log what fails."""
-        for placement in list(self.desired.values()):
+        """Load the desired models on a new worker, one by one; log what fails. A
+        tensor-parallel model is re-formed by its rank 0's device, once every rank
+        has a worker again (after the single-device models)."""
+        placements = list(self.desired.values())
+        for placement in sorted(placements, key=lambda p: p.group is not None):
             try:
-                await self._load_on(worker, placement)
-            except (JobFailed, WorkerDied) as exc:
+                if placement.group is None:
+                    await self._load_on(worker, placement)
+                elif placement.group.lead is self:
+                    await placement.group.restore()
+            except (JobFailed, WorkerDied, WorkerUnavailable) as exc:
                 log.error("reload failed device=%s model=%s: %s", self.id,
                           placement.model_id, exc)  # fmt: skip
 

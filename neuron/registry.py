@@ -30,6 +30,7 @@ import trio
 from neuron.admission import Admission
 from neuron.devices import Device, ModelPlacement
 from neuron.metrics import NeuronMetrics
+from neuron.tensor_parallel import TensorParallelGroup
 from neuron.text.images import ImageInputs
 from neuron.text.tokenizer import ModelTokenizer
 from neuron.worker import errors as worker_errors
@@ -87,6 +88,7 @@ class LoadRequest:
     prefix_cache: bool | None = None  # `[[models]] prefix_cache`; None: [cache]'s
     prefix_cache_bytes: int | None = None  # `[[models]] prefix_cache_mb`; None: [cache]'s
     source: str | None = None  # what to resolve, when `model_id` is an alias for it
+    tensor_parallel: int = 1  # ranks: devices the model is split over
 
     @classmethod
     def from_spec(cls, spec: node.ModelSpec) -> LoadRequest:
@@ -96,17 +98,20 @@ class LoadRequest:
                 f" (upstream's {UPSTREAM_HARNESS!r} is taken as the same)",
                 param="harness", code="unknown_harness",
             )  # fmt: skip
-        if spec.tensor_parallel not in (None, 1):
+        tensor_parallel = spec.tensor_parallel or 1
+        if tensor_parallel < 1:
+            raise InvalidRequest("tensor_parallel must be at least 1", param="tensor_parallel")
+        if tensor_parallel > 1 and spec.devices and len(spec.devices) != tensor_parallel:
             raise InvalidRequest(
-                "tensor_parallel > 1 is not supported by this neuron yet",
-                param="tensor_parallel", code="unsupported_parameter",
+                f"tensor_parallel = {tensor_parallel} needs one device per rank; "
+                f"{len(spec.devices)} devices were named", param="devices",
             )  # fmt: skip
         if spec.quant:
             raise InvalidRequest(
                 f"quantisation {spec.quant!r} is not supported; load the dense weights",
                 param="quant", code="unsupported_parameter",
             )  # fmt: skip
-        return cls(spec.model_id, spec.dtype, spec.devices)
+        return cls(spec.model_id, spec.dtype, spec.devices, tensor_parallel=tensor_parallel)
 
 
 @attrs.define
@@ -127,6 +132,9 @@ class ServedModel:
     pinned: bool = False
     prefix_cache_bytes: int = 0  # the worker's prefix cache budget (0: off)
     images: ImageInputs | None = None  # a vision model's image processor; None: text only
+    # A tensor-parallel model: its group (`device` is rank 0's) and every rank's index.
+    group: TensorParallelGroup | None = None
+    device_indices: tuple[int, ...] = ()
 
     @property
     def context_length(self) -> int:
@@ -136,7 +144,8 @@ class ServedModel:
     def current_status(self) -> str:
         if self.status != "loaded":
             return self.status
-        return "loaded" if self.id in self.device.resident else "recovering"
+        resident = self.group.resident if self.group else self.id in self.device.resident
+        return "loaded" if resident else "recovering"
 
 
 class _Flight:
@@ -224,19 +233,30 @@ class ModelRegistry:
                 info.snapshot.path, eos_token_ids=info.eos_token_ids
             )
         )
-        index, device = self._pick_device(request)
+        picked = self._pick_devices(request)
+        (index, device), group = picked[0], None
         dtype = request.dtype or self.limits.default_dtype
-        log.info("loading model=%s device=%s dtype=%s weight_bytes=%d", request.model_id,
-                 device.id, dtype, info.weight_bytes)  # fmt: skip
+        log.info("loading model=%s devices=%s dtype=%s weight_bytes=%d", request.model_id,
+                 ",".join(d.id for _, d in picked), dtype, info.weight_bytes)  # fmt: skip
         prefix_cache = prefix_cache_budget(self.limits, request)
         placement = ModelPlacement(
             request.model_id, str(info.snapshot.path), dtype, prefix_cache_bytes=prefix_cache
         )
-        loaded = await device.load(placement)
-        # A vision model's image processor: transformers, imported in this process.
-        images = await trio.to_thread.run_sync(
-            ImageInputs.from_snapshot, info.snapshot.path, info.model_type
-        )
+        if len(picked) == 1:
+            loaded = await device.load(placement)
+            memory = loaded.memory_bytes
+            # A vision model's image processor: transformers, imported in this process.
+            images = await trio.to_thread.run_sync(
+                ImageInputs.from_snapshot, info.snapshot.path, info.model_type
+            )
+        else:
+            # Every rank's engine must take the same batch: the smallest device's.
+            batch = min(d.spec.max_batch_size for _, d in picked)
+            placement = attrs.evolve(placement, max_sequences=batch)
+            group = TensorParallelGroup(placement, [d for _, d in picked])
+            loaded = await group.load()
+            memory = sum(r.memory_bytes for r in group.member_loaded().values())
+            images = None  # a tensor-parallel model is served as text only
         max_in_flight = (
             request.max_in_flight or self.limits.max_in_flight or loaded.max_sequences or 1
         )
@@ -244,9 +264,9 @@ class ModelRegistry:
                               self.limits.queue_timeout)  # fmt: skip
         return ServedModel(
             request.model_id, info, tokenizer, device, index, admission, dtype,
-            memory_bytes=loaded.memory_bytes, load_seconds=loaded.load_seconds,
+            memory_bytes=memory, load_seconds=loaded.load_seconds,
             pinned=request.pinned, prefix_cache_bytes=loaded.prefix_cache_bytes,
-            images=images,
+            images=images, group=group, device_indices=tuple(i for i, _ in picked),
         )  # fmt: skip
 
     def _inspect(self, model_id: ModelId) -> SnapshotInfo:
@@ -261,6 +281,41 @@ class ModelRegistry:
         except worker_errors.ModelError as exc:
             raise ApiError(str(exc), status=422, type="invalid_request_error",
                            code=exc.code) from exc  # fmt: skip
+
+    def _pick_devices(self, request: LoadRequest) -> list[tuple[int, Device]]:
+        """The device for each rank: the named ones in order, else the least loaded."""
+        ranks = request.tensor_parallel
+        if ranks == 1:
+            return [self._pick_device(request)]
+        if ranks > len(self.devices):
+            raise InvalidRequest(
+                f"tensor_parallel = {ranks}, but this node has {len(self.devices)} devices",
+                param="tensor_parallel",
+            )
+        named = request.devices
+        unknown = set(named or ()) - set(range(len(self.devices)))
+        if unknown:
+            raise InvalidRequest(f"no device with index {sorted(unknown)}", param="devices")
+        if named and len(set(named)) != len(named):
+            raise InvalidRequest("a device is named twice", param="devices")
+        candidates = list(enumerate(self.devices))
+        busy = [i for i, d in candidates if d.groups]
+        if named:
+            picked = [(i, self.devices[i]) for i in named]
+        else:
+            free = [(i, d) for i, d in candidates if d.worker is not None and i not in busy]
+            picked = sorted(free, key=lambda pair: (len(pair[1].desired), pair[0]))[:ranks]
+            picked.sort(key=lambda pair: pair[0])
+        if any(i in busy for i, _ in picked) or len(picked) < ranks:
+            raise ServiceUnavailable(
+                f"tensor_parallel = {ranks} needs {ranks} live devices that are no other "
+                "tensor-parallel model's ranks (a worker joins one group at a time)",
+                retry_after=2, code="worker_unavailable",
+            )  # fmt: skip
+        if any(d.worker is None for _, d in picked):
+            raise ServiceUnavailable("a device worker is not ready", retry_after=2,
+                                     code="worker_unavailable")  # fmt: skip
+        return picked
 
     def _pick_device(self, request: LoadRequest) -> tuple[int, Device]:
         candidates = list(enumerate(self.devices))
@@ -294,11 +349,15 @@ class ModelRegistry:
         with trio.move_on_after(self.limits.unload_drain_timeout):
             await model.admission.wait_idle()
         try:
-            await model.device.unload(model.id)
+            if model.group is not None:
+                await model.group.unload()
+            else:
+                await model.device.unload(model.id)
         finally:
             self.models.pop(model.id, None)
             log.info("model unloaded model=%s device=%s", model.id, model.device.id)
-            self.metrics.model_unloaded(model.id, [model.device.id])
+            devices = model.group.devices if model.group else [model.device]
+            self.metrics.model_unloaded(model.id, [d.id for d in devices])
             self.metrics.models_loaded.set(len(self.models))
         return model
 
@@ -340,7 +399,7 @@ def _model_info(model: ServedModel) -> node.ModelInfo:
         id=model.id,
         harness=HARNESS,
         status=model.current_status(),
-        devices=(model.device_index,),
+        devices=model.device_indices or (model.device_index,),
         vram_used_mb=model.memory_bytes // (1 << 20),
         capabilities=("text", "image") if model.images is not None else ("text",),
         limit=node.ModelLimit(context=context, input=context, output=None) if context else None,
@@ -352,7 +411,16 @@ def _model_info(model: ServedModel) -> node.ModelInfo:
         prefix_cache_bytes=model.prefix_cache_bytes,
         prefix_cache_used_bytes=engine.prefix_cache_bytes if engine else None,
         path=str(model.info.snapshot.source or model.info.snapshot.path),
+        device_memory_bytes=_device_memory(model),
     )
+
+
+def _device_memory(model: ServedModel) -> tuple[int, ...] | None:
+    """A tensor-parallel model's measured bytes per rank, in `devices` order."""
+    if model.group is None:
+        return None
+    loaded = model.group.member_loaded()
+    return tuple(loaded[d.id].memory_bytes if d.id in loaded else 0 for d in model.group.devices)
 
 
 def prefix_cache_budget(limits: RegistryLimits, request: LoadRequest) -> int | None:

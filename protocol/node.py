@@ -246,6 +246,8 @@ class ModelInfo:
     prefix_cache_bytes: int | None = None  # the prefix cache's budget (0: off)
     prefix_cache_used_bytes: int | None = None  # held by cached prompt prefixes now
     path: str | None = None  # the snapshot directory or GGUF file it was loaded from
+    # Measured bytes on each of `devices`, in that order (a tensor-parallel model's ranks).
+    device_memory_bytes: tuple[int, ...] | None = None
 
 
 @attrs.frozen
