@@ -176,7 +176,7 @@ def test_a_near_miss_id_names_the_model_meant(neuron_daemon):
         (b'{"model_id": 7}', 400, "invalid_request_body"),
         (b"{}", 400, "invalid_request_body"),
         (b'{"model_id": "helexa/llama-tiny", "tensor_paralel": 2}', 400, "invalid_request_body"),
-        (b'{"model_id": "helexa/llama-tiny", "tensor_parallel": 2}', 400, "unsupported_parameter"),
+        (b'{"model_id": "helexa/llama-tiny", "tensor_parallel": 3}', 400, "invalid_request"),
         (b'{"model_id": "helexa/llama-tiny", "quant": "q4_k_m"}', 400, "unsupported_parameter"),
         (b'{"model_id": "helexa/llama-tiny", "devices": [5]}', 400, "invalid_request"),
         (b'{"model_id": "helexa/llama-tiny", "harness": "vllm"}', 400, "unknown_harness"),

@@ -1,0 +1,230 @@
+"""Tensor parallelism on a real `neuron serve`: one model over two CPU device workers.
+
+One daemon (module-scoped: its start-up and the group formations dominate the
+time) serves the synthesized tiny Qwen3 (4 heads, 2 KV heads) twice: as
+`helexa/qwen3-one` on one device (`tensor_parallel = 1`) and as `helexa/qwen3-two`
+over `cpu:0` and `cpu:1` (`tensor_parallel = 2`, gloo). The tests hold the TP model to the TP=1 one —
+greedy output token-identical, alone and 8 at once — and check each rank's
+measured bytes, the group failing and coming back as a whole when either rank is
+SIGKILLed mid-stream, and unload / reload.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import signal
+import socket
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+import trio
+from daemon_harness import (
+    HTTPX_ASYNCGEN_WARNING,
+    QWEN,
+    Models,
+    chat_body,
+    next_data,
+    open_sse,
+    sse_events,
+    start_daemon,
+    wait_for,
+)
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.integration,
+    pytest.mark.filterwarnings(HTTPX_ASYNCGEN_WARNING),
+]
+
+SMALL = "helexa/qwen3-one"  # tensor_parallel = 1
+TP = "helexa/qwen3-two"  # the same snapshot, tensor_parallel = 2
+NO_EOS = {"4089": -100, "4087": -100}
+_RENDEZVOUS = re.compile(
+    r"model=helexa/qwen3-two devices=cpu:0,cpu:1 rendezvous=tcp://127\.0\.0\.1:(\d+)"
+)
+
+
+@pytest.fixture(scope="module")
+def tp_daemon(daemon_models: Models, tmp_path_factory):
+    root = tmp_path_factory.mktemp("tp-models")
+    for name in (SMALL, TP):  # the session's tiny Qwen3, under two names
+        shutil.copytree(daemon_models.root / QWEN, root / name)
+    daemon = start_daemon(
+        tmp_path_factory.mktemp("neuron-tp"),
+        Models(root),
+        default_models=(
+            {"id": TP, "tensor_parallel": 2, "devices": ["cpu:0", "cpu:1"]},
+            {"id": SMALL, "devices": ["cpu:1"]},
+        ),
+        settings={"timeouts": {"worker_heartbeat": 5}},
+    )
+    try:
+        yield daemon
+    finally:
+        daemon.stop()
+
+
+def prompts(n: int) -> list[str]:
+    return [f"request {i}: " + " ".join(["tensor", "parallel", "words"][: 1 + i % 3] * (i + 1))
+            for i in range(n)]  # fmt: skip
+
+
+async def complete(client, model: str, content: str, max_tokens: int = 12) -> list[str]:
+    body = chat_body(content, model=model, max_tokens=max_tokens, temperature=0,
+                     logprobs=False, logit_bias=NO_EOS)  # fmt: skip
+    response = await client.post("/v1/chat/completions", json=body)
+    assert response.status_code == 200, response.text
+    return response.json()["choices"][0]["message"]["content"]
+
+
+async def test_greedy_output_matches_tensor_parallel_1_alone_and_eight_at_once(tp_daemon):
+    texts = prompts(8)
+    async with tp_daemon.async_http(timeout=120) as client:
+        reference = [await complete(client, SMALL, text) for text in texts]
+        assert await complete(client, TP, texts[0]) == reference[0]
+        together: dict[int, str] = {}
+
+        async def one(i: int) -> None:
+            together[i] = await complete(client, TP, texts[i])
+
+        async with trio.open_nursery() as nursery:
+            for i in range(len(texts)):
+                nursery.start_soon(one, i)
+    assert [together[i] for i in range(len(texts))] == reference
+    assert len(set(reference)) > 1  # the prompts lead to different outputs
+
+
+def test_each_rank_holds_half_the_sharded_weights(tp_daemon):
+    models = {m["id"]: m for m in tp_daemon.get("/models")}
+    tp, whole = models[TP], models[SMALL]
+    assert tp["devices"] == [0, 1] and tp["status"] == "loaded"
+    ranks = tp["device_memory_bytes"]
+    assert len(ranks) == 2 and tp["memory_bytes"] == sum(ranks)
+    replicated, sharded = _weight_split(Path(tp["path"]))
+    assert abs(whole["memory_bytes"] - (replicated + sharded)) <= 0.01 * whole["memory_bytes"]
+    for rank_bytes in ranks:
+        assert abs(rank_bytes - replicated - sharded / 2) <= 0.1 * sharded / 2, (ranks, sharded)
+    health = {d["id"]: d for d in tp_daemon.health()["devices"]}  # counted on each device
+    assert health["cpu:0"]["vram_used_mb"] == ranks[0] >> 20
+    assert health["cpu:1"]["vram_used_mb"] == (ranks[1] + whole["memory_bytes"]) >> 20
+
+
+def _weight_split(snapshot: Path) -> tuple[int, int]:
+    """(replicated, sharded) weight bytes: the plan splits the layers' projections."""
+    from safetensors import safe_open
+
+    replicated = sharded = 0
+    for file in snapshot.glob("*.safetensors"):
+        with safe_open(file, "pt") as weights:
+            for name in weights.keys():  # noqa: SIM118 - safe_open has no __iter__
+                size = weights.get_slice(name)
+                nbytes = 4 if size.get_dtype() == "F32" else 2
+                count = 1
+                for dim in size.get_shape():
+                    count *= dim
+                projection = re.search(r"\.(q|k|v|o|gate|up|down)_proj\.", name)
+                if projection:
+                    sharded += count * nbytes
+                else:
+                    replicated += count * nbytes
+    return replicated, sharded
+
+
+@pytest.mark.parametrize("rank", [1, 0])
+async def test_sigkill_of_a_rank_fails_the_group_in_band_and_it_comes_back(tp_daemon, rank):
+    before = _rank_pids(tp_daemon)
+    formations = _rendezvous_ports(tp_daemon)
+    port = formations[-1]
+    body = chat_body("a long one", model=TP, max_tokens=2000, stream=True, logit_bias=NO_EOS)
+    async with (
+        tp_daemon.async_http(timeout=60) as client,
+        open_sse(client, "/v1/chat/completions", body) as (_, lines),
+    ):
+        await next_data(lines)
+        await next_data(lines)  # decoding, on both ranks
+        psutil.Process(before[rank]).send_signal(signal.SIGKILL)
+        killed = time.monotonic()
+        rest = [line async for line in lines]
+        ended = time.monotonic() - killed
+    events = list(sse_events(rest))
+    errors = [json.loads(e)["error"] for e in events if e.startswith('{"error"')]
+    assert errors and errors[0]["code"] == "worker_died", events[-4:]
+    assert events[-1] == "[DONE]"
+    assert ended < 1.0, f"the stream ended {ended:.2f}s after the kill"
+    # both ranks replaced, the group re-formed on a new rendezvous, serving again
+    wait_for(lambda: len(_rendezvous_ports(tp_daemon)) > len(formations), within=90,
+             what="the group to re-form")  # fmt: skip
+    after = wait_for(lambda: _loaded(tp_daemon) and _rank_pids(tp_daemon), within=30,
+                     what="small-tp loaded again")  # fmt: skip
+    assert not set(before) & set(after)
+    assert not any(psutil.pid_exists(pid) and _alive(pid) for pid in before)
+    with socket.socket() as probe:  # nothing listens on the old rendezvous port
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        probe.bind(("127.0.0.1", port))
+        probe.listen()
+    async with tp_daemon.async_http(timeout=60) as client:
+        text = prompts(1)[0]
+        assert await complete(client, TP, text) == await complete(client, SMALL, text)
+
+
+async def test_unload_frees_both_ranks_and_reload_works(tp_daemon):
+    text = prompts(1)[0]
+    async with tp_daemon.async_http(timeout=60) as client:
+        reference = await complete(client, SMALL, text)
+    pids = _rank_pids(tp_daemon)
+    ranks = next(m for m in tp_daemon.get("/models") if m["id"] == TP)["device_memory_bytes"]
+    rss = [psutil.Process(pid).memory_info().rss for pid in pids]
+    with tp_daemon.http(timeout=60) as client:
+        response = client.post("/models/unload", json={"model_id": TP})
+        assert response.status_code == 200, response.text
+        freed = [
+            before - psutil.Process(pid).memory_info().rss
+            for before, pid in zip(rss, pids, strict=True)
+        ]
+        assert all(f >= share // 2 for f, share in zip(freed, ranks, strict=True)), (freed, ranks)
+        assert _rank_pids(tp_daemon) == pids  # unloading restarts nothing
+        # reload through the API, as a gateway would, with the ranks the other way round
+        spec = {"model_id": TP, "tensor_parallel": 2, "devices": [1, 0]}
+        response = client.post("/models/load", json=spec)
+        assert response.status_code == 200, response.text
+    model = next(m for m in tp_daemon.get("/models") if m["id"] == TP)
+    assert model["devices"] == [1, 0] and len(model["device_memory_bytes"]) == 2
+    async with tp_daemon.async_http(timeout=60) as client:
+        assert await complete(client, TP, text) == reference
+
+
+# ------------------------------------------------------------------------------------------
+
+
+def _rank_pids(daemon) -> list[int]:
+    """The worker pids of cpu:0 and cpu:1, in rank order."""
+    children = psutil.Process(daemon.process.pid).children()
+    by_device = {}
+    for child in children:
+        try:
+            command = child.cmdline()
+        except psutil.NoSuchProcess:
+            continue
+        if "--device" in command:
+            by_device[command[command.index("--device") + 1]] = child.pid
+    return [by_device.get("cpu:0"), by_device.get("cpu:1")]
+
+
+def _rendezvous_ports(daemon) -> list[int]:
+    """The loopback port of each formation of the group so far."""
+    return [int(p) for p in _RENDEZVOUS.findall(daemon.log())]
+
+
+def _loaded(daemon) -> bool:
+    return any(m["id"] == TP and m["status"] == "loaded" for m in daemon.get("/models"))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
