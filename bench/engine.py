@@ -42,6 +42,16 @@ that retry when other processes disturb them, and the report.
 With `--device cuda:N` the worker is started for `cuda:N` (pinned to that GPU with
 `CUDA_VISIBLE_DEVICES`, as the daemon does) and this process's copy is loaded on the same
 GPU; every timestamp is taken after `torch.cuda.synchronize`.
+
+`--tp N` instead compares tensor parallelism with one device, on CPU workers only: the
+model on one worker (`cpu:0`, `--threads` threads) against the same model over N workers
+(`cpu:1`..`cpu:N`, `--threads / N` threads each: the same cores in all), both loaded
+for the whole run, alternating each round. It prints single-stream decode tok/s and
+aggregate tok/s at the largest `--concurrency`, TP=N ÷ TP=1, whether the tokens agree,
+and each rank's measured bytes. On a CPU host TP is not faster: the figures show what
+the collectives cost.
+
+    python bench/engine.py --model synth --size small --dtype fp32 --tp 2
 """
 
 from __future__ import annotations
@@ -77,6 +87,7 @@ import actors
 from cortex import demo
 from neuron.devices import Device, DeviceSpec, ModelPlacement, WorkerTimeouts, start_devices
 from neuron.synth import ARCHS, SIZES, synthesize
+from neuron.tensor_parallel import TensorParallelGroup
 from neuron.worker import gguf
 from neuron.worker.engine import Engine, EngineConfig, SeqId
 from neuron.worker.loader import LoadedModel, load_model
@@ -501,6 +512,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--retries", type=int, default=5,
                         help="times a round disturbed by other processes is run again")  # fmt: skip
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--tp", type=int, help="compare tensor_parallel = TP with 1 (CPU)")
     parser.add_argument("--cache", type=Path, default=Path.home() / ".cache/helexa/bench-models",
                         help="where synthesized models are built and reused")  # fmt: skip
     args = parser.parse_args(argv)
@@ -576,8 +588,66 @@ async def bench_main(args: argparse.Namespace, path: Path, loaded: LoadedModel) 
     return samples
 
 
+# -- tensor parallelism (--tp) -------------------------------------------------------
+
+
+async def tensor_parallel_main(args: argparse.Namespace, model_id: str, path: Path) -> None:
+    ranks, concurrency = args.tp, max(args.concurrency)
+    threads = max(1, args.threads // ranks)
+    single = make_prompt(args.prompt_tokens, args.seed)
+    batch = ragged_prompts(concurrency, args.prompt_tokens, args.seed + 1)
+    async with actors.open_root("bench") as root:
+        one = Device(DeviceSpec("cpu:0", args.threads, max_batch_size=concurrency), TIMEOUTS)
+        group = [Device(DeviceSpec(f"cpu:{n + 1}", threads, max_batch_size=concurrency),
+                        TIMEOUTS) for n in range(ranks)]  # fmt: skip
+        await start_devices(root, [one, *group])
+        placement = ModelPlacement(model_id, str(path), dtype=args.dtype)
+        whole = await one.load(placement)
+        tp = TensorParallelGroup(attrs.evolve(placement, max_sequences=concurrency), group)
+        await tp.load()
+        shares = tp.member_loaded()
+        sides = {"tp1": one, f"tp{ranks}": group[0]}
+        samples: dict[str, list[float]] = defaultdict(list)
+        tokens: dict[str, tuple[int, ...]] = {}
+        for device in sides.values():  # warm-up
+            await worker_run(device, model_id, [single], 4)
+        for turn in range(args.repeats):
+            for side, device in list(sides.items())[:: 1 if turn % 2 == 0 else -1]:
+                trace = await worker_run(device, model_id, [single], args.new_tokens)
+                samples[f"{side}/single"].append(trace.decode_rate)
+                tokens[side] = trace.ids
+                trace = await worker_run(device, model_id, batch, args.batch_new_tokens)
+                samples[f"{side}/batch"].append(trace.aggregate_rate)
+        rss = {d.id: psutil.Process(d.worker.pid).memory_info().rss for d in (one, *group)}
+        await tp.unload()  # a clean stop: the group ends before its workers do
+    median = {k: statistics.median(v) for k, v in samples.items()}
+    tp = f"tp{ranks}"
+    print(f"\ntensor parallelism: {model_id} ({args.arch} {args.size}, {args.dtype}) on "
+          f"{os.cpu_count()} cores; TP=1: 1 worker x {args.threads} threads; TP={ranks}: "
+          f"{ranks} workers x {threads} threads (gloo); median of {args.repeats}")  # fmt: skip
+    print(f"  {'':<34}{'TP=1':>10}{f'TP={ranks}':>10}{'ratio':>8}")
+    for key, label in (("single", f"decode tok/s, 1 stream, {args.new_tokens} new"),
+                       ("batch", f"aggregate tok/s, {concurrency} streams")):  # fmt: skip
+        a, b = median[f"tp1/{key}"], median[f"{tp}/{key}"]
+        print(f"  {label:<34}{a:>10.1f}{b:>10.1f}{b / a:>8.2f}")
+    same = sum(x == y for x, y in zip(tokens["tp1"], tokens[tp], strict=True))
+    print(f"  greedy tokens equal (last single round): {same}/{len(tokens['tp1'])}")
+    print(
+        f"  model bytes: TP=1 {whole.memory_bytes / 2**20:.1f} MiB; TP={ranks} per rank "
+        + ", ".join(f"{d}: {r.memory_bytes / 2**20:.1f} MiB" for d, r in shares.items())
+    )
+    print("  worker RSS: " + ", ".join(f"{d} {b / 2**20:.0f} MiB" for d, b in rss.items()))
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
+    if args.tp:
+        print("command:", shlex.join([sys.executable, *sys.argv]), flush=True)
+        if args.model == "smollm2":
+            args.model = "synth"  # SmolLM2's 9 heads / 3 KV heads do not split in 2
+        model_id, path = build_model(args)
+        trio.run(tensor_parallel_main, args, model_id, path)
+        return
     if args.setup_serve_venv:
         serve.setup_serve_venv(args.serve_venv)
         print(f"created {args.serve_venv}: {serve.serve_venv_problem(args.serve_venv) or 'ok'}")
