@@ -2,11 +2,12 @@
 
 One daemon (module-scoped: its start-up and the group formations dominate the
 time) serves the synthesized tiny Qwen3 (4 heads, 2 KV heads) twice: as
-`helexa/qwen3-one` on one device (`tensor_parallel = 1`) and as `helexa/qwen3-two`
-over `cpu:0` and `cpu:1` (`tensor_parallel = 2`, gloo). The tests hold the TP model to the TP=1 one —
-greedy output token-identical, alone and 8 at once — and check each rank's
-measured bytes, the group failing and coming back as a whole when either rank is
-SIGKILLed mid-stream, and unload / reload.
+`helexa/qwen3-one` on one device (`tensor_parallel = 1`) and as
+`helexa/qwen3-two` over `cpu:0` and `cpu:1` (`tensor_parallel = 2`, gloo). The
+tests hold the TP model to the TP=1 one — greedy output token-identical, alone
+and 8 at once — and check each rank's measured bytes, the group failing and
+coming back as a whole when either rank is SIGKILLed mid-stream, and unload /
+reload.
 """
 
 from __future__ import annotations
