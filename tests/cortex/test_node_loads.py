@@ -118,6 +118,22 @@ async def test_a_load_names_the_first_harness_the_node_lists(autojump_clock, har
     assert (body["model_id"], body.get("harness"), body["devices"]) == (MODEL, sent, [0])
 
 
+async def test_a_load_over_several_devices_asks_for_tensor_parallelism(autojump_clock):
+    """Upstream's rule: `min_devices` devices placed means `tensor_parallel` that many."""
+    bodies: list[dict] = []
+
+    async def recording(request: httpx.Request) -> httpx.Response:
+        bodies.append(json.loads(request.content))
+        return await loaded_ok(request)
+
+    node = node_answering(recording)
+    async with actors.open_root("t") as root, node.client:
+        await root.start(QuietNodeActor, node, name="n")
+        await node.ensure_loaded(MODEL, (1, 0), ())
+    [body] = bodies
+    assert (body["devices"], body["tensor_parallel"]) == ([1, 0], 2)
+
+
 async def test_no_load_starts_while_no_node_actor_runs(autojump_clock):
     """Between incarnations (a crash's backoff) or before the first: a 503 to retry."""
     node = node_answering(loaded_ok)

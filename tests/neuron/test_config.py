@@ -197,6 +197,21 @@ def test_model_devices_that_do_not_exist_name_the_entry(tmp_path):
     )
 
 
+def test_tensor_parallel_or_upstreams_min_devices_gives_the_ranks(tmp_path):
+    text = ("devices = ['cpu:0', 'cpu:1']\n[[models]]\nid = 'a'\ntensor_parallel = 2\n"
+            "[[models]]\nid = 'b'\nmin_devices = 2\n[[models]]\nid = 'c'\n"
+            "[[default_models]]\nmodel_id = 'd'\ntensor_parallel = 2\n")  # fmt: skip
+    config = load_config(write(tmp_path, text), {})
+    assert [(m.id, m.ranks) for m in config.models] == [("a", 2), ("b", 2), ("c", 1), ("d", 2)]
+    path = write(tmp_path, "[[models]]\nid = 'a'\ntensor_parallel = 2\ndevices = ['cpu:0']\n")
+    config = load_config(path, {})
+    with pytest.raises(ConfigError) as info:
+        config.model_devices(config.device_specs(host=HOST))
+    assert info.value.problems == (
+        f"{path}: [[models]] #1 devices: tensor_parallel = 2 needs one device per rank",
+    )
+
+
 # ------------------------------------------------------------------ errors in the file
 
 
