@@ -1,15 +1,19 @@
 """Structured outputs and forced tool calls on a random-weight model (issue #17).
 
 The tiny Qwen3 writes gibberish, so whatever it produces under a grammar is the
-test: for random JSON Schemas (hypothesis) the reply must parse and validate
-(`jsonschema`) through every dialect — chat (streamed and not), Responses
-`text.format`, and Anthropic `output_config.format` through a real cortex — and a
-forced tool call must come back as a call to an allowed tool whose arguments
-validate, with `finish_reason: "tool_calls"` / `stop_reason: "tool_use"`.
+test: for random JSON Schemas (hypothesis) and a curated set of 20 (one per schema
+feature) the reply must parse and validate (`jsonschema`, formats checked) through
+every dialect — chat, Responses `text.format`, and Anthropic
+`output_config.format` through a real cortex, streamed and not; a forced tool call
+must come back as a call to an allowed tool whose arguments validate, with
+`finish_reason: "tool_calls"` / `stop_reason: "tool_use"`; under `tool_choice`
+auto, every call to `strict` tools must validate; and LangChain's
+`with_structured_output` must parse on the Responses API and on chat.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import sys
 from pathlib import Path
@@ -173,6 +177,117 @@ def test_random_schemas_always_validate(client, claude, schema, seed):
     _valid(message.content[0].text, schema)
 
 
+# -- a curated set: one schema per feature, every dialect, streamed and not --------------------
+
+
+def _props(props: dict, required: list | None = None) -> dict:
+    return _object(props, list(props) if required is None else required)
+
+
+DIGIT = {"type": "integer", "minimum": 0, "maximum": 9}
+CURATED = {
+    "nested": _props({"user": _props({"name": {"type": "string", "maxLength": 8},
+                                      "age": {"type": "integer", "minimum": 0, "maximum": 120}})}),
+    "array_bounds": _props({"digits": {"type": "array", "items": DIGIT, "minItems": 2,
+                                       "maxItems": 4}}),
+    "enum": _props({"sky": {"enum": ["clear", "cloudy", "rain"]}}),
+    "any_of": _props({"v": {"anyOf": [{"type": "string", "maxLength": 5},
+                                      {"type": "integer", "minimum": -5, "maximum": 5}]}}),
+    "one_of": _props({"shape": {"oneOf": [_props({"r": DIGIT}),
+                                          _props({"w": DIGIT, "h": DIGIT})]}}),
+    "all_of": {"allOf": [_props({"a": DIGIT}), {"required": ["a"]}]},
+    # A plain `number` has no bound on its fraction, which a random model can fill to
+    # the cap ("9.2222…"); `multipleOf` bounds the digits (llguidance writes exactly
+    # as many decimals as the step has).
+    "number_bounds": _props({"p": {"type": "number", "minimum": 0, "maximum": 1,
+                                   "multipleOf": 0.01},
+                             "t": {"type": "number", "exclusiveMinimum": -40,
+                                   "exclusiveMaximum": 50, "multipleOf": 0.25}}),
+    "multiple_of": _props({"m": {"type": "integer", "minimum": 0, "maximum": 100,
+                                 "multipleOf": 5}}),
+    "pattern": _props({"code": {"type": "string", "pattern": "^[A-Z]{2}-[0-9]{3}$"}}),
+    "string_lengths": _props({"s": {"type": "string", "minLength": 2, "maxLength": 5}}),
+    "date": _props({"day": {"type": "string", "format": "date"}}),
+    "uuid": _props({"id": {"type": "string", "format": "uuid"}}),
+    "email": _props({"to": {"type": "string", "format": "email", "maxLength": 20}}),
+    "ipv4": _props({"ip": {"type": "string", "format": "ipv4"}}),
+    "optional": _props({"a": {"type": "boolean"}, "b": DIGIT,
+                        "c": {"type": "string", "maxLength": 4}}, ["a"]),
+    "const_and_null": _props({"kind": {"const": "weather"},
+                              "note": {"type": ["string", "null"], "maxLength": 6}}),
+    "array_of_objects": _props({"points": {"type": "array", "maxItems": 2,
+                                           "items": _props({"x": DIGIT, "y": DIGIT})}}),
+    "nested_arrays": _props({"grid": {"type": "array", "maxItems": 2,
+                                      "items": {"type": "array", "maxItems": 2,
+                                                "items": {"type": "boolean"}}}}),
+    "tuple": _props({"pair": {"type": "array", "items": False,
+                              "prefixItems": [{"type": "string", "maxLength": 3}, DIGIT]}}),
+    "refs": {"$defs": {"P": _props({"x": DIGIT})}, **_props({"a": {"$ref": "#/$defs/P"},
+                                                             "b": {"$ref": "#/$defs/P"}})},
+}  # fmt: skip
+CURATED_TOKENS = 160  # each schema's documents stay well under this
+
+
+def _chat_run(client, schema: dict, stream: bool) -> tuple[str, str]:
+    fmt = {"type": "json_schema", "json_schema": {"name": "out", "schema": schema, "strict": True}}
+    body = dict(model=QWEN, messages=USER, max_tokens=CURATED_TOKENS, response_format=fmt)
+    if not stream:
+        [choice] = client.chat.completions.create(**body).choices
+        return choice.message.content, choice.finish_reason
+    text, finish = "", None
+    for chunk in client.chat.completions.create(**body, stream=True):
+        for choice in chunk.choices:
+            text += choice.delta.content or ""
+            finish = choice.finish_reason or finish
+    return text, finish
+
+
+def _responses_run(client, schema: dict, stream: bool) -> tuple[str, str]:
+    fmt = {"type": "json_schema", "name": "out", "schema": schema}
+    body = dict(model=QWEN, input=USER[0]["content"], max_output_tokens=CURATED_TOKENS,
+                text={"format": fmt})  # fmt: skip
+    if not stream:
+        response = client.responses.create(**body)
+        return response.output_text, response.status
+    for event in client.responses.create(**body, stream=True):
+        if event.type in ("response.completed", "response.incomplete"):
+            return event.response.output_text, event.response.status
+    raise AssertionError("the stream ended without a response")
+
+
+def _messages_run(claude, schema: dict, stream: bool) -> tuple[str, str]:
+    fmt = {"type": "json_schema", "schema": schema}
+    body = dict(model=QWEN, max_tokens=CURATED_TOKENS, messages=USER,
+                extra_body={"output_config": {"format": fmt}})  # fmt: skip
+    if not stream:
+        message = claude.messages.create(**body)
+    else:
+        with claude.messages.stream(**body) as events:
+            message = events.get_final_message()
+    return "".join(b.text for b in message.content if b.type == "text"), message.stop_reason
+
+
+def test_curated_schemas_validate_in_every_dialect(client, claude):
+    """20 schemas, one per feature, each through chat, Responses and Anthropic
+    Messages, streamed and not: 120 requests, sent 16 at a time so the worker
+    decodes them as one batch."""
+    dialects = ((_chat_run, client), (_responses_run, client), (_messages_run, claude))
+    runs = [(run, where, stream) for run, where in dialects for stream in (False, True)]
+    jobs = [(name, schema, run) for name, schema in CURATED.items() for run in runs]
+    checker = jsonschema.FormatChecker()
+
+    def one(job):
+        name, schema, (run, where, stream) = job
+        return name, schema, run.__name__, stream, run(where, schema, stream)
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=16) as pool:
+        results = list(pool.map(one, jobs))
+    for name, schema, dialect, stream, (text, finish) in results:
+        where = f"{name} via {dialect} (stream={stream}): {text!r}"
+        assert finish in ("stop", "completed", "end_turn"), where
+        jsonschema.validate(json.loads(text), schema, format_checker=checker)
+
+
 def test_json_object_and_sdk_parse(client):
     reply = client.chat.completions.create(
         model=QWEN, messages=USER, max_tokens=60, seed=1, response_format={"type": "json_object"}
@@ -294,3 +409,42 @@ def test_strict_tools_under_auto_make_every_call_valid(client):
     loose = client.chat.completions.create(**body, tools=TOOLS, max_tokens=30, n=3, seed=1)
     assert not any(choice.message.tool_calls for choice in loose.choices)
     assert any("<tool_call>" in (choice.message.content or "") for choice in loose.choices)
+
+
+# -- LangChain's with_structured_output through the gateway ----------------------------------
+
+
+def test_langchain_with_structured_output(gateway):
+    from langchain_openai import ChatOpenAI
+
+    class Forecast(pydantic.BaseModel):
+        city: str = pydantic.Field(max_length=10)
+        sunny: bool
+        wind: int = pydantic.Field(ge=0, le=99)
+
+    def model(**kwargs) -> ChatOpenAI:
+        return ChatOpenAI(model=QWEN, base_url=f"{gateway.url}/v1", api_key="sk-local",
+                          max_tokens=MAX_TOKENS, max_retries=0, timeout=60, **kwargs)  # fmt: skip
+
+    prompt = USER[0]["content"]
+    # LangChain's default method (json_schema: the SDK makes the model's schema strict),
+    # on the Responses API and on chat; and the tool-calling method, which forces a call
+    # to a `Forecast` function (strict, else the schema allows any extra key and the
+    # random model writes them to the cap).
+    for llm, method, strict in (
+        (model(use_responses_api=True), "json_schema", None),
+        (model(use_responses_api=False), "json_schema", None),
+        (model(use_responses_api=False), "function_calling", True),
+    ):
+        structured = llm.with_structured_output(
+            Forecast, method=method, strict=strict, include_raw=True
+        )
+        result = structured.invoke(prompt)
+        assert result["parsing_error"] is None, result["raw"]
+        assert isinstance(result["parsed"], Forecast), result["raw"]
+        responses_api = result["raw"].response_metadata["id"].startswith("resp_")
+        assert responses_api == llm.use_responses_api
+        if method == "function_calling":
+            assert result["raw"].tool_calls[0]["name"] == "Forecast"
+        else:
+            assert json.loads(result["raw"].text) == result["parsed"].model_dump()
