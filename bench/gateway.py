@@ -16,6 +16,11 @@ connections, each sending its next request when the last one ended). It prints r
 p50 and p99 of the whole exchange (request written → last body byte), the gateway's
 throughput as a fraction of the baseline's, and the p50 it adds.
 
+`--peer litellm` adds a third side: a LiteLLM proxy (`litellm[proxy]==LITELLM_VERSION`,
+installed on first use into its own venv under ~/.cache/helexa, never into the
+project's) in front of the same upstream, measured in the same rounds, and the ratios
+cortex ÷ LiteLLM (req/s) and LiteLLM's added p50 ÷ cortex's.
+
 The load generator is pure Python too (raw trio sockets, a minimal HTTP/1.1 reader that
 checks every answer), so it runs wherever the project does; it is cheap next to the
 gateway, but on a 2-core box all three processes share the cores: the baseline is a
@@ -25,13 +30,16 @@ and gateway alternating, and reports medians. Not a test: compare lines of one r
     python bench/gateway.py
     python bench/gateway.py --duration 5 --rounds 5 --json
     python bench/gateway.py --profile gateway.html     # the gateway under pyinstrument
+    python bench/gateway.py --peer litellm             # + a LiteLLM proxy, side by side
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
+import re
 import signal
 import socket
 import statistics
@@ -48,6 +56,10 @@ import trio
 MODEL = "bench/static"
 CHUNKS = 100
 ROUTE = b"/v1/chat/completions"
+LITELLM_VERSION = "1.108.5"  # 1.108.6-14 pin proxy extras that the index lacks
+PEER_VENVS = Path.home() / ".cache" / "helexa"
+REPO = Path(__file__).resolve().parent.parent
+_STREAMED = re.compile(rb'"stream"\s*:\s*true')  # however the client spelled its JSON
 
 # -- the upstream: canned answers --------------------------------------------------------
 
@@ -109,7 +121,7 @@ async def _serve_upstream() -> None:
         try:
             while (request := await reader.request()) is not None:
                 path, body = request
-                if path == ROUTE and b'"stream":true' in body:
+                if path == ROUTE and _STREAMED.search(body):
                     for write in stream:
                         await conn.send_all(write)
                 else:
@@ -206,6 +218,8 @@ class Result:
         return self.requests / self.seconds
 
     def percentile(self, p: float) -> float:
+        if not self.latencies:
+            return math.nan  # nothing ended within the measurement
         return self.latencies[min(len(self.latencies) - 1, int(p * len(self.latencies)))]
 
 
@@ -218,17 +232,23 @@ def _request(port: int, stream: bool) -> bytes:
             % (port, len(body), body))  # fmt: skip
 
 
-def _check(status: int, body: bytes, stream: bool) -> None:
+def _check(status: int, body: bytes, stream: bool, exact: bool) -> None:
+    """A complete answer; `exact`: the upstream's bytes (a relay), else its content
+    (a peer that re-encodes what it relays)."""
     if status != 200:
         raise RuntimeError(f"answered {status}: {body[:300]!r}")
-    if stream and (body.count(b"data: ") != CHUNKS + 1 or not body.endswith(b"[DONE]\n\n")):
+    if stream and (len(_WORDS.findall(body)) != CHUNKS - 3 or not body.endswith(b"[DONE]\n\n")
+                   or (exact and body.count(b"data: ") != CHUNKS + 1)):  # fmt: skip
         raise RuntimeError(f"incomplete stream: {body[-300:]!r}")
-    if not stream and not body.endswith(b"}"):
+    if not stream and not (body.rstrip().endswith(b"}") and b"quick brown fox" in body):
         raise RuntimeError(f"unexpected body: {body[:300]!r}")
 
 
+_WORDS = re.compile(rb'" word\d+"')  # the streamed deltas' content
+
+
 async def measure(port: int, stream: bool, concurrency: int, duration: float,
-                  warmup: float, pid: int | None = None) -> Result:  # fmt: skip
+                  warmup: float, pid: int | None = None, exact: bool = True) -> Result:  # fmt: skip
     """`concurrency` keep-alive connections in closed loop; what ended after `warmup`,
     and the CPU time process `pid` used meanwhile."""
     request = _request(port, stream)
@@ -250,7 +270,7 @@ async def measure(port: int, stream: bool, concurrency: int, duration: float,
                 while keep and (sent := trio.current_time()) < stop:
                     await conn.send_all(request)
                     status, body, keep = await reader.response()
-                    _check(status, body, stream)
+                    _check(status, body, stream, exact)
                     if sent >= start:
                         latencies.append(trio.current_time() - sent)
 
@@ -287,8 +307,8 @@ def start_upstream() -> tuple[subprocess.Popen, int]:
     return process, int(process.stdout.readline())
 
 
-def start_gateway(upstream: int, workdir: Path,
-                  profile: Path | None) -> tuple[subprocess.Popen, int]:  # fmt: skip
+def start_gateway(upstream: int, workdir: Path, profile: Path | None,
+                  repo: Path = REPO) -> tuple[subprocess.Popen, int]:  # fmt: skip
     port, metrics = _free_port(), _free_port()
     config = workdir / "cortex.toml"
     config.write_text(
@@ -298,13 +318,30 @@ def start_gateway(upstream: int, workdir: Path,
     )  # fmt: skip
     (workdir / "models.toml").write_text("")
     command = [sys.executable, "-m", "cortex", "serve", "--config", str(config)]
-    if profile is not None:  # pyinstrument's own command line, then the gateway's
+    if profile is not None and profile.suffix == ".prof":  # cProfile, on CPU time
+        command[1:3] = ["-c", _CPROFILE, str(profile.resolve())]
+    elif profile is not None:  # pyinstrument's own command line, then the gateway's
         renderer = "html" if profile.suffix == ".html" else "text"
         command[1:1] = ["-m", "pyinstrument", "-r", renderer, "-o", str(profile)]
     log = (workdir / "cortex.log").open("w")
-    repo = Path(__file__).resolve().parent.parent
     process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=repo)
     return process, port
+
+
+# `python -c _CPROFILE OUT serve …`: `python -m cortex serve …` under cProfile, timed by
+# the process's CPU clock (time descheduled on a busy box is not counted), stats to OUT.
+_CPROFILE = """
+import cProfile, runpy, sys, time
+out = sys.argv[1]
+sys.argv = ["cortex", *sys.argv[2:]]
+profiler = cProfile.Profile(time.process_time)
+profiler.enable()
+try:
+    runpy.run_module("cortex", run_name="__main__", alter_sys=True)
+finally:
+    profiler.disable()
+    profiler.dump_stats(out)
+"""
 
 
 async def wait_routable(port: int, process: subprocess.Popen) -> None:
@@ -326,6 +363,62 @@ async def wait_routable(port: int, process: subprocess.Popen) -> None:
             await trio.sleep(0.1)
 
 
+def litellm_python(version: str = LITELLM_VERSION) -> Path:
+    """The Python of a venv with `litellm[proxy]==version`, made on first use (minutes)."""
+    venv = PEER_VENVS / f"litellm-{version}"
+    python, done = venv / "bin" / "python", venv / ".installed"
+    if done.exists():
+        return python
+    print(f"installing litellm[proxy]=={version} into {venv} (once) …", flush=True)
+    subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True)
+    subprocess.run([str(python), "-m", "pip", "install", "-q", f"litellm[proxy]=={version}"],
+                   check=True)  # fmt: skip
+    done.write_text(version + "\n")
+    return python
+
+
+def start_litellm(upstream: int, workdir: Path) -> tuple[subprocess.Popen, int]:
+    """A LiteLLM proxy (one worker, no database, its log in a file) with the upstream as an
+    OpenAI-compatible deployment of MODEL."""
+    port = _free_port()
+    config = workdir / "litellm.yaml"
+    config.write_text(
+        f"model_list:\n  - model_name: {MODEL}\n    litellm_params:\n"
+        f"      model: openai/{MODEL}\n      api_base: http://127.0.0.1:{upstream}/v1\n"
+        f"      api_key: bench\n"
+        f"litellm_settings:\n  telemetry: false\n"
+        # no key, as the bench's cortex has none: neither side authenticates
+        f"general_settings:\n  dangerously_permit_weak_or_unset_master_key: true\n"
+    )  # fmt: skip
+    command = [str(litellm_python().parent / "litellm"), "--config", str(config), "--host",
+               "127.0.0.1", "--port", str(port), "--num_workers", "1"]  # fmt: skip
+    env = {**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True", "LITELLM_LOG": "ERROR",
+           "LITELLM_TELEMETRY": "False", "NO_DOCS": "True"}  # fmt: skip
+    log = (workdir / "litellm.log").open("w")
+    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env,
+                               cwd=workdir)  # fmt: skip
+    return process, port
+
+
+async def wait_answering(port: int, process: subprocess.Popen, seconds: float = 180) -> bool:
+    """Until a chat completion through `port` comes back whole (a peer's start is slow);
+    False if the process exited meanwhile."""
+    request = _request(port, stream=False)
+    with trio.fail_after(seconds):
+        while True:
+            if process.poll() is not None:
+                return False
+            try:
+                async with await trio.open_tcp_stream("127.0.0.1", port) as conn:
+                    await conn.send_all(request)
+                    status, body, _ = await _Reader(conn).response()
+                _check(status, body, stream=False, exact=False)
+                return True
+            except (OSError, ConnectionError, RuntimeError):
+                pass
+            await trio.sleep(0.5)
+
+
 def stop(process: subprocess.Popen) -> None:
     if process.poll() is None:
         process.send_signal(signal.SIGTERM)
@@ -339,24 +432,34 @@ def stop(process: subprocess.Popen) -> None:
 # -- the run ---------------------------------------------------------------------------------
 
 
-async def run(args: argparse.Namespace, upstream: int, gateway: int, pid: int) -> list[dict]:
+@attrs.frozen
+class Side:
+    name: str  # "direct", "gateway" (cortex) or the peer's
+    port: int
+    pid: int | None = None  # whose CPU time to measure
+    exact: bool = True  # relays the upstream's bytes as they are
+
+
+async def run(args: argparse.Namespace, sides: list[Side]) -> list[dict]:
     rows = []
+    others = [side.name for side in sides[2:]]  # compared with cortex: baseline, peer
     for stream in [w == "sse" for w in args.workloads]:
         for concurrency in args.concurrency:
-            sides: dict[str, list[Result]] = {"direct": [], "gateway": []}
+            results: dict[str, list[Result]] = {side.name: [] for side in sides}
             for round_ in range(args.rounds):
-                order = ("direct", "gateway") if round_ % 2 == 0 else ("gateway", "direct")
-                for side in order:
-                    port, watch = (upstream, None) if side == "direct" else (gateway, pid)
-                    sides[side].append(await measure(port, stream, concurrency, args.duration,
-                                                     args.warmup, watch))  # fmt: skip
-            rows.append(_row("SSE" if stream else "JSON", concurrency, sides))
+                shift = round_ % len(sides)  # every side goes first in turn
+                for side in sides[shift:] + sides[:shift]:
+                    results[side.name].append(await measure(
+                        side.port, stream, concurrency, args.duration, args.warmup, side.pid,
+                        side.exact))  # fmt: skip
+            rows.append(_row("SSE" if stream else "JSON", concurrency, results, others))
             if not args.json:
-                _print_row(rows[-1], header=len(rows) == 1)
+                _print_row(rows[-1], others, header=len(rows) == 1)
     return rows
 
 
-def _row(workload: str, concurrency: int, sides: dict[str, list[Result]]) -> dict:
+def _row(workload: str, concurrency: int, sides: dict[str, list[Result]],
+         others: list[str]) -> dict:  # fmt: skip
     row: dict = {"workload": workload, "concurrency": concurrency}
     for side, results in sides.items():
         row[side] = {
@@ -365,24 +468,50 @@ def _row(workload: str, concurrency: int, sides: dict[str, list[Result]]) -> dic
             "p99_ms": statistics.median(r.percentile(0.99) for r in results) * 1000,
             "requests": sum(r.requests for r in results),
         }
-    cpu = [r.cpu / r.requests for r in sides["gateway"] if r.cpu is not None and r.requests]
-    row["gateway"]["cpu_ms_per_req"] = statistics.median(cpu) * 1000 if cpu else None
-    row["throughput_ratio"] = row["gateway"]["req_s"] / row["direct"]["req_s"]
-    row["added_p50_ms"] = row["gateway"]["p50_ms"] - row["direct"]["p50_ms"]
+        if side == "direct":
+            continue
+        cpu = [r.cpu / r.requests for r in results if r.cpu is not None and r.requests]
+        row[side]["cpu_ms_per_req"] = statistics.median(cpu) * 1000 if cpu else None
+        row[side]["throughput_ratio"] = row[side]["req_s"] / row["direct"]["req_s"]
+        row[side]["added_p50_ms"] = row[side]["p50_ms"] - row["direct"]["p50_ms"]
+    row["throughput_ratio"] = row["gateway"]["throughput_ratio"]
+    row["added_p50_ms"] = row["gateway"]["added_p50_ms"]
+    row["vs"] = {}
+    for other in others:  # cortex ÷ the other, per round (the rounds ran side by side)
+        pairs = zip(sides["gateway"], sides[other], strict=True)
+        ratios = [g.rate / o.rate for g, o in pairs if o.rate] or [math.nan]
+        mine, theirs = row["gateway"]["cpu_ms_per_req"], row[other]["cpu_ms_per_req"]
+        row["vs"][other] = {"req_s_ratio": statistics.median(ratios),
+                            "req_s_ratio_range": [min(ratios), max(ratios)],
+                            "cpu_ratio": theirs / mine if mine and theirs else None}  # fmt: skip
     return row
 
 
-def _print_row(row: dict, header: bool) -> None:
+def _print_row(row: dict, others: list[str], header: bool) -> None:
+    columns = ["gateway", *others]
     if header:
-        print(f"{'workload':>8} {'c':>3} | {'direct req/s':>12} {'p50':>7} {'p99':>7} | "
-              f"{'gateway req/s':>13} {'p50':>7} {'p99':>7} {'CPU ms':>6} | {'gw/direct':>9} "
-              f"{'+p50 ms':>8}")  # fmt: skip
-    d, g = row["direct"], row["gateway"]
-    cpu = "-" if g["cpu_ms_per_req"] is None else f"{g['cpu_ms_per_req']:.2f}"
-    print(f"{row['workload']:>8} {row['concurrency']:>3} | {d['req_s']:>12.0f} "
-          f"{d['p50_ms']:>7.2f} {d['p99_ms']:>7.2f} | {g['req_s']:>13.0f} {g['p50_ms']:>7.2f} "
-          f"{g['p99_ms']:>7.2f} {cpu:>6} | {row['throughput_ratio']:>9.3f} "
-          f"{row['added_p50_ms']:>8.2f}", flush=True)  # fmt: skip
+        line = f"{'workload':>8} {'c':>3} | {'direct req/s':>12} {'p50':>7} |"
+        for side in columns:
+            name = "cortex" if side == "gateway" else side
+            line += (f" {name + ' req/s':>14} {'p50':>7} {'p99':>7} {'CPU ms':>6} "
+                     f"{'/direct':>7} {'+p50 ms':>8} |")  # fmt: skip
+        for other in others:
+            line += f" {'cortex/' + other:>16} {'range':>11} {'CPU':>6} |"
+        print(line)
+    d = row["direct"]
+    line = f"{row['workload']:>8} {row['concurrency']:>3} | {d['req_s']:>12.0f} "
+    line += f"{d['p50_ms']:>7.2f} |"
+    for side in columns:
+        g = row[side]
+        cpu = "-" if g["cpu_ms_per_req"] is None else f"{g['cpu_ms_per_req']:.2f}"
+        line += (f" {g['req_s']:>14.0f} {g['p50_ms']:>7.2f} {g['p99_ms']:>7.2f} {cpu:>6} "
+                 f"{g['throughput_ratio']:>7.3f} {g['added_p50_ms']:>8.2f} |")  # fmt: skip
+    for other in others:
+        vs = row["vs"][other]
+        low, high = vs["req_s_ratio_range"]
+        cpu_ratio = "-" if vs["cpu_ratio"] is None else f"{vs['cpu_ratio']:.2f}x"
+        line += f" {vs['req_s_ratio']:>15.2f}x {low:>5.2f}-{high:<5.2f} {cpu_ratio:>6} |"
+    print(line, flush=True)
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -402,7 +531,21 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--profile",
         type=Path,
         metavar="FILE",
-        help="run the gateway under pyinstrument; its report (.html, else text)",
+        help="run the gateway under a profiler: FILE.prof cProfile (CPU time; read it with "
+        "pstats), else pyinstrument (wall time; .html or text)",
+    )
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        metavar="DIR",
+        help="also measure the cortex of another checkout (e.g. `git archive main`), same "
+        "config: before/after in one run",
+    )
+    parser.add_argument(
+        "--peer",
+        choices=["litellm"],
+        help=f"also measure a LiteLLM proxy ({LITELLM_VERSION}, in its own venv under "
+        f"{PEER_VENVS}, installed on first use) in front of the same upstream",
     )
     return parser.parse_args(argv)
 
@@ -431,24 +574,44 @@ def main(argv: Sequence[str] | None = None) -> None:
         trio.run(_serve_upstream)
         return
     args = parse_args(argv)
+    if args.peer:
+        litellm_python()  # the install, before anything runs
     upstream, upstream_port = start_upstream()
+    processes = [upstream]
     try:
         with tempfile.TemporaryDirectory(prefix="bench-gateway-") as workdir:
             gateway, gateway_port = start_gateway(upstream_port, Path(workdir), args.profile)
-            try:
-                trio.run(wait_routable, gateway_port, gateway)
-                if not args.json:
-                    print(f"cortex pid {gateway.pid} → static upstream pid {upstream.pid}; "
-                          f"{args.rounds} x {args.duration:g} s per cell and side, medians; "
-                          f"cores: {os.cpu_count()}", flush=True)  # fmt: skip
-                started = time.monotonic()
-                rows = trio.run(run, args, upstream_port, gateway_port, gateway.pid)
-            finally:
-                stop(gateway)
+            processes.append(gateway)
+            sides = [Side("direct", upstream_port), Side("gateway", gateway_port, gateway.pid)]
+            trio.run(wait_routable, gateway_port, gateway)
+            if args.baseline:
+                other = Path(workdir) / "baseline"
+                other.mkdir()
+                base, base_port = start_gateway(upstream_port, other, None, args.baseline)
+                processes.append(base)
+                trio.run(wait_routable, base_port, base)
+                sides.append(Side("baseline", base_port, base.pid))
+            if args.peer:
+                peer, peer_port = start_litellm(upstream_port, Path(workdir))
+                processes.append(peer)
+                if not trio.run(wait_answering, peer_port, peer):
+                    tail = (Path(workdir) / "litellm.log").read_text(errors="replace")[-3000:]
+                    raise RuntimeError(f"litellm exited with {peer.returncode}:\n{tail}")
+                sides.append(Side(args.peer, peer_port, peer.pid, exact=False))
+            if not args.json:
+                pids = ", ".join(f"{s.name} pid {s.pid}" for s in sides if s.pid)
+                print(f"{pids} → static upstream pid {upstream.pid}; {args.rounds} x "
+                      f"{args.duration:g} s per cell and side, medians; "
+                      f"cores: {os.cpu_count()}", flush=True)  # fmt: skip
+            started = time.monotonic()
+            rows = trio.run(run, args, sides)
     finally:
-        stop(upstream)
+        for process in reversed(processes):
+            stop(process)
     if args.json:
-        print(json.dumps({"rows": rows, "duration": args.duration, "rounds": args.rounds},
+        print(json.dumps({"rows": rows, "duration": args.duration, "rounds": args.rounds,
+                          "peer": args.peer and {"name": args.peer,
+                                                 "version": LITELLM_VERSION}},
                          indent=2))  # fmt: skip
     else:
         print(f"({time.monotonic() - started:.0f} s)")
