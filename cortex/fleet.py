@@ -38,7 +38,7 @@ import trio
 import actors
 from cortex.affinity import AffinityOutcome, PrefixAffinity
 from cortex.eviction import EvictionPolicy, defrag_plan
-from cortex.fleet_snapshot import Catalogue, FleetSnapshot, NodeState
+from cortex.fleet_snapshot import Catalogue, FleetSnapshot, NodeSnapshot, NodeState
 from cortex.node import LifecycleObserver, Node, NodeActor, PollSettings
 from cortex.placement import (
     Impossible,
@@ -86,6 +86,7 @@ class Fleet:
         self.policy = policy
         self.load_timeout = load_timeout
         self.measured_mb: dict[ModelId, int] = {}
+        self._measured_from: dict[NodeName, NodeSnapshot] = {}  # node snapshots read for it
         self.pins: set[ModelId] = set()  # runtime pins, shared with every node
         for node in nodes:
             node.pins = self.pins
@@ -97,6 +98,9 @@ class Fleet:
     def snapshot(self) -> FleetSnapshot:
         nodes = tuple(n.snapshot() for n in self.nodes.values())
         for node in nodes:
+            if self._measured_from.get(node.name) is node:
+                continue  # the same snapshot as last time: its sizes are noted
+            self._measured_from[node.name] = node
             for r in node.residencies:
                 if r.memory_mb:
                     self.measured_mb[r.model] = r.memory_mb
@@ -153,8 +157,7 @@ class Fleet:
                 match decision:
                     case Route(node=name):
                         node = self.nodes[name]
-                        node.last_used_at[model] = time.monotonic()
-                        node.routed[model] = node.routed.get(model, 0) + 1
+                        node.routed_here(model)
                         waited = trio.current_time() - started if cold else 0.0
                         return Acquired(node, model, cold, waited)
                     case Load(node=name, devices=devices, evict=evict):

@@ -164,7 +164,10 @@ class NodeSnapshot:
         return self.state is NodeState.UP and not self.draining
 
     def residency(self, model: ModelId) -> Residency | None:
-        return next((r for r in self.residencies if r.model == model), None)
+        for residency in self.residencies:  # a few: a loop beats building an index
+            if residency.model == model:
+                return residency
+        return None
 
     def occupied_devices(self, residency: Residency) -> tuple[int, ...]:
         """The devices a resident's memory counts on (see the module docstring)."""

@@ -123,6 +123,8 @@ class Node:
         self.actor: NodeActor | None = None  # the incarnation polling this node, while one runs
         self.observer = observer
         self.pins: Set[ModelId] = frozenset()  # the gateway's runtime pins (`Fleet.pins`)
+        self._snapshot: tuple[tuple[Any, ...], NodeSnapshot] | None = None  # (inputs, it)
+        self._edits = 0  # one more at each change of the per-model dicts above (in place)
 
     # -- polling ---------------------------------------------------------------------------
 
@@ -154,6 +156,7 @@ class Node:
             del self.loaded_at[gone]
         self.models, self.health = models, health
         self.routed = {}  # now counted in `health`
+        self._edits += 1
         self.state, self.failures, self.last_error = NodeState.UP, 0, None
         self.last_poll_at = trio.current_time()
         if was is not NodeState.UP:
@@ -197,6 +200,7 @@ class Node:
                 raise ServiceUnavailable(f"node {self.name} is restarting its poller",
                                          retry_after=1)  # fmt: skip
             flight = self._flights[model] = _Flight()
+            self._edits += 1
             name = "load " + model.replace("/", "--")  # actor names hold no "/"
             self.actor.start_task(self._fly, model, devices, evict, flight, name=name, kind="load")
         await flight.done.wait()
@@ -232,6 +236,7 @@ class Node:
             raise
         finally:
             del self._flights[model]
+            self._edits += 1
             flight.done.set()
             self._notify()
 
@@ -266,6 +271,7 @@ class Node:
             raise _node_error(self.name, "load", response.status_code, body)
         self.lifecycle_cycles += 1
         self.loaded_at[model] = time.monotonic()
+        self._edits += 1
         log.info("model loaded node=%s model=%s seconds=%.1f", self.name, model,
                  time.monotonic() - started)  # fmt: skip
         await self.poll_once()
@@ -284,6 +290,7 @@ class Node:
             raise _node_error(self.name, "unload", response.status_code, _json(response))
         self.lifecycle_cycles += 1
         self.last_used_at.pop(model, None)
+        self._edits += 1
         self._observe("evicted", model, reason)
         await self.poll_once()
 
@@ -291,17 +298,37 @@ class Node:
         if self.observer is not None:
             getattr(self.observer, what)(self.name, *args)
 
+    def routed_here(self, model: ModelId) -> None:
+        """A request for `model` was placed here: used now, one more in flight until the
+        next poll counts it."""
+        self.last_used_at[model] = time.monotonic()
+        self.routed[model] = self.routed.get(model, 0) + 1
+        self._edits += 1
+
     def loading(self) -> tuple[ModelId, ...]:
         return tuple(self._flights)
 
     # -- the snapshot ----------------------------------------------------------------------
 
     def snapshot(self) -> NodeSnapshot:
-        return NodeSnapshot(
-            name=self.name, state=self.state, draining=self.draining,
-            devices=self._devices(), residencies=self._residencies(),
-            lifecycle_cycles=self.lifecycle_cycles,
-        )  # fmt: skip
+        """The node as placement sees it; the same object while nothing it is made of
+        changed (every request places over every node's snapshot: most are unchanged)."""
+        inputs = self._snapshot_inputs()
+        if self._snapshot is None or self._snapshot[0] != inputs:
+            self._snapshot = inputs, NodeSnapshot(
+                name=self.name, state=self.state, draining=self.draining,
+                devices=self._devices(), residencies=self._residencies(),
+                lifecycle_cycles=self.lifecycle_cycles,
+            )  # fmt: skip
+        return self._snapshot[1]
+
+    def _snapshot_inputs(self) -> tuple[Any, ...]:
+        """All that `snapshot` reads: the attributes (the polled answers are frozen, and
+        compared by identity first), and for the per-model dicts (`routed`,
+        `last_used_at`, `loaded_at`, the loads in flight), changed in place, `_edits`:
+        whatever changes one of them counts it."""
+        return (self.state, self.draining, self.lifecycle_cycles, self.discovery, self.health,
+                self.models, self._edits, frozenset(self.pins))  # fmt: skip
 
     def _devices(self) -> tuple[Device, ...]:
         if self.discovery is None:

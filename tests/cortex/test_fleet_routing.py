@@ -40,3 +40,25 @@ async def test_a_burst_between_polls_alternates_between_idle_replicas():
     await fleet.repoll()  # the nodes' own figures now count what was sent to them
     assert [n.routed for n in nodes] == [{}, {}]
     assert (await fleet.acquire(MODEL)).node.name == "alpha"  # idle again: ties by name
+
+
+async def test_a_node_snapshot_is_reused_until_the_node_changes():
+    """Every request places over every node's snapshot: an unchanged node's is reused,
+    and each kind of change shows in the next one."""
+    node = idle_node("alpha")
+    await node.poll_once()
+    first = node.snapshot()
+    assert node.snapshot() is first
+
+    node.routed_here(MODEL)
+    routed = node.snapshot()
+    assert routed is not first and routed.residency(MODEL).in_flight == 1
+
+    node.draining = True
+    assert node.snapshot().draining
+
+    await node.poll_once()  # a new poll: the routed request is in the node's own figures
+    polled = node.snapshot()
+    assert polled.residency(MODEL).in_flight == 0 and polled.draining
+    node.mark_unreachable(OSError("refused"))
+    assert node.snapshot().state.value == "suspect"
