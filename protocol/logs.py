@@ -114,3 +114,9 @@ def configure_logging(fmt: Literal["plain", "json"] = "plain", level: str = "inf
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    # httpx logs every request it sends at INFO ("HTTP Request: POST …"): one more line
+    # per relayed request and per poll, saying less than the daemons' own lines. At
+    # `debug` they come back.
+    quiet = logging.DEBUG if root.level <= logging.DEBUG else logging.WARNING
+    for name in ("httpx", "httpcore"):
+        logging.getLogger(name).setLevel(quiet)
