@@ -329,13 +329,15 @@ def start_gateway(upstream: int, workdir: Path, profile: Path | None,
 
 
 # `python -c _CPROFILE OUT serve …`: `python -m cortex serve …` under cProfile, timed by
-# the process's CPU clock (time descheduled on a busy box is not counted), stats to OUT.
+# the process's CPU clock (time descheduled on a busy box is not counted), stats to OUT;
+# on from SIGUSR1 (the measurements start) to SIGUSR2, so start-up is not in it.
 _CPROFILE = """
-import cProfile, runpy, sys, time
+import cProfile, runpy, signal, sys, time
 out = sys.argv[1]
 sys.argv = ["cortex", *sys.argv[2:]]
 profiler = cProfile.Profile(time.process_time)
-profiler.enable()
+signal.signal(signal.SIGUSR1, lambda *_: profiler.enable())
+signal.signal(signal.SIGUSR2, lambda *_: profiler.disable())
 try:
     runpy.run_module("cortex", run_name="__main__", alter_sys=True)
 finally:
@@ -604,7 +606,12 @@ def main(argv: Sequence[str] | None = None) -> None:
                       f"{args.duration:g} s per cell and side, medians; "
                       f"cores: {os.cpu_count()}", flush=True)  # fmt: skip
             started = time.monotonic()
+            cprofile = args.profile is not None and args.profile.suffix == ".prof"
+            if cprofile:
+                gateway.send_signal(signal.SIGUSR1)
             rows = trio.run(run, args, sides)
+            if cprofile:
+                gateway.send_signal(signal.SIGUSR2)
     finally:
         for process in reversed(processes):
             stop(process)
