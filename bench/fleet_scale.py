@@ -5,10 +5,10 @@ lightweight fake neuron serving MODELS models, one of them (`bench/shared`) on e
 node and the others on that node only:
 
     routing   in this process, the gateway's own `Fleet` over N `Node`s in the state a
-              poll leaves them: µs per `Fleet.acquire` (what a request pays to be
-              placed), for the shared model (N replicas: prefix affinity chooses) and
-              for a model only one node has. Pure CPU, best of `--repeats`: stable on a
-              busy box.
+              poll leaves them: µs per request for `Fleet.capabilities` and
+              `Fleet.acquire` (what a request pays to be placed), for the shared model
+              (N replicas: prefix affinity chooses) and for a model only one node has.
+              Pure CPU, best of `--repeats`: stable on a busy box.
     gateway   a real gateway (`python -m cortex serve`, `[fleet] poll_interval`
               `--poll-interval`) in front of N fake neurons (one trio process, one
               loopback port each, `/discovery` `/models` `/health` and a canned chat
@@ -94,7 +94,8 @@ def polled_fleet(n: int) -> Fleet:
 
 
 async def route_cost(n: int, model: str, iterations: int, repeats: int) -> float:
-    """Best-of-`repeats` µs per `Fleet.acquire(model)`, as the relay calls it."""
+    """Best-of-`repeats` µs per request: the model's capabilities (the vision check) and
+    `Fleet.acquire(model)`, as the HTTP layer and the relay ask."""
     fleet = polled_fleet(n)
     path = "/v1/chat/completions"
     best = float("inf")
@@ -105,6 +106,7 @@ async def route_cost(n: int, model: str, iterations: int, repeats: int) -> float
         for _ in range(iterations):
             prefix = functools.cache(functools.partial(prefix_key, path, body,
                                                        fleet.prefix_chars))  # fmt: skip
+            fleet.capabilities(fleet.resolve(model))  # as `cortex.http` asks, per request
             await fleet.acquire(ModelId(model), prefix=prefix)
         best = min(best, (time.perf_counter() - started) / iterations)
         for node in fleet.nodes.values():  # a poll: the routed counts are in `health` now

@@ -87,6 +87,8 @@ class Fleet:
         self.load_timeout = load_timeout
         self.measured_mb: dict[ModelId, int] = {}
         self._measured_from: dict[NodeName, NodeSnapshot] = {}  # node snapshots read for it
+        # (the nodes' model lists it was worked out from, capabilities per model)
+        self._capabilities: tuple[tuple[Any, ...], dict[ModelId, tuple[str, ...]]] = ((), {})
         self.pins: set[ModelId] = set()  # runtime pins, shared with every node
         for node in nodes:
             node.pins = self.pins
@@ -110,14 +112,24 @@ class Fleet:
         return resolve_alias(self.catalogue, name)
 
     def capabilities(self, model: ModelId) -> tuple[str, ...]:
-        """What the catalogue and the nodes say `model` takes (empty: not known yet)."""
-        profile = self.catalogue.profiles.get(model)
-        found = list(profile.capabilities if profile is not None else ())
-        for node in self.nodes.values():
-            for info in node.models:
-                if info.id == model:
-                    found += info.capabilities or ()
-        return tuple(dict.fromkeys(found))
+        """What the catalogue and the nodes say `model` takes (empty: not known yet).
+        Asked for every request: worked out once per model until a poll changes what
+        some node reports."""
+        reports = tuple(node.models for node in self.nodes.values())  # frozen: by identity
+        if reports != self._capabilities[0]:
+            self._capabilities = reports, {}
+        known = self._capabilities[1]
+        if (found := known.get(model)) is None:
+            profile = self.catalogue.profiles.get(model)
+            listed = list(profile.capabilities if profile is not None else ())
+            for models in reports:
+                for info in models:
+                    if info.id == model:
+                        listed += info.capabilities or ()
+            found = tuple(dict.fromkeys(listed))
+            if found:  # a model no one knows is not kept: clients name what they like
+                known[model] = found
+        return found
 
     def knows(self, model: ModelId) -> bool:
         """Catalogued, reported by some node, or pinned."""

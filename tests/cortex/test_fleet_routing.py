@@ -62,3 +62,25 @@ async def test_a_node_snapshot_is_reused_until_the_node_changes():
     assert polled.residency(MODEL).in_flight == 0 and polled.draining
     node.mark_unreachable(OSError("refused"))
     assert node.snapshot().state.value == "suspect"
+
+
+async def test_capabilities_follow_what_the_nodes_report():
+    """Worked out once per model, again after a poll changes a node's model list."""
+    reported = {"capabilities": ["text", "vision"]}
+
+    async def answer(request: httpx.Request) -> httpx.Response:
+        body = IDLE[request.url.path]
+        if request.url.path == "/models":
+            body = [{**body[0], **reported}]
+        return httpx.Response(200, json=body)
+
+    client = httpx.AsyncClient(transport=httpx.MockTransport(answer))
+    node = Node(NodeName("alpha"), "http://alpha.invalid", client, PollSettings())
+    fleet = Fleet([node], Catalogue.of([ModelProfile(id=MODEL, vram_mb=4)]), EvictionPolicy())
+    assert fleet.capabilities(MODEL) == ()
+    await fleet.repoll()
+    assert fleet.capabilities(MODEL) == ("text", "vision")
+    reported["capabilities"] = ["text"]
+    await fleet.repoll()
+    assert fleet.capabilities(MODEL) == ("text",)
+    assert fleet.capabilities(ModelId("nobody/knows")) == ()
