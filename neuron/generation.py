@@ -63,6 +63,9 @@ class GenerationJob:
     copies: tuple[GenerationJob, ...] = ()
     # Extra CPU tensors for the worker: a vision model's images (neuron.text.images).
     inputs: Mapping[str, RawTensor] = attrs.field(factory=dict)
+    # Set once the prompt is prefilled (the first step came) or the job ended: n > 1
+    # starts the other choices then, so they find the prompt in the prefix cache.
+    prefilled: trio.Event | None = None
 
     def status(self, **fields: Any) -> None:
         if self.task is not None:
@@ -186,6 +189,14 @@ async def generate(job: GenerationJob, send: trio.MemorySendChannel[GenerationEv
     """
     job.status(phase="queued", model=job.model.id)
     try:
+        await _run(job, send)
+    finally:
+        if job.prefilled is not None:
+            job.prefilled.set()
+
+
+async def _run(job: GenerationJob, send: trio.MemorySendChannel[GenerationEvent]) -> None:
+    try:
         async with job.model.admission.slot():
             job.admitted()
             job.status(phase="prefill")
@@ -210,8 +221,10 @@ async def generate_choices(
 ) -> None:
     """`generate`, or for a job with `copies` (n > 1) every choice at once.
 
-    With copies, the sequences run side by side (each its own worker sequence, so the
-    prefix cache or the packed prefill shares the prompt's work). A refusal of any is
+    With copies, the sequences run side by side, each its own worker sequence. When
+    the model keeps a prefix cache, the copies start once the first choice's prompt is
+    prefilled, so each finds it there and prefills only its last token (else they
+    start together and their prompts are prefilled as one packed batch). A refusal of any is
     the request's refusal (`Failed` before `Started`, the others cancelled). Then one
     `Started`, each choice's events as `ChoiceEvent`s in the order they come, its
     `Finished` included, and a last `Finished` whose counts cover every choice; a
@@ -221,11 +234,14 @@ async def generate_choices(
     if len(jobs) == 1:
         await generate(job, send)
         return
+    if job.model.prefix_cache_bytes and not job.inputs:
+        job.prefilled = trio.Event()
     async with trio.open_nursery() as nursery:
         receives = []
         for each in jobs:
             sub_send, sub_receive = trio.open_memory_channel[GenerationEvent](math.inf)
-            nursery.start_soon(_generate_into, each, sub_send)
+            after = None if each is job else job.prefilled
+            nursery.start_soon(_generate_into, each, sub_send, after)
             receives.append(sub_receive)
         firsts = [await receive.receive() for receive in receives]
         if refusal := next((e for e in firsts if not isinstance(e, Started)), None):
@@ -249,8 +265,12 @@ async def generate_choices(
         await send.send(_all_finished(finished))
 
 
-async def _generate_into(job: GenerationJob, send: trio.MemorySendChannel) -> None:
+async def _generate_into(
+    job: GenerationJob, send: trio.MemorySendChannel, after: trio.Event | None
+) -> None:
     async with send:
+        if after is not None:
+            await after.wait()
         await generate(job, send)
 
 
@@ -299,6 +319,8 @@ async def _relay(
         while (step := await _next_step(stream, job.idle_timeout)) is not None:
             progress.cached_tokens = getattr(stream, "cached_tokens", 0)
             logprobs = getattr(stream, "logprobs", ())
+            if job.prefilled is not None:
+                job.prefilled.set()
             for event in progress.step(step.token_ids, logprobs):
                 await send.send(event)
             job.status(phase="streaming", tokens=progress.completion_tokens)

@@ -3,16 +3,19 @@
 The worker reports each sampled token's log-probability from the logits its
 sampler used; here they are checked against a log-softmax computed in this
 process by transformers over the same prefix (greedy, fp32), and for shape:
-one entry per completion token, `top_logprobs` as long as asked and sorted.
+one entry per completion token, `top_logprobs` as long as asked and sorted;
+Responses' `output_text` logprobs equal chat's. And n > 1: choices reproducible
+with a seed, equal when greedy, interleaved when streamed, the prompt prefilled once.
 """
 
 from __future__ import annotations
 
 import json
+import uuid
 
 import pytest
 import torch
-from daemon_harness import HTTPX_ASYNCGEN_WARNING, QWEN, assert_openai_error
+from daemon_harness import HTTPX_ASYNCGEN_WARNING, QWEN, assert_openai_error, counter, wait_for
 from transformers import AutoModelForCausalLM
 
 pytestmark = [
@@ -156,3 +159,19 @@ def test_responses_output_text_logprobs_streamed_and_not(client):
             done = [(e.token, e.logprob) for e in event.logprobs]
     assert deltas == done == [(e.token, e.logprob) for e in part.logprobs]
     assert client.responses.create(**body).output[0].content[0].logprobs is None
+
+
+def test_n_choices_prefill_the_prompt_once(neuron_daemon, client):
+    # A prompt no one sent before: the first choice prefills it, the other two find it
+    # in the prefix cache (each prefills only its last token).
+    messages = [{"role": "user", "content": f"A fresh prompt {uuid.uuid4()} " * 8}]
+    hit_tokens = f'neuron_prefix_cache_hit_tokens_total{{model="{QWEN}"}}'
+    before = counter(neuron_daemon.metrics(), hit_tokens)
+    reply = client.chat.completions.create(model=QWEN, messages=messages, max_tokens=2, n=3,
+                                           temperature=0, logit_bias=NO_EOS)  # fmt: skip
+    assert len({c.message.content for c in reply.choices}) == 1
+    shared = 2 * (reply.usage.prompt_tokens - 1)
+    wait_for(
+        lambda: counter(neuron_daemon.metrics(), hit_tokens) >= before + shared,
+        what="the copies' prefix-cache hits counted from a heartbeat",
+    )
