@@ -239,7 +239,7 @@ def _inference_routes(app: QuartTrio, neuron: Neuron) -> None:
     async def chat():
         _check_admitting(neuron)
         body = await _parse_inference(ChatCompletionRequest)
-        job = neuron.serving.chat_job(body)
+        job = await neuron.serving.prepare_chat_job(body)
         cid, created, model = f"chatcmpl-{uuid.uuid4().hex}", int(time.time()), str(job.model.id)
         if body.stream:
             stream = render.ChatStream(
@@ -251,7 +251,7 @@ def _inference_routes(app: QuartTrio, neuron: Neuron) -> None:
     @app.post("/v1/chat/tokenize")
     async def chat_tokenize():
         body = await _parse_inference(ChatCompletionRequest)
-        return json_response(neuron.serving.count_chat_tokens(body))
+        return json_response(await neuron.serving.prepare_chat_count(body))
 
     @app.post("/v1/completions")
     async def completions():
@@ -272,7 +272,7 @@ def _inference_routes(app: QuartTrio, neuron: Neuron) -> None:
     async def responses():
         _check_admitting(neuron)
         body = await _parse_inference(ResponsesRequest)
-        job = neuron.serving.chat_job(responses_to_chat(body))
+        job = await neuron.serving.prepare_chat_job(responses_to_chat(body))
         rid, created, model = f"resp_{uuid.uuid4().hex}", int(time.time()), str(job.model.id)
         if body.stream:
             return await _stream(neuron, job, render.ResponsesStream(rid, model, created,

@@ -34,7 +34,7 @@ from neuron.generation import GenerationJob, generate_choices
 from neuron.metrics import NeuronMetrics
 from neuron.registry import ModelRegistry, ServedModel
 from neuron.text.constraints import chat_grammar
-from neuron.text.images import ImageLimits
+from neuron.text.images import ImageLimits, has_images
 from neuron.text.output import OutputParser
 from neuron.text.prompt import ChatPrompt
 from neuron.text.reasoning import Markers, probe_markers
@@ -45,6 +45,9 @@ from protocol.errors import InternalError, InvalidRequest, ServiceUnavailable
 from protocol.node import TokenCount
 from protocol.openai import ChatCompletionRequest
 from protocol.streaming import END, IDLE, open_event_stream
+
+# Requests whose images are decoded and preprocessed at once (each in its own thread).
+IMAGE_THREADS = 2
 
 
 class Renderer(Protocol):
@@ -77,6 +80,7 @@ class Serving:
         self.settings = settings
         self.metrics = metrics
         self._markers: dict[str, Markers] = {}
+        self._images = trio.CapacityLimiter(IMAGE_THREADS)
 
     # -- building jobs ---------------------------------------------------------------------
 
@@ -85,10 +89,13 @@ class Serving:
             self._markers[model.id] = probe_markers(model.tokenizer)
         return self._markers[model.id]
 
-    def chat_job(self, request: ChatCompletionRequest) -> GenerationJob:
+    def chat_job(
+        self, request: ChatCompletionRequest, prompt: ChatPrompt | None = None
+    ) -> GenerationJob:
+        """The request's job; `prompt`: already built (`prepare_chat_job`)."""
         model = self.registry.get(request.model)
         markers = self.markers(model)
-        prompt = self._chat_prompt(request, model, markers)
+        prompt = prompt or self._chat_prompt(request, model, markers)
         grammar = chat_grammar(
             request, prompt, markers, constrain_tool_calls=self.settings.constrain_tool_calls
         )
@@ -102,10 +109,29 @@ class Serving:
                             inputs=prompt.inputs)  # fmt: skip
         return _with_copies(job, request.n, lambda: prompt.output_parser(model.tokenizer, markers))
 
-    def count_chat_tokens(self, request: ChatCompletionRequest) -> TokenCount:
+    async def prepare_chat_job(self, request: ChatCompletionRequest) -> GenerationJob:
+        """`chat_job`, with a request's images decoded and preprocessed in a thread
+        (at most `IMAGE_THREADS` at once), never on the event loop."""
+        return self.chat_job(request, await self._prompt_off_loop(request))
+
+    async def prepare_chat_count(self, request: ChatCompletionRequest) -> TokenCount:
+        """`count_chat_tokens`, images off the event loop as in `prepare_chat_job`."""
+        return self.count_chat_tokens(request, await self._prompt_off_loop(request))
+
+    async def _prompt_off_loop(self, request: ChatCompletionRequest) -> ChatPrompt | None:
+        if not has_images(request.messages):
+            return None  # built on the loop, as text prompts always are
+        model = self.registry.get(request.model)
+        markers = self.markers(model)
+        return await trio.to_thread.run_sync(self._chat_prompt, request, model, markers,
+                                             limiter=self._images)  # fmt: skip
+
+    def count_chat_tokens(
+        self, request: ChatCompletionRequest, prompt: ChatPrompt | None = None
+    ) -> TokenCount:
         """The prompt tokens `request` costs, rendered exactly as `chat_job` renders it."""
         model = self.registry.get(request.model)
-        prompt = self._chat_prompt(request, model, self.markers(model))
+        prompt = prompt or self._chat_prompt(request, model, self.markers(model))
         return TokenCount(model=model.id, count=len(prompt.token_ids),
                           max_context=model.context_length)  # fmt: skip
 

@@ -36,9 +36,17 @@ from typing import Any
 import attrs
 
 from neuron.text.errors import ImageInvalid, ImageLimitExceeded, InvalidParameter
+from protocol.openai import ChatMessage, ImageUrlPart
 from protocol.worker import RawTensor
 
-__all__ = ["VISION_FAMILIES", "ImageInputs", "ImageLimits", "decode_image", "image_parts"]
+__all__ = [
+    "VISION_FAMILIES",
+    "ImageInputs",
+    "ImageLimits",
+    "decode_image",
+    "has_images",
+    "image_parts",
+]
 
 # config.model_type of the families served with images in (neuron.worker.vision agrees).
 VISION_FAMILIES = frozenset({"qwen3_vl"})
@@ -60,6 +68,16 @@ class ImageLimits:
     max_image_pixels: int = 4096 * 4096
     max_images_per_request: int = 8
     max_image_aspect_ratio: float = 100.0
+
+
+def has_images(messages: Sequence[ChatMessage]) -> bool:
+    """Whether a chat request's messages have an image part."""
+    return any(
+        isinstance(part, ImageUrlPart)
+        for m in messages
+        if isinstance(m.content, tuple)
+        for part in m.content
+    )
 
 
 def image_parts(messages: Sequence[Mapping[str, Any]]) -> list[tuple[str, str]]:
