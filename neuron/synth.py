@@ -25,7 +25,11 @@ full-attention heads, per-layer input embeddings and a logit soft cap, no KV sha
 alternating sliding and full attention with sinks and experts (`gpt_oss`, eager
 attention only: transformers has no sdpa path for it); short-conv `conv` layers with
 attention every third layer (`lfm2`); Mamba2 layers with NoPE attention every fourth
-and experts (`granitemoehybrid`). The windowed families use a 16-token window in
+and experts (`granitemoehybrid`). Two vision-language families take images: `qwen3_vl`
+(Qwen3-VL: mrope, a deepstack vision tower) and `qwen3_5_vl` (Qwen3.5's hybrid body with
+the tower), each with the shared tokenizer plus Qwen-VL's vision tokens, a template that
+renders image parts as placeholders, and a real `preprocessor_config.json`
+(`VISION_ARCHS`). The windowed families use a 16-token window in
 `tiny` and `small` (short prompts pass it) and 1024 in `0.5b`; hybrids get at least
 four layers so every layer kind appears.
 
@@ -69,6 +73,7 @@ Arch = Literal[
     "lfm2",
     "granitemoehybrid",
     "qwen3_vl",
+    "qwen3_5_vl",
 ]
 Size = Literal["tiny", "small", "0.5b"]
 DType = Literal["fp32", "bf16"]
@@ -91,6 +96,7 @@ ARCHS: dict[str, tuple[str, str]] = {  # arch -> (config class, architecture)
 # Vision-language families: a vision tower in front of the same language model body.
 VISION_ARCHS: dict[str, tuple[str, str]] = {
     "qwen3_vl": ("Qwen3VLConfig", "Qwen3VLForConditionalGeneration"),
+    "qwen3_5_vl": ("Qwen3_5Config", "Qwen3_5ForConditionalGeneration"),
 }
 DTYPES: dict[str, str] = {"fp32": "float32", "bf16": "bfloat16"}
 LAYOUTS = ("plain", "hf-cache")
@@ -252,7 +258,7 @@ def model_config(
     dtype = _checked_dtype(arch, size, dtype)
     shape = SIZES[size]
     if arch in VISION_ARCHS:
-        return _vision_config(arch, shape, dtype, max_positions)
+        return _vision_config(arch, size, shape, dtype, max_positions)
     config_class, architecture = ARCHS[arch]
     options = {
         "vocab_size": VOCAB_SIZE,
@@ -376,15 +382,16 @@ def _family_options(arch: str, size: str, shape: ModelShape) -> dict[str, object
     return {}
 
 
-def _vision_config(arch: str, shape: ModelShape, dtype: str, max_positions: int | None):
-    """A Qwen3-VL: the shared text body with multimodal rope (mrope, its three sections
-    splitting the rotary half of a head), and a two-block vision tower whose first block
-    also feeds the language model's first layer (deepstack)."""
+def _vision_config(arch: str, size: str, shape: ModelShape, dtype: str, max_positions: int | None):
+    """A Qwen3-VL (`qwen3_vl`): the shared text body with multimodal rope (mrope, its
+    three sections splitting the rotary half of a head), and a two-block vision tower
+    whose first block also feeds the language model's first layer (deepstack). A
+    Qwen3.5 (`qwen3_5_vl`): the `qwen3_5` hybrid text body (Gated DeltaNet and full
+    attention, partial rotary) with mrope on its rotary part, and the tower without
+    deepstack."""
     import transformers
 
     config_class, architecture = VISION_ARCHS[arch]
-    third = shape.head_dim // 2 // 3
-    half = shape.head_dim // 2
     text = {
         "vocab_size": VISION_VOCAB_SIZE,
         "hidden_size": shape.hidden_size,
@@ -398,7 +405,7 @@ def _vision_config(arch: str, shape: ModelShape, dtype: str, max_positions: int 
         "rope_parameters": {
             "rope_type": "default",
             "rope_theta": 1_000_000.0,
-            "mrope_section": [half - 2 * third, third, third],
+            "mrope_section": _mrope_section(shape.head_dim // 2),
             "mrope_interleaved": True,
         },
         "bos_token_id": TOKEN_IDS["<|endoftext|>"],
@@ -419,6 +426,17 @@ def _vision_config(arch: str, shape: ModelShape, dtype: str, max_positions: int 
         "deepstack_visual_indexes": [0],
         "initializer_range": 0.2,
     }
+    if arch == "qwen3_5_vl":
+        text |= _family_options("qwen3_5", size, shape)
+        rotary = int(shape.head_dim * 0.25)
+        text["rope_parameters"] = {
+            "rope_type": "default",
+            "rope_theta": 1_000_000.0,
+            "partial_rotary_factor": 0.25,
+            "mrope_section": _mrope_section(rotary // 2),
+            "mrope_interleaved": True,
+        }
+        del vision["deepstack_visual_indexes"]
     return getattr(transformers, config_class)(
         text_config=text,
         vision_config=vision,
@@ -430,6 +448,12 @@ def _vision_config(arch: str, shape: ModelShape, dtype: str, max_positions: int 
         dtype=DTYPES[dtype],
         architectures=[architecture],
     )
+
+
+def _mrope_section(half: int) -> list[int]:
+    """Split a head's rotary half into mrope's (time, height, width) sections."""
+    third = half // 3
+    return [half - 2 * third, third, third]
 
 
 def preprocessor_config() -> dict[str, object]:

@@ -49,7 +49,7 @@ __all__ = [
 ]
 
 # config.model_type of the families served with images in (neuron.worker.vision agrees).
-VISION_FAMILIES = frozenset({"qwen3_vl"})
+VISION_FAMILIES = frozenset({"qwen3_vl", "qwen3_5"})
 # MIME type -> the one Pillow format it may be decoded as.
 FORMATS = {
     "image/png": "PNG",

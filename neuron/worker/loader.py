@@ -238,9 +238,9 @@ def recurrent_kernels(model: torch.nn.Module) -> str:
 
 def _auto_class(path: Path):
     """transformers' auto class to load with: the causal LM one, or, for a family served
-    with images in (`vision.VISION_FAMILIES`; not in the causal LM mapping), the
-    image-text-to-text one. Other vision-language families load their language model
-    through the causal LM class and serve text."""
+    with images in (`vision.VISION_FAMILIES`) whose snapshot has its image processor's
+    `preprocessor_config.json`, the image-text-to-text one. Other vision-language
+    checkpoints load their language model through the causal LM class and serve text."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText
 
     from neuron.worker.vision import VISION_FAMILIES
@@ -249,7 +249,8 @@ def _auto_class(path: Path):
         config = AutoConfig.from_pretrained(path, local_files_only=True, trust_remote_code=False)
     except (OSError, ValueError, KeyError):
         return AutoModelForCausalLM  # from_pretrained reports what is wrong with the snapshot
-    if getattr(config, "model_type", None) in VISION_FAMILIES:
+    processor = (path / "preprocessor_config.json").is_file()
+    if getattr(config, "model_type", None) in VISION_FAMILIES and processor:
         return AutoModelForImageTextToText
     return AutoModelForCausalLM
 

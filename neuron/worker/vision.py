@@ -34,7 +34,7 @@ from neuron.worker.errors import InvalidRequest
 __all__ = ["VISION_FAMILIES", "VisionModel", "VisionPrompt"]
 
 # config.model_type of the families served with images in.
-VISION_FAMILIES = frozenset({"qwen3_vl"})
+VISION_FAMILIES = frozenset({"qwen3_vl", "qwen3_5"})
 _INPUTS = frozenset({"pixel_values", "image_grid_thw"})
 
 
@@ -63,12 +63,10 @@ class VisionPrompt:
         first, last = int(self._images_before[begin]), int(self._images_before[end])
         if last > first:
             embeds, deepstack, output_type = self._encode(device)
-            inputs["mm_encoder_outputs"] = {
-                "image": output_type(
-                    pooler_output=(embeds[first:last],),
-                    deepstack_features=[(layer[first:last],) for layer in deepstack],
-                )
-            }
+            fields = {"pooler_output": (embeds[first:last],)}
+            if deepstack is not None:  # Qwen3-VL's; Qwen3.5 has none
+                fields["deepstack_features"] = [(layer[first:last],) for layer in deepstack]
+            inputs["mm_encoder_outputs"] = {"image": output_type(**fields)}
         return inputs
 
     def _encode(self, device: torch.device):
@@ -94,8 +92,10 @@ class VisionModel:
     def of(cls, model: torch.nn.Module) -> VisionModel | None:
         """The image side of `model`, or None for a model served as text only."""
         config = model.config
-        if config.model_type not in VISION_FAMILIES or not hasattr(model, "model"):
+        if config.model_type not in VISION_FAMILIES or not hasattr(config, "vision_config"):
             return None
+        if not hasattr(getattr(model, "model", None), "get_rope_index"):
+            return None  # a checkpoint loaded as its language model alone
         return cls(model)
 
     def prepare(self, prompt: list[int], inputs: Mapping[str, torch.Tensor]) -> VisionPrompt:
@@ -134,7 +134,8 @@ class VisionModel:
             pixel_values.to(device), grid.to(device), return_dict=True
         )
         embeds = torch.cat(out.pooler_output)
-        deepstack = [torch.cat(layer) for layer in out.deepstack_features or ()]
+        layers = getattr(out, "deepstack_features", None)
+        deepstack = None if layers is None else [torch.cat(layer) for layer in layers]
         return embeds, deepstack, type(out)
 
     def _check_grid(self, grid: torch.Tensor) -> None:

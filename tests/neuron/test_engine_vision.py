@@ -1,7 +1,8 @@
 """Images through the engine: the tiny Qwen3-VL against transformers' own `generate`.
 
 The synthetic `qwen3_vl` build (a two-block vision tower with deepstack, multimodal
-rope) is loaded by the production loader; images go through the snapshot's own image
+rope) and `qwen3_5_vl` (the same tower without deepstack in front of Qwen3.5's Gated
+DeltaNet hybrid) are loaded by the production loader; images go through the snapshot's own image
 processor, their placeholders are expanded to the processor's token counts, and the
 engine's greedy tokens must equal `model.generate` given the same processor outputs —
 for one image request alone, and for image and text requests batched together,
@@ -32,12 +33,21 @@ IM_START, IM_END = TOKEN_IDS["<|im_start|>"], TOKEN_IDS["<|im_end|>"]
 
 
 @pytest.fixture(scope="module")
-def vl(synth_model, synth_snapshot):
+def vl_of(synth_model, synth_snapshot):
+    """`vl_of(arch)`: (loaded model, its image processor, its `VisionModel`)."""
     from transformers import AutoImageProcessor
 
-    loaded = synth_model("qwen3_vl")
-    processor = AutoImageProcessor.from_pretrained(synth_snapshot("qwen3_vl"))
-    return loaded, processor, vision_module.VisionModel.of(loaded.model)
+    def build(arch: str):
+        loaded = synth_model(arch)
+        processor = AutoImageProcessor.from_pretrained(synth_snapshot(arch))
+        return loaded, processor, vision_module.VisionModel.of(loaded.model)
+
+    return build
+
+
+@pytest.fixture(scope="module")
+def vl(vl_of):
+    return vl_of("qwen3_vl")
 
 
 def _image_prompt(processor, sizes: list[tuple[int, int]], seed: int, text=(1395, 198)):
@@ -78,8 +88,9 @@ def _drive(engine, vision, joins: dict[int, list]) -> dict:
     return results
 
 
-def test_image_and_text_requests_batch_together_and_match_generate(vl):
-    loaded, processor, vision = vl
+@pytest.mark.parametrize("arch", ["qwen3_vl", "qwen3_5_vl"])
+def test_image_and_text_requests_batch_together_and_match_generate(vl_of, arch):
+    loaded, processor, vision = vl_of(arch)
     config = EngineConfig(
         max_batch_size=4, max_seq_len=512, prefill_chunk_tokens=8, prefill_tokens_per_step=12,
         prefix_cache_bytes=1 << 20,
