@@ -43,7 +43,7 @@ from cortex.metrics import CortexMetrics
 from cortex.node import Node, PollSettings
 from cortex.placement import feasible_nodes
 from cortex.relay import Upstream
-from cortex.transport import Transport
+from cortex.transport import Client, Transport
 from protocol import sdnotify
 from protocol.buildinfo import build_info
 from protocol.errors import InvalidRequest, NotFound, ServiceUnavailable
@@ -293,7 +293,7 @@ def _client(config: CortexConfig) -> httpx.AsyncClient:
     timeout = httpx.Timeout(connect=5.0, read=http.upstream_idle_timeout, write=60, pool=60)
     transport = Transport(httpx.Limits(max_connections=1024, max_keepalive_connections=256))
     tokens = NeuronTokens(config.neurons, config.fleet.neuron_token)
-    return httpx.AsyncClient(timeout=timeout, transport=transport, auth=tokens or None)
+    return Client(timeout=timeout, transport=transport, auth=tokens or None)
 
 
 class _LifecycleMetrics:

@@ -40,6 +40,7 @@ from cortex.fleet_snapshot import (
     ResidencyStatus,
     Servability,
 )
+from cortex.transport import url
 from protocol import node as wire
 from protocol.errors import (
     ApiError,
@@ -142,7 +143,7 @@ class Node:
         self._polled(tuple(models), health)
 
     async def _get(self, path: str, cls: Any) -> Any:
-        response = await self.client.get(self.endpoint + path)
+        response = await self.client.get(url(self.endpoint + path))
         if response.status_code != 200:
             raise UpstreamError(f"{path} answered {response.status_code}")
         return wire.parse_response(response.content, cls)

@@ -33,6 +33,7 @@ import trio
 import actors
 from cortex.affinity import prefix_key
 from cortex.fleet import Acquired, Fleet
+from cortex.transport import url
 from protocol.errors import (
     RETRIABLE_CODES,
     ApiError,
@@ -121,7 +122,7 @@ async def open_upstream(
         node = acquired.node
         if status is not None:
             status(phase="upstream", node=node.name)
-        request = client.build_request("POST", node.endpoint + path, content=body,
+        request = client.build_request("POST", url(node.endpoint + path), content=body,
                                        headers=dict(headers))  # fmt: skip
         sent = trio.current_time()
         try:

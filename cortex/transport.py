@@ -9,12 +9,18 @@ timeouts and its exception mapping) with `Pool` in place of httpcore's: a stack 
 connections per origin, most recently used on top, and a semaphore bounding the
 requests in flight (`max_connections`; waiting for one is the `pool` timeout).
 
+`Client` is httpx's client without a cookie jar: the neurons set no cookies, and a
+jar shared by every request would carry one request's cookies into the next; reading
+every response's headers for them cost more than the relay's own work per request.
+`url` parses a node URL once (httpx parses every `str` it is given).
+
 Not for: HTTP/2 or proxies (the gateway speaks HTTP/1.1 to its neurons).
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 from typing import Any
 
@@ -22,7 +28,28 @@ import httpcore
 import httpx
 import trio
 
-__all__ = ["Pool", "Transport"]
+__all__ = ["Client", "Pool", "Transport", "url"]
+
+
+class _NoCookies(httpx.Cookies):
+    """A jar that keeps nothing."""
+
+    def extract_cookies(self, response: httpx.Response) -> None:
+        pass
+
+
+class Client(httpx.AsyncClient):
+    """`httpx.AsyncClient` that neither keeps nor sends cookies."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._cookies = _NoCookies()  # httpx (pinned) reads and fills `self._cookies`
+
+
+@functools.lru_cache(maxsize=4096)
+def url(text: str) -> httpx.URL:
+    """`text` parsed, once (node endpoints and routes: a bounded set)."""
+    return httpx.URL(text)
 
 
 class Transport(httpx.AsyncHTTPTransport):
