@@ -249,8 +249,9 @@ _WORDS = re.compile(rb'" word\d+"')  # the streamed deltas' content
 
 async def measure(port: int, stream: bool, concurrency: int, duration: float,
                   warmup: float, pid: int | None = None, exact: bool = True) -> Result:  # fmt: skip
-    """`concurrency` keep-alive connections in closed loop; what ended after `warmup`,
-    and the CPU time process `pid` used meanwhile."""
+    """`concurrency` keep-alive connections in closed loop; the exchanges that ended in
+    the `duration` after `warmup` (a slow side's may have begun in the warmup), and the
+    CPU time process `pid` used meanwhile."""
     request = _request(port, stream)
     latencies: list[float] = []
     start = trio.current_time() + warmup
@@ -271,8 +272,8 @@ async def measure(port: int, stream: bool, concurrency: int, duration: float,
                     await conn.send_all(request)
                     status, body, keep = await reader.response()
                     _check(status, body, stream, exact)
-                    if sent >= start:
-                        latencies.append(trio.current_time() - sent)
+                    if start <= (ended := trio.current_time()) <= stop:  # ended in the window
+                        latencies.append(ended - sent)
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(clock)
