@@ -203,7 +203,8 @@ class MessageParam:
 
 @attrs.frozen(kw_only=True)
 class Tool:
-    """A client tool: the model calls it, the client runs it."""
+    """A client tool: the model calls it, the client runs it. With `strict: true`
+    every call's `input` is decoded valid against `input_schema`."""
 
     type: Literal["custom"] | None = None
     name: str

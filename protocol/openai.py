@@ -226,6 +226,9 @@ ChatMessage = (
 
 @attrs.frozen(kw_only=True)
 class FunctionDefinition:
+    """A function the model may call. With `strict: true` (or when `tool_choice`
+    forces a call) the call's arguments are decoded valid against `parameters`."""
+
     name: str
     description: str | None = None
     parameters: dict[str, Any] | None = None  # a JSON Schema
@@ -273,6 +276,8 @@ class ResponseFormatText:
 
 @attrs.frozen(kw_only=True)
 class ResponseFormatJsonObject:
+    """The reply is one JSON object (constrained decoding)."""
+
     type: Literal["json_object"] = "json_object"
 
 
@@ -286,6 +291,9 @@ class JsonSchemaFormat:
 
 @attrs.frozen(kw_only=True)
 class ResponseFormatJsonSchema:
+    """The reply is JSON valid against `json_schema.schema`, with or without `strict`
+    (constrained decoding); a schema the grammar library cannot enforce is a 400."""
+
     type: Literal["json_schema"] = "json_schema"
     json_schema: JsonSchemaFormat
 

@@ -222,7 +222,8 @@ OutputItem = OutputMessage | FunctionCall | ReasoningItem
 
 @attrs.frozen(kw_only=True)
 class FunctionTool:
-    """A function tool in the Responses (flat) form."""
+    """A function tool in the Responses (flat) form. With `strict: true` every
+    call's arguments are decoded valid against `parameters`."""
 
     type: Literal["function"] = "function"
     name: str
@@ -280,6 +281,8 @@ class TextFormatJsonObject:
 
 @attrs.frozen(kw_only=True)
 class TextFormatJsonSchema:
+    """The output text is JSON valid against `schema` (constrained decoding)."""
+
     type: Literal["json_schema"] = "json_schema"
     name: str
     schema: dict[str, Any]
