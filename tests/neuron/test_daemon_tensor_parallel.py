@@ -156,11 +156,17 @@ async def test_sigkill_of_a_rank_fails_the_group_in_band_and_it_comes_back(tp_da
     assert errors and errors[0]["code"] == "worker_died", events[-4:]
     assert events[-1] == "[DONE]"
     assert ended < 1.0, f"the stream ended {ended:.2f}s after the kill"
+    # meanwhile the model is recovering: a request gets the retriable 503
+    wait_for(lambda: _status(tp_daemon) == "recovering", within=10, what="recovering")
+    with tp_daemon.http() as client:
+        refused = client.post("/v1/chat/completions", json=chat_body(model=TP, max_tokens=1))
+    assert refused.status_code == 503 and refused.headers["retry-after"], refused.text
+    assert refused.json()["error"]["code"] == "model_recovering"
     # both ranks replaced, the group re-formed on a new rendezvous, serving again
     wait_for(lambda: len(_rendezvous_ports(tp_daemon)) > len(formations), within=90,
              what="the group to re-form")  # fmt: skip
     after = wait_for(lambda: _loaded(tp_daemon) and _rank_pids(tp_daemon), within=30,
-                     what="small-tp loaded again")  # fmt: skip
+                     what="the TP model loaded again")  # fmt: skip
     assert not set(before) & set(after)
     assert not any(psutil.pid_exists(pid) and _alive(pid) for pid in before)
     with socket.socket() as probe:  # nothing listens on the old rendezvous port
@@ -220,8 +226,12 @@ def _rendezvous_ports(daemon) -> list[int]:
     return [int(p) for p in _RENDEZVOUS.findall(daemon.log())]
 
 
+def _status(daemon) -> str | None:
+    return next((m["status"] for m in daemon.get("/models") if m["id"] == TP), None)
+
+
 def _loaded(daemon) -> bool:
-    return any(m["id"] == TP and m["status"] == "loaded" for m in daemon.get("/models"))
+    return _status(daemon) == "loaded"
 
 
 def _alive(pid: int) -> bool:
