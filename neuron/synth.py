@@ -45,6 +45,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import fcntl
+import functools
 import hashlib
 import json
 import os
@@ -686,7 +687,7 @@ def _write_snapshot(
     from neuron.worker.loader import quiet_transformers
 
     positions = config.get_text_config().max_position_embeddings
-    tokenizer = _wrap_tokenizer(_train_tokenizer(seed), positions, vision=vision)
+    tokenizer = _wrap_tokenizer(_trained_tokenizer(seed), positions, vision=vision)
     model = _build_model(config, seed)
     with quiet_transformers():
         model.save_pretrained(out)
@@ -712,6 +713,19 @@ def _corpus(seed: int) -> list[str]:
         texts.append(text)
         total += len(text)
     return texts
+
+
+def _trained_tokenizer(seed: int):
+    """A fresh copy of the tokenizer trained for `seed`: trained once per process (a test
+    session builds many families with one seed), then copied from its JSON."""
+    from tokenizers import Tokenizer
+
+    return Tokenizer.from_str(_trained_tokenizer_json(seed))
+
+
+@functools.lru_cache(maxsize=4)
+def _trained_tokenizer_json(seed: int) -> str:
+    return _train_tokenizer(seed).to_str()
 
 
 def _train_tokenizer(seed: int):

@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import random
+import signal
 import struct
 import zlib
 from collections.abc import Iterator
@@ -22,12 +24,13 @@ from pathlib import Path
 
 import anthropic
 import openai
+import psutil
 import pytest
 from gateway_thread import GatewayThread
 
 from cortex.config import CortexConfig, Eviction, Fleet, Gateway, Http, Neuron
 from cortex.fleet_snapshot import Catalogue, ModelProfile
-from tests.neuron.daemon_harness import Models, RunningDaemon, start_daemon
+from tests.neuron.daemon_harness import Models, RunningDaemon, sse_events, start_daemon, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 PIL_Image = pytest.importorskip("PIL.Image")
@@ -234,7 +237,11 @@ HOSTILE = {
 
 
 def test_hostile_images_get_a_precise_400_and_the_node_keeps_serving(vl_neuron):
+    parent = psutil.Process(vl_neuron.process.pid)
     with vl_neuron.http() as client:
+        warm = client.post("/v1/chat/completions", json=chat([image_part(data_uri(png()))]))
+        assert warm.status_code == 200, warm.text
+        before = parent.memory_info().rss
         for name, (content, code, limit) in HOSTILE.items():
             response = client.post("/v1/chat/completions", json=chat(content))
             assert response.status_code == 400, (name, response.text)
@@ -245,6 +252,8 @@ def test_hostile_images_get_a_precise_400_and_the_node_keeps_serving(vl_neuron):
                 assert error["limit"] == limit and limit in error["message"], (name, error)
         good = client.post("/v1/chat/completions", json=chat([image_part(data_uri(png()))]))
         assert good.status_code == 200, good.text  # the node keeps serving
+    # Nothing was decoded at the size a bomb declares (60000² RGB would be ~10 GB).
+    assert parent.memory_info().rss - before < 64 << 20
 
 
 def test_placeholder_text_in_a_message_stays_text(vl_neuron):
@@ -255,3 +264,32 @@ def test_placeholder_text_in_a_message_stays_text(vl_neuron):
     with vl_neuron.http() as client:
         response = client.post("/v1/chat/completions", json=chat(content))
     assert response.status_code == 200, response.text
+
+
+def test_a_worker_killed_during_a_vision_prefill_fails_in_band_and_is_replaced(vl_neuron):
+    """The 200 comes once the sequence is in the worker; a 1024x1024 image's encode and
+    prefill (1024 image tokens) take far longer than the kill that follows at once."""
+    out = io.BytesIO()
+    PIL_Image.new("RGB", (1024, 1024), (40, 90, 200)).save(out, format="PNG")  # compresses
+    body = chat([image_part(data_uri(out.getvalue()))], stream=True)
+    (worker,) = psutil.Process(vl_neuron.process.pid).children()
+    with (
+        vl_neuron.http(timeout=60) as client,
+        client.stream("POST", "/v1/chat/completions", json=body) as response,
+    ):
+        assert response.status_code == 200
+        worker.send_signal(signal.SIGKILL)
+        events = list(sse_events(response.iter_lines()))
+    errors = [json.loads(e)["error"] for e in events if e.startswith('{"error"')]
+    assert errors and errors[0]["code"] == "worker_died", events[-4:]
+    assert events[-1] == "[DONE]"
+    wait_for(lambda: _vl_loaded(vl_neuron, worker.pid), within=90, what="the VL model back")
+    with vl_neuron.http() as client:
+        again = client.post("/v1/chat/completions", json=chat([image_part(data_uri(png()))]))
+    assert again.status_code == 200, again.text
+
+
+def _vl_loaded(daemon: RunningDaemon, old_pid: int) -> bool:
+    workers = psutil.Process(daemon.process.pid).children()
+    model = next(m for m in daemon.get("/models") if m["id"] == VL)
+    return model["status"] == "loaded" and [w.pid for w in workers] != [old_pid]
