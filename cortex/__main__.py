@@ -83,8 +83,30 @@ def _serve(args: argparse.Namespace) -> int:
     configure_logging(args.log_format or config.log.format, config.log.level)
     for note in config.notes:
         logging.getLogger("cortex").warning("%s", note)
+    _settle_gc()
     trio.run(_serve_until_signal, config)
     return 0
+
+
+# Young-generation collections: one per this many container allocations (Python: 700).
+GC_THRESHOLD = 10_000
+
+
+def _settle_gc() -> None:
+    """The daemon's modules are loaded: they live as long as the process. Freeze them out
+    of the collector's way (a full collection no longer walks every module, class and
+    function), and collect the young generation less often: a relayed request allocates
+    thousands of objects that die by reference count, and at 700 the collections ran
+    while 32 concurrent requests held theirs, promoting them to be walked again (GC was
+    ~0.35 ms of a request's CPU at c=32 in `bench/gateway.py`, ~0.05 ms after)."""
+    import gc
+
+    import cortex.gateway
+    import cortex.http  # noqa: F401  (the gateway imports it when it starts)
+
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(GC_THRESHOLD, 10, 10)
 
 
 async def _serve_until_signal(config) -> None:
