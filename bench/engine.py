@@ -512,10 +512,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--retries", type=int, default=5,
                         help="times a round disturbed by other processes is run again")  # fmt: skip
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--families", type=_families,
+                        help="(s) only, on each of these synthesized families (comma-"
+                        "separated, or 'all') at --size (default small), a table each")  # fmt: skip
     parser.add_argument("--tp", type=int, help="compare tensor_parallel = TP with 1 (CPU)")
     parser.add_argument("--cache", type=Path, default=Path.home() / ".cache/helexa/bench-models",
                         help="where synthesized models are built and reused")  # fmt: skip
     args = parser.parse_args(argv)
+    if args.families:
+        args.model, args.sections, args.size = "synth", "s", args.size or "small"
     if args.model is None:
         args.model = "synth" if args.size or args.arch else "smollm2"
     args.size, args.arch = args.size or "0.5b", args.arch or "qwen3"
@@ -529,6 +534,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     if args.new_tokens < 2 or args.batch_new_tokens < 1 or args.repeats < 1:
         parser.error("--new-tokens must be ≥ 2, --batch-new-tokens and --repeats ≥ 1")
     return args
+
+
+def _families(text: str) -> list[str]:
+    names = list(ARCHS) if text == "all" else text.split(",")
+    unknown = sorted(set(names) - set(ARCHS))
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown families {unknown}; known: {list(ARCHS)}")
+    return names
 
 
 def _device_id(text: str) -> str:
@@ -663,10 +676,31 @@ def main(argv: Sequence[str] | None = None) -> None:
         del loaded
     else:
         _, path = build_model(args)
-    if "s" in args.sections:
-        serve.run_section(path, dtype=args.dtype, threads=args.threads,
-                          concurrency=args.concurrency, max_tokens=args.serve_max_tokens,
-                          rounds=args.repeats, venv=args.serve_venv)  # fmt: skip
+    if args.families:
+        families_section(args)
+    elif "s" in args.sections:
+        serve_section(args, path)
+
+
+def serve_section(args: argparse.Namespace, path: Path) -> None:
+    serve.run_section(path, dtype=args.dtype, threads=args.threads,
+                      concurrency=args.concurrency, max_tokens=args.serve_max_tokens,
+                      rounds=args.repeats, venv=args.serve_venv)  # fmt: skip
+
+
+def families_section(args: argparse.Namespace) -> None:
+    """(s) once per family; a family one server cannot serve is reported, not fatal."""
+    failed = {}
+    for arch in args.families:
+        args.arch = arch
+        _, path = build_model(args)
+        try:
+            serve_section(args, path)
+        except RuntimeError as exc:  # a server refused the model or died
+            failed[arch] = (str(exc).splitlines() or [type(exc).__name__])[0]
+            print(f"    {arch}: not measured: {failed[arch]}")
+    if failed:
+        print("\nnot measured: " + "; ".join(f"{a} ({why})" for a, why in failed.items()))
 
 
 if __name__ == "__main__":
