@@ -46,7 +46,6 @@ import torch
 from attrs import field, frozen
 from transformers import DynamicCache
 
-from neuron.worker import attention
 from neuron.worker.errors import (
     BatchFull,
     DeviceFault,
@@ -681,7 +680,7 @@ def _mask_layout(config, kinds: list[LayerKind]):
 def _check_supported(model: torch.nn.Module) -> None:
     config = model.config
     implementation = getattr(config, "_attn_implementation", None)
-    if implementation not in ("sdpa", "eager", attention.NAME):
+    if implementation not in ("sdpa", "eager"):
         raise UnsupportedModel(f"attention implementation {implementation!r} is not supported")
     if model.get_output_embeddings() is None:
         raise UnsupportedModel("the model has no output embeddings (not a causal LM)")

@@ -192,7 +192,7 @@ def _from_pretrained(info: SnapshotInfo, device: torch.device, dtype: torch.dtyp
                 use_safetensors=True,
                 trust_remote_code=False,
                 dtype=dtype,
-                attn_implementation=attention_implementation(path, device),
+                attn_implementation=attention_implementation(path),
             )
             if shard is not None:
                 model = shard(model)
@@ -255,22 +255,18 @@ def _auto_class(path: Path):
     return AutoModelForCausalLM
 
 
-def attention_implementation(path: Path, device: torch.device) -> str:
-    """`sdpa` where the architecture has it — on CPU as `attention.NAME`, sdpa with a
-    faster decode step — else `eager` (gpt-oss: its attention sinks have no sdpa path).
-    All take the engine's additive masks; other implementations (flash, flex, paged) do
-    not, so they are never chosen here."""
+def attention_implementation(path: Path) -> str:
+    """`sdpa` where the architecture has it, else `eager` (gpt-oss: its attention sinks
+    have no sdpa path). Both take the engine's additive masks; other implementations
+    (flash, flex, paged) do not, so they are never chosen here."""
     from transformers import AutoConfig
 
-    from neuron.worker import attention
-
-    sdpa = attention.NAME if device.type == "cpu" else "sdpa"
     try:
         config = AutoConfig.from_pretrained(path, local_files_only=True, trust_remote_code=False)
         model_class = _auto_class(path)._model_mapping[type(config)]
     except (OSError, ValueError, KeyError):
-        return sdpa  # from_pretrained reports what is wrong with the snapshot
-    return sdpa if getattr(model_class, "_supports_sdpa", False) else "eager"
+        return "sdpa"  # from_pretrained reports what is wrong with the snapshot
+    return "sdpa" if getattr(model_class, "_supports_sdpa", False) else "eager"
 
 
 def _own_memory(model: torch.nn.Module) -> torch.nn.Module:
