@@ -41,7 +41,8 @@ def test_items_tools_and_dropped_kinds():
             {"type": "function_call_output", "call_id": "c1", "output": "42"},
             {"type": "item_we_do_not_know", "x": 1},
         ],
-        "tools": [{"type": "function", "name": "f", "parameters": {"type": "object"}},
+        "tools": [{"type": "function", "name": "f", "parameters": {"type": "object"},
+                   "strict": True},
                   {"type": "web_search_preview"}],
         "tool_choice": {"type": "function", "name": "f"},
     })  # fmt: skip
@@ -58,8 +59,9 @@ def test_items_tools_and_dropped_kinds():
         {"role": "tool", "content": "42", "tool_call_id": "c1"},
     ]  # fmt: skip
     assert out["tools"] == [
-        {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}
-    ]
+        {"type": "function",
+         "function": {"name": "f", "parameters": {"type": "object"}, "strict": True}}
+    ]  # fmt: skip
     assert out["tool_choice"] == {"type": "function", "function": {"name": "f"}}
 
 
