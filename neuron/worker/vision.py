@@ -100,8 +100,7 @@ class VisionModel:
 
     def prepare(self, prompt: list[int], inputs: Mapping[str, torch.Tensor]) -> VisionPrompt:
         """Check a sequence's image tensors against its prompt; raise InvalidRequest."""
-        unknown = set(inputs) - _INPUTS
-        if unknown or set(inputs) != _INPUTS:
+        if set(inputs) != _INPUTS:
             raise InvalidRequest(
                 f"image inputs must be exactly {sorted(_INPUTS)}, got {sorted(inputs)}"
             )
