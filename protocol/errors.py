@@ -79,6 +79,8 @@ class ErrorCode(enum.StrEnum):
     UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"
     VISION_UNSUPPORTED = "vision_unsupported"
     INVALID_IMAGE_URL = "invalid_image_url"
+    INVALID_IMAGE = "invalid_image"
+    IMAGE_LIMIT_EXCEEDED = "image_limit_exceeded"
     CONTEXT_LENGTH_EXCEEDED = "context_length_exceeded"
     CHAINED_CONVERSATION_NOT_SUPPORTED = "chained_conversation_not_supported"
     TEMPLATE_RENDER_FAILED = "template_render_failed"
