@@ -134,9 +134,16 @@ class ImageLimitExceeded(TextError, InvalidRequest):
 
     code = "image_limit_exceeded"
 
-    def __init__(self, param: str, limit: str, value: float, maximum: float, what: str) -> None:
+    def __init__(
+        self, param: str, limit: str, value: float, maximum: float, what: str, *, key: bool = True
+    ) -> None:
+        where = f" ([vision] {limit})" if key else ""
         super().__init__(
-            f"{what} is {value:g}, over this server's limit of {maximum:g} ([vision] {limit})",
+            f"{what} is {_number(value)}, over this server's limit of {_number(maximum)}{where}",
             param=param,
             extra={"limit": limit, "value": value, "max": maximum},
         )
+
+
+def _number(value: float) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)

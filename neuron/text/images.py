@@ -37,7 +37,7 @@ import attrs
 
 from neuron.text.errors import ImageInvalid, ImageLimitExceeded, InvalidParameter
 from protocol.openai import ChatMessage, ImageUrlPart
-from protocol.worker import RawTensor
+from protocol.worker import MAX_FRAME_BYTES, RawTensor
 
 __all__ = [
     "VISION_FAMILIES",
@@ -50,6 +50,9 @@ __all__ = [
 
 # config.model_type of the families served with images in (neuron.worker.vision agrees).
 VISION_FAMILIES = frozenset({"qwen3_vl", "qwen3_5"})
+# A request's pixel values after preprocessing ride in one generate frame, with room
+# left for the prompt's ids and the sampling fields.
+MAX_PIXEL_BYTES = MAX_FRAME_BYTES - (16 << 20)
 # MIME type -> the one Pillow format it may be decoded as.
 FORMATS = {
     "image/png": "PNG",
@@ -184,6 +187,13 @@ class ImageInputs:
         counts = [int(math.prod(row)) // self._merge**2 for row in grid.tolist()]
         expanded = self._expand(token_ids, counts)
         pixels = out["pixel_values"].astype("float32", copy=False)
+        if pixels.nbytes > MAX_PIXEL_BYTES:
+            raise ImageLimitExceeded(
+                "messages", "pixel_bytes", pixels.nbytes, MAX_PIXEL_BYTES,
+                "The request's images after the model's preprocessing, in bytes of pixel "
+                "values (one generate frame carries them: send fewer or smaller images)",
+                key=False,
+            )  # fmt: skip
         inputs = {"pixel_values": _raw(pixels, "float32"), "image_grid_thw": _raw(grid, "int64")}
         return expanded, inputs
 

@@ -11,7 +11,7 @@ import io
 
 import pytest
 
-from neuron.text.errors import ImageInvalid, ImageLimitExceeded
+from neuron.text.errors import ImageInvalid, ImageLimitExceeded, InvalidParameter
 from neuron.text.images import ImageLimits, decode_image
 
 Image = pytest.importorskip("PIL.Image")
@@ -66,3 +66,27 @@ def test_refusals_name_the_part_and_the_limit(uri, error, limit):
     if limit is not None:
         assert caught.value.extra["limit"] == limit
         assert f"[vision] {limit}" in str(caught.value)
+
+
+def test_the_models_processor_expands_placeholders_and_bounds_the_frame(
+    synth_snapshot, monkeypatch
+):
+    from neuron.synth import VISION_TOKEN_IDS
+    from neuron.text import images
+
+    inputs = images.ImageInputs.from_snapshot(synth_snapshot("qwen3_vl"), "qwen3_vl")
+    pad = VISION_TOKEN_IDS["<|image_pad|>"]
+    part = {"type": "image_url", "image_url": {"url": _uri(_encoded("PNG", (64, 96)), "image/png")}}
+    messages = [{"role": "user", "content": [part, {"type": "text", "text": "x"}]}]
+    ids, tensors = inputs.prompt_inputs(messages, [7, pad, 8], LIMITS)
+    assert ids == [7, *[pad] * 6, 8]  # 96x64: a 6x4 patch grid, 2x2 merged
+    assert tensors["image_grid_thw"].shape == (1, 3)
+    assert tensors["pixel_values"].dtype == "float32"
+    with pytest.raises(InvalidParameter, match="placed 2 image placeholders for 1"):
+        inputs.prompt_inputs(messages, [pad, 7, pad], LIMITS)
+    with pytest.raises(ImageLimitExceeded, match="max_images_per_request"):
+        inputs.prompt_inputs([{"role": "user", "content": [part] * 3}], [pad] * 3, LIMITS)
+    monkeypatch.setattr(images, "MAX_PIXEL_BYTES", 1000)
+    with pytest.raises(ImageLimitExceeded, match="generate frame") as caught:
+        inputs.prompt_inputs(messages, [7, pad, 8], LIMITS)
+    assert caught.value.extra["limit"] == "pixel_bytes"
