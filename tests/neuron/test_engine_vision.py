@@ -92,7 +92,7 @@ def _drive(engine, vision, joins: dict[int, list]) -> dict:
 def test_image_and_text_requests_batch_together_and_match_generate(vl_of, arch):
     loaded, processor, vision = vl_of(arch)
     config = EngineConfig(
-        max_batch_size=4, max_seq_len=512, prefill_chunk_tokens=8, prefill_tokens_per_step=12,
+        max_batch_size=6, max_seq_len=512, prefill_chunk_tokens=8, prefill_tokens_per_step=12,
         prefix_cache_bytes=1 << 20,
     )  # fmt: skip
     engine = Engine(loaded, config)
@@ -100,9 +100,18 @@ def test_image_and_text_requests_batch_together_and_match_generate(vl_of, arch):
     two = _image_prompt(processor, [(64, 64), (96, 64)], seed=1, text=(77, 88))
     text = ([IM_START, 5, 6, 7, 8, 9, 10, 11, 198], None)
     same_ids_other_image = (one[0], _image_prompt(processor, [(80, 120)], seed=9)[1])
-    requests = {SeqId(0): one, SeqId(1): text, SeqId(2): two, SeqId(3): same_ids_other_image}
-    joins = {0: [SeqId(0)], 2: [SeqId(1)], 3: [SeqId(2)], 6: [SeqId(3)]}
+    # Two short text prompts joining together are packed into one prefill forward.
+    short = ([IM_START, 12, 13, 198], None), ([IM_START, 14, 198], None)
+    requests = {SeqId(0): one, SeqId(1): text, SeqId(2): two, SeqId(3): same_ids_other_image,
+                SeqId(4): short[0], SeqId(5): short[1]}  # fmt: skip
+    joins = {0: [SeqId(0)], 2: [SeqId(1)], 3: [SeqId(2)], 6: [SeqId(3)],
+             9: [SeqId(4), SeqId(5)]}  # fmt: skip
+    packed, pack = [], engine._prefill_together
+    engine._prefill_together = lambda group: packed.append(len(group)) or pack(group)
     results = _drive(engine, vision, {k: [(s, requests[s]) for s in v] for k, v in joins.items()})
+    # The two short text prompts, never an image prompt (Qwen3.5's recurrent layers
+    # are never packed).
+    assert packed == ([2] if arch == "qwen3_vl" else [])
 
     for seq_id, (ids, inputs) in requests.items():
         assert results[seq_id] == _reference(loaded.model, ids, inputs), seq_id
