@@ -110,7 +110,7 @@ async def route_cost(n: int, model: str, iterations: int, repeats: int) -> float
             await fleet.acquire(ModelId(model), prefix=prefix)
         best = min(best, (time.perf_counter() - started) / iterations)
         for node in fleet.nodes.values():  # a poll: the routed counts are in `health` now
-            node.routed = {}
+            node._polled(node.models, node.health)
     return best * 1e6
 
 
