@@ -294,20 +294,23 @@ class NeuronTokens(httpx.Auth):
     that has a token (its own `token`, else `[fleet] neuron_token`)."""
 
     def __init__(self, neurons: Iterable[NeuronConfig], default: str | None = None) -> None:
-        self._tokens: list[tuple[httpx.URL, str]] = []
+        # (scheme, host, port) → [(endpoint path, token)], in the config's order: one
+        # look-up per request, however many neurons there are
+        self._tokens: dict[tuple[str, str, int | None], list[tuple[str, str]]] = {}
         for neuron in neurons:
             token = neuron.token or default
             if token:
-                self._tokens.append((httpx.URL(neuron.endpoint.rstrip("/") + "/"), token))
+                base = httpx.URL(neuron.endpoint.rstrip("/") + "/")
+                origin = (base.scheme, base.host, base.port)
+                self._tokens.setdefault(origin, []).append((base.path, token))
 
     def __bool__(self) -> bool:
         return bool(self._tokens)
 
     def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, Any, None]:
         url = request.url
-        for base, token in self._tokens:
-            same_origin = (url.scheme, url.host, url.port) == (base.scheme, base.host, base.port)
-            if same_origin and (url.path + "/").startswith(base.path):
+        for path, token in self._tokens.get((url.scheme, url.host, url.port), ()):
+            if (url.path + "/").startswith(path):
                 request.headers["Authorization"] = f"Bearer {token}"
                 break
         yield request
