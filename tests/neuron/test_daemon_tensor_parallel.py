@@ -5,9 +5,9 @@ time) serves the synthesized tiny Qwen3 (4 heads, 2 KV heads) twice: as
 `helexa/qwen3-one` on one device (`tensor_parallel = 1`) and as
 `helexa/qwen3-two` over `cpu:0` and `cpu:1` (`tensor_parallel = 2`, gloo). The
 tests hold the TP model to the TP=1 one — greedy output token-identical, alone
-and 8 at once — and check each rank's measured bytes, the group failing and
-coming back as a whole when either rank is SIGKILLed mid-stream, and unload /
-reload.
+and 8 at once, and on a prefix-cache hit (the daemon's default cache is on) —
+and check each rank's measured bytes, the group failing and coming back as a
+whole when either rank is SIGKILLed mid-stream, and unload / reload.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import shutil
 import signal
 import socket
 import time
+import uuid
 from pathlib import Path
 
 import psutil
@@ -97,6 +98,34 @@ async def test_greedy_output_matches_tensor_parallel_1_alone_and_eight_at_once(t
                 nursery.start_soon(one, i)
     assert [together[i] for i in range(len(texts))] == reference
     assert len(set(reference)) > 1  # the prompts lead to different outputs
+
+
+async def test_prefix_cache_hits_on_every_rank_alike(tp_daemon):
+    """Each rank's engine keeps its own prefix cache (of its shard's K/V); the ranks
+    see the same admissions in the same order, so they hit alike, and a hit is
+    greedy-identical to TP = 1. A rank that missed where the lead hit would run a
+    different forward and the collective, or the output, would show it."""
+    shared = f"Session {uuid.uuid4().hex}. " + "The quick brown fox jumps over the lazy dog. " * 15
+    usages = []
+
+    async def chat(client, model: str, question: str) -> str:
+        messages = [{"role": "system", "content": shared}, {"role": "user", "content": question}]
+        body = {"model": model, "messages": messages, "max_tokens": 8, "temperature": 0,
+                "logit_bias": NO_EOS}  # fmt: skip
+        response = await client.post("/v1/chat/completions", json=body)
+        assert response.status_code == 200, response.text
+        if model == TP:
+            usages.append(response.json()["usage"])
+        return response.json()["choices"][0]["message"]["content"]
+
+    questions = ["Summarise that.", "Now say it backwards, in French."]
+    async with tp_daemon.async_http(timeout=120) as client:
+        reference = [await chat(client, SMALL, q) for q in questions]
+        assert [await chat(client, TP, q) for q in questions] == reference
+    first, second = usages
+    assert first["prompt_tokens"] > 100 and first["prompt_tokens_details"]["cached_tokens"] == 0
+    assert second["prompt_tokens_details"]["cached_tokens"] >= 0.8 * first["prompt_tokens"]
+    assert second["helexa_timing"]["prefill_tokens"] < second["prompt_tokens"] / 4
 
 
 def test_each_rank_holds_half_the_sharded_weights(tp_daemon):
