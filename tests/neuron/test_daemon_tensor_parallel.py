@@ -7,7 +7,8 @@ time) serves the synthesized tiny Qwen3 (4 heads, 2 KV heads) twice: as
 tests hold the TP model to the TP=1 one — greedy output token-identical, alone
 and 8 at once, and on a prefix-cache hit (the daemon's default cache is on) —
 and check each rank's measured bytes, the group failing and coming back as a
-whole when either rank is SIGKILLed mid-stream, and unload / reload.
+whole when either rank is SIGKILLed, or rank 1 SIGSTOPped (wedged), mid-stream,
+and unload / reload.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ pytestmark = [
 SMALL = "helexa/qwen3-one"  # tensor_parallel = 1
 TP = "helexa/qwen3-two"  # the same snapshot, tensor_parallel = 2
 NO_EOS = {"4089": -100, "4087": -100}
+HEARTBEAT = 3  # [timeouts] worker_heartbeat: a stopped rank is killed after this silence
 _RENDEZVOUS = re.compile(
     r"model=helexa/qwen3-two devices=cpu:0,cpu:1 rendezvous=tcp://127\.0\.0\.1:(\d+)"
 )
@@ -62,7 +64,7 @@ def tp_daemon(daemon_models: Models, tmp_path_factory):
             {"id": TP, "tensor_parallel": 2, "devices": ["cpu:0", "cpu:1"]},
             {"id": SMALL, "devices": ["cpu:1"]},
         ),
-        settings={"timeouts": {"worker_heartbeat": 5}},
+        settings={"timeouts": {"worker_heartbeat": HEARTBEAT}},
     )
     try:
         yield daemon
@@ -164,8 +166,20 @@ def _weight_split(snapshot: Path) -> tuple[int, int]:
     return replicated, sharded
 
 
-@pytest.mark.parametrize("rank", [1, 0])
-async def test_sigkill_of_a_rank_fails_the_group_in_band_and_it_comes_back(tp_daemon, rank):
+@pytest.mark.parametrize(
+    ("rank", "sent", "within"),
+    [
+        (1, signal.SIGKILL, 1.0),
+        (0, signal.SIGKILL, 1.0),
+        # Wedged: alive but stuck (rank 0 then waits in a collective, beating on);
+        # the stopped rank's heartbeat watchdog catches it.
+        (1, signal.SIGSTOP, HEARTBEAT + 2.0),
+    ],
+    ids=["sigkill-rank1", "sigkill-rank0", "sigstop-rank1"],
+)
+async def test_a_rank_killed_or_wedged_fails_the_group_in_band_and_it_comes_back(
+    tp_daemon, rank, sent, within
+):
     before = _rank_pids(tp_daemon)
     formations = _rendezvous_ports(tp_daemon)
     port = formations[-1]
@@ -176,15 +190,15 @@ async def test_sigkill_of_a_rank_fails_the_group_in_band_and_it_comes_back(tp_da
     ):
         await next_data(lines)
         await next_data(lines)  # decoding, on both ranks
-        psutil.Process(before[rank]).send_signal(signal.SIGKILL)
-        killed = time.monotonic()
+        psutil.Process(before[rank]).send_signal(sent)
+        signalled = time.monotonic()
         rest = [line async for line in lines]
-        ended = time.monotonic() - killed
+        ended = time.monotonic() - signalled
     events = list(sse_events(rest))
     errors = [json.loads(e)["error"] for e in events if e.startswith('{"error"')]
     assert errors and errors[0]["code"] == "worker_died", events[-4:]
     assert events[-1] == "[DONE]"
-    assert ended < 1.0, f"the stream ended {ended:.2f}s after the kill"
+    assert ended < within, f"the stream ended {ended:.2f}s after the signal"
     # meanwhile the model is recovering: a request gets the retriable 503
     wait_for(lambda: _status(tp_daemon) == "recovering", within=10, what="recovering")
     with tp_daemon.http() as client:
@@ -198,6 +212,8 @@ async def test_sigkill_of_a_rank_fails_the_group_in_band_and_it_comes_back(tp_da
                      what="the TP model loaded again")  # fmt: skip
     assert not set(before) & set(after)
     assert not any(psutil.pid_exists(pid) and _alive(pid) for pid in before)
+    # killed and reaped, the stopped one included: no stopped process, no zombie
+    assert not set(before) & {c.pid for c in psutil.Process(tp_daemon.process.pid).children()}
     with socket.socket() as probe:  # nothing listens on the old rendezvous port
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         probe.bind(("127.0.0.1", port))
