@@ -245,10 +245,6 @@ class ModelRegistry:
         if len(picked) == 1:
             loaded = await device.load(placement)
             memory = loaded.memory_bytes
-            # A vision model's image processor: transformers, imported in this process.
-            images = await trio.to_thread.run_sync(
-                ImageInputs.from_snapshot, info.snapshot.path, info.model_type
-            )
         else:
             # Every rank's engine must take the same batch: the smallest device's.
             batch = min(d.spec.max_batch_size for _, d in picked)
@@ -256,7 +252,10 @@ class ModelRegistry:
             group = TensorParallelGroup(placement, [d for _, d in picked])
             loaded = await group.load()
             memory = sum(r.memory_bytes for r in group.member_loaded().values())
-            images = None  # a tensor-parallel model is served as text only
+        # A vision model's image processor: transformers, imported in this process.
+        images = await trio.to_thread.run_sync(
+            ImageInputs.from_snapshot, info.snapshot.path, info.model_type
+        )
         max_in_flight = (
             request.max_in_flight or self.limits.max_in_flight or loaded.max_sequences or 1
         )

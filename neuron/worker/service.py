@@ -27,7 +27,7 @@ from neuron.worker.grammar import Grammars
 from neuron.worker.loader import LoadedModel, load_model, quiet_transformers
 from neuron.worker.sampler import SamplingParams, sample_batch
 from neuron.worker.snapshot import snapshot_at
-from neuron.worker.vision import VisionModel, VisionPrompt
+from neuron.worker.vision import VisionModel
 from protocol import worker as wire
 from protocol.ids import ModelId
 
@@ -213,7 +213,10 @@ class WorkerService:
             raise
         self.models[job.model_id] = resident
         if group is not None and not group.lead:
-            resident.follower = tensor_parallel.Follower(group, resident.engine, self._group_failed)
+            vision = resident.vision
+            resident.follower = tensor_parallel.Follower(
+                group, resident.engine, self._group_failed, vision and vision.prepare
+            )
             resident.follower.start()
         engine = resident.engine
         report = loaded.report
@@ -277,12 +280,14 @@ class WorkerService:
             grammar = job.sampling.grammar
             matcher = None if grammar is None else resident.grammars().matcher(grammar)
             params = SamplingParams.from_wire(job.sampling, matcher)
-            vision = _vision_inputs(resident, job)
-            if vision is not None and resident.group is not None:
-                raise errors.InvalidRequest("a tensor-parallel model takes text only here")
+            tensors = _image_tensors(resident, job)
+            vision = None
+            if tensors is not None:
+                vision = resident.vision.prepare(list(job.prompt_token_ids), tensors)
             resident.engine.add(job.seq_id, job.prompt_token_ids, params, vision)
-            if resident.lead:
-                resident.plan.append(("add", job.seq_id, job.prompt_token_ids, job.sampling))
+            if resident.lead:  # the followers prepare the same images and add alike
+                add = ("add", job.seq_id, job.prompt_token_ids, job.sampling, tensors)
+                resident.plan.append(add)
         except (errors.WorkerError, ValueError) as exc:
             kind = failure_kind(exc)
             self.channel.send(wire.SequenceFailed(job.seq_id, kind, str(exc), _retriable(exc)))
@@ -355,14 +360,13 @@ class WorkerService:
         self.models.clear()
 
 
-def _vision_inputs(resident: _Resident, job: wire.Generate) -> VisionPrompt | None:
-    """The job's image tensors, checked against its prompt; None for a text job."""
+def _image_tensors(resident: _Resident, job: wire.Generate) -> dict[str, torch.Tensor] | None:
+    """The job's image tensors (CPU); None for a text job."""
     if not job.inputs:
         return None
     if resident.vision is None:
         raise errors.InvalidRequest(f"model {job.model_id!r} takes no image inputs")
-    tensors = {name: raw.to_torch() for name, raw in job.inputs.items()}
-    return resident.vision.prepare(list(job.prompt_token_ids), tensors)
+    return {name: raw.to_torch() for name, raw in job.inputs.items()}
 
 
 def default_prefix_cache_bytes(loaded: LoadedModel, kv_tokens: int, *, cpu: bool) -> int:

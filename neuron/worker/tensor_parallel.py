@@ -118,8 +118,9 @@ class Group:
 
         styles = {"colwise": ColwiseParallel, "rowwise": RowwiseParallel}
         parallelize_module(
-            model.base_model, self._mesh, {name: styles[style]() for name, style in plan.items()}
-        )
+            language_model(model), self._mesh,
+            {name: styles[style]() for name, style in plan.items()},
+        )  # fmt: skip
         return model
 
     # -- lock step ----------------------------------------------------------------------
@@ -152,10 +153,32 @@ class Group:
         return lead if self.lead else follow
 
 
+# Text models transformers ships no plan for, whose layers are module for module those
+# of a family it has one for: that family's plan (a vision-language model's language
+# model: Qwen3-VL's is Qwen3's, with multimodal rope, which heads do not change).
+_PLAN_OF = {"qwen3_vl_text": "qwen3"}
+
+
+def language_model(model: torch.nn.Module) -> torch.nn.Module:
+    """The module the plan's names are relative to: the base model, or a vision-language
+    base model's language model (its vision tower stays whole on every rank)."""
+    return getattr(model.base_model, "language_model", None) or model.base_model
+
+
+def _declared_plan(config) -> dict[str, str]:
+    declared = getattr(config, "base_model_tp_plan", None)
+    twin = _PLAN_OF.get(getattr(config, "model_type", ""))
+    if not declared and twin is not None:
+        from transformers import AutoConfig
+
+        declared = AutoConfig.for_model(twin).base_model_tp_plan
+    return dict(declared or {})
+
+
 def tensor_parallel_plan(model: torch.nn.Module, world_size: int) -> dict[str, str]:
-    """The base model's submodule names → "colwise" / "rowwise", or UnsupportedModel."""
+    """The language model's submodule names → "colwise" / "rowwise", or UnsupportedModel."""
     config = model.config.get_text_config(decoder=True)
-    declared = getattr(config, "base_model_tp_plan", None) or {}
+    declared = _declared_plan(config)
     name = getattr(config, "model_type", type(model).__name__)
     if not declared:
         raise UnsupportedModel(f"architecture {name!r} has no tensor-parallel plan")
@@ -176,7 +199,7 @@ def tensor_parallel_plan(model: torch.nn.Module, world_size: int) -> dict[str, s
         if style in _STYLES
     ]
     plan = {}
-    for module_name, _ in model.base_model.named_modules():
+    for module_name, _ in language_model(model).named_modules():
         for pattern, style in patterns:
             if pattern.fullmatch(module_name):
                 plan[module_name] = style
@@ -193,9 +216,16 @@ def follower_params(sampling: wire.SamplingParams) -> SamplingParams:
 class Follower:
     """A follower rank's lock-step loop over one engine, on its own thread."""
 
-    def __init__(self, group: Group, engine: Any, on_failure: Callable[[BaseException], None]):
+    def __init__(
+        self,
+        group: Group,
+        engine: Any,
+        on_failure: Callable[[BaseException], None],
+        vision: Callable[[list[int], dict], Any] | None = None,
+    ) -> None:
         self.group = group
         self.engine = engine
+        self._vision = vision  # a sequence's image inputs → its VisionPrompt
         self._on_failure = on_failure
         self._thread = threading.Thread(target=self._run, name="tp-follower", daemon=True)
         self._stopped = threading.Event()
@@ -220,8 +250,12 @@ class Follower:
         engine = self.engine
         for op in plan:
             match op:
-                case ("add", seq_id, prompt, sampling):
-                    engine.add(seq_id, prompt, follower_params(sampling))
+                case ("add", seq_id, prompt, sampling, inputs):
+                    vision = None
+                    if inputs:  # the lead checked them: prepared alike here
+                        assert self._vision is not None, "image inputs for a text-only model"
+                        vision = self._vision(list(prompt), inputs)
+                    engine.add(seq_id, prompt, follower_params(sampling), vision)
                 case ("cancel", seq_id):
                     engine.cancel(seq_id)
                 case ("step",):

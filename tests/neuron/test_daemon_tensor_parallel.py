@@ -8,12 +8,16 @@ tests hold the TP model to the TP=1 one — greedy output token-identical, alone
 and 8 at once, and on a prefix-cache hit (the daemon's default cache is on) —
 and check each rank's measured bytes, the group failing and coming back as a
 whole when either rank is SIGKILLed, or rank 1 SIGSTOPped (wedged), mid-stream,
-and unload / reload.
+and unload / reload. Last, the synthetic Qwen3-VL takes the group's place: image
+requests at TP = 2 are greedy-identical to TP = 1.
 """
 
 from __future__ import annotations
 
+import base64
+import io
 import json
+import random
 import re
 import shutil
 import signal
@@ -37,6 +41,7 @@ from daemon_harness import (
     wait_for,
 )
 
+PIL_Image = pytest.importorskip("PIL.Image")
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.integration,
@@ -45,6 +50,7 @@ pytestmark = [
 
 SMALL = "helexa/qwen3-one"  # tensor_parallel = 1
 TP = "helexa/qwen3-two"  # the same snapshot, tensor_parallel = 2
+VL_ONE, VL_TWO = "helexa/qwen3_vl-one", "helexa/qwen3_vl-two"  # Qwen3-VL, TP 1 and 2
 NO_EOS = {"4089": -100, "4087": -100}
 HEARTBEAT = 3  # [timeouts] worker_heartbeat: a stopped rank is killed after this silence
 _RENDEZVOUS = re.compile(
@@ -53,10 +59,12 @@ _RENDEZVOUS = re.compile(
 
 
 @pytest.fixture(scope="module")
-def tp_daemon(daemon_models: Models, tmp_path_factory):
+def tp_daemon(daemon_models: Models, synth_snapshot, tmp_path_factory):
     root = tmp_path_factory.mktemp("tp-models")
     for name in (SMALL, TP):  # the session's tiny Qwen3, under two names
         shutil.copytree(daemon_models.root / QWEN, root / name)
+    for name in (VL_ONE, VL_TWO):  # the synthetic Qwen3-VL, loaded by the last test
+        shutil.copytree(synth_snapshot("qwen3_vl"), root / name)
     daemon = start_daemon(
         tmp_path_factory.mktemp("neuron-tp"),
         Models(root),
@@ -247,6 +255,42 @@ async def test_unload_frees_both_ranks_and_reload_works(tp_daemon):
     assert model["devices"] == [1, 0] and len(model["device_memory_bytes"]) == 2
     async with tp_daemon.async_http(timeout=60) as client:
         assert await complete(client, TP, text) == reference
+
+
+async def test_an_image_request_over_two_ranks_is_greedy_identical_to_one(tp_daemon):
+    """Every rank runs the vision tower (whole) and the splice on the images the lead
+    broadcasts with the sequence; only the language model is split. The group's
+    workers take one group at a time, so the text TP model makes way."""
+    with tp_daemon.http(timeout=120) as client:
+        for path, spec in (
+            ("/models/unload", {"model_id": TP}),
+            ("/models/load", {"model_id": VL_ONE, "devices": [1]}),
+            ("/models/load", {"model_id": VL_TWO, "tensor_parallel": 2, "devices": [0, 1]}),
+        ):
+            response = client.post(path, json=spec)
+            assert response.status_code == 200, response.text
+    models = {m["id"]: m for m in tp_daemon.get("/models")}
+    assert models[VL_TWO]["devices"] == [0, 1] and len(models[VL_TWO]["device_memory_bytes"]) == 2
+
+    def body(model: str, seed: int) -> dict:
+        noise = random.Random(seed).randbytes(64 * 64 * 3)  # 64x64: 4 image tokens
+        out = io.BytesIO()
+        PIL_Image.frombytes("RGB", (64, 64), noise).save(out, format="PNG")
+        uri = "data:image/png;base64," + base64.b64encode(out.getvalue()).decode()
+        content = [{"type": "image_url", "image_url": {"url": uri}},
+                   {"type": "text", "text": "What is in the picture?"}]  # fmt: skip
+        return {"model": model, "messages": [{"role": "user", "content": content}],
+                "max_tokens": 12, "temperature": 0, "logit_bias": NO_EOS}  # fmt: skip
+
+    async def answer(client, model: str, seed: int) -> str:
+        response = await client.post("/v1/chat/completions", json=body(model, seed))
+        assert response.status_code == 200, response.text
+        return response.json()["choices"][0]["message"]["content"]
+
+    async with tp_daemon.async_http(timeout=120) as client:
+        reference = [await answer(client, VL_ONE, seed) for seed in (0, 1)]
+        assert [await answer(client, VL_TWO, seed) for seed in (0, 1)] == reference
+    assert reference[0] != reference[1]  # the image decides the output
 
 
 # ------------------------------------------------------------------------------------------

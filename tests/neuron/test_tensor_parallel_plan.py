@@ -31,6 +31,21 @@ def test_qwen3_splits_attention_and_mlp_projections_of_every_layer():
     assert plan == expected  # norms, embeddings and the LM head stay replicated
 
 
+def test_a_vision_language_model_splits_its_language_model_only():
+    """Qwen3-VL: transformers ships no plan for its text model, whose layers are
+    Qwen3's module for module: Qwen3's plan, on the language model; the vision tower
+    stays whole on every rank."""
+    config = transformers.CONFIG_MAPPING["qwen3_vl"](
+        text_config={"num_hidden_layers": 2}, vision_config={"depth": 2}
+    )
+    with torch.device("meta"):
+        model = transformers.AutoModelForImageTextToText.from_config(config)
+    plan = tensor_parallel_plan(model, 2)
+    assert plan == tensor_parallel_plan(meta_model("qwen3"), 2)
+    names = {name for name, _ in model.model.language_model.named_modules()}
+    assert set(plan) <= names and not any("visual" in name for name in plan)
+
+
 REFUSED = [
     ("lfm2", {}, "'lfm2' has no tensor-parallel plan"),
     ("qwen3_moe", {}, "styles ['moe_tp_experts', 'packed_colwise'] are not supported"),
