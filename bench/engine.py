@@ -696,7 +696,9 @@ def families_section(args: argparse.Namespace) -> None:
         _, path = build_model(args)
         try:
             serve_section(args, path)
-        except RuntimeError as exc:  # a server refused the model or died
+        except (RuntimeError, ExceptionGroup) as exc:  # a server refused the model or died
+            while isinstance(exc, ExceptionGroup):  # from the load generator's nursery
+                exc = exc.exceptions[0]
             failed[arch] = (str(exc).splitlines() or [type(exc).__name__])[0]
             print(f"    {arch}: not measured: {failed[arch]}")
     if failed:
