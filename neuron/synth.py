@@ -56,7 +56,7 @@ import sysconfig
 import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from attrs import frozen
 
@@ -262,7 +262,20 @@ def model_config(
         return _vision_config(arch, size, shape, dtype, max_positions)
     config_class, architecture = ARCHS[arch]
     options = {
-        "vocab_size": VOCAB_SIZE,
+        **_text_options(shape, VOCAB_SIZE, dtype, max_positions),
+        "tie_word_embeddings": True,
+        "architectures": [architecture],
+    }
+    options.update(_family_options(arch, size, shape))
+    return getattr(transformers, config_class)(**options)
+
+
+def _text_options(
+    shape: ModelShape, vocab_size: int, dtype: str, max_positions: int | None
+) -> dict[str, Any]:
+    """The decoder's shape, ids and init every family (and the VLMs' text model) share."""
+    return {
+        "vocab_size": vocab_size,
         "hidden_size": shape.hidden_size,
         "intermediate_size": shape.intermediate_size,
         "num_hidden_layers": shape.num_hidden_layers,
@@ -270,7 +283,6 @@ def model_config(
         "num_key_value_heads": shape.num_key_value_heads,
         "head_dim": shape.head_dim,
         "max_position_embeddings": max_positions or _MAX_POSITIONS,
-        "tie_word_embeddings": True,
         # With tied embeddings and the usual 0.02, the residual stream is mostly the
         # input token's own embedding and greedy decoding repeats it forever; 0.2 gives
         # varied output and wide top-1 margins, which batching-equality tests rely on.
@@ -280,10 +292,7 @@ def model_config(
         "eos_token_id": TOKEN_IDS["<|im_end|>"],
         "pad_token_id": TOKEN_IDS["<|endoftext|>"],
         "dtype": DTYPES[dtype],
-        "architectures": [architecture],
     }
-    options.update(_family_options(arch, size, shape))
-    return getattr(transformers, config_class)(**options)
 
 
 def _family_options(arch: str, size: str, shape: ModelShape) -> dict[str, object]:
@@ -393,26 +402,10 @@ def _vision_config(arch: str, size: str, shape: ModelShape, dtype: str, max_posi
     import transformers
 
     config_class, architecture = VISION_ARCHS[arch]
-    text = {
-        "vocab_size": VISION_VOCAB_SIZE,
-        "hidden_size": shape.hidden_size,
-        "intermediate_size": shape.intermediate_size,
-        "num_hidden_layers": shape.num_hidden_layers,
-        "num_attention_heads": shape.num_attention_heads,
-        "num_key_value_heads": shape.num_key_value_heads,
-        "head_dim": shape.head_dim,
-        "max_position_embeddings": max_positions or _MAX_POSITIONS,
-        "initializer_range": 0.2,  # as for the text families (model_config)
-        "rope_parameters": {
-            "rope_type": "default",
-            "rope_theta": 1_000_000.0,
-            "mrope_section": _mrope_section(shape.head_dim // 2),
-            "mrope_interleaved": True,
-        },
-        "bos_token_id": TOKEN_IDS["<|endoftext|>"],
-        "eos_token_id": TOKEN_IDS["<|im_end|>"],
-        "pad_token_id": TOKEN_IDS["<|endoftext|>"],
-        "dtype": DTYPES[dtype],
+    text = _text_options(shape, VISION_VOCAB_SIZE, dtype, max_positions)
+    text["rope_parameters"] |= {
+        "mrope_section": _mrope_section(shape.head_dim // 2),
+        "mrope_interleaved": True,
     }
     vision = {
         "depth": 2,
