@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 
 import httpx
 import trio
@@ -30,7 +30,12 @@ CLAUDE_NAMES = (
 OPENAI_NAMES = ("gpt-4o", "gpt-4.1-mini")
 
 
-def gateway_config(neurons: Mapping[str, str], aliases: Mapping[str, str]) -> CortexConfig:
+def gateway_config(
+    neurons: Mapping[str, str],
+    aliases: Mapping[str, str],
+    profiles: Sequence[ModelProfile] = (ModelProfile(id=SCRIPTED, vram_mb=4),),
+) -> CortexConfig:
+    """A test gateway over `neurons` (name → URL) that polls fast and retries once."""
     return CortexConfig(
         models_config="",
         gateway=Gateway(listen="127.0.0.1:0", metrics_listen="127.0.0.1:0"),
@@ -38,7 +43,7 @@ def gateway_config(neurons: Mapping[str, str], aliases: Mapping[str, str]) -> Co
         neurons=tuple(Neuron(name=name, endpoint=url) for name, url in neurons.items()),
         fleet=Fleet(poll_interval=0.3, poll_timeout=2, failure_threshold=1, backoff_max=1),
         http=Http(keepalive_interval=0.2, retries=1, drain_timeout=5),
-        catalogue=Catalogue.of([ModelProfile(id=SCRIPTED, vram_mb=4)], dict(aliases)),
+        catalogue=Catalogue.of(list(profiles), dict(aliases)),
     )  # fmt: skip
 
 

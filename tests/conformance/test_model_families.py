@@ -13,10 +13,9 @@ from pathlib import Path
 import anthropic
 import openai
 import pytest
-from gateway_thread import GatewayThread
+from gateway_thread import GatewayThread, gateway_config
 
-from cortex.config import CortexConfig, Eviction, Fleet, Gateway, Http, Neuron
-from cortex.fleet_snapshot import Catalogue, ModelProfile
+from cortex.fleet_snapshot import ModelProfile
 from tests.neuron.daemon_harness import Models, RunningDaemon, start_daemon
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
@@ -54,15 +53,8 @@ def neuron(families_root: Path, tmp_path_factory) -> Iterator[RunningDaemon]:
 
 @pytest.fixture(scope="module")
 def gateway(neuron: RunningDaemon) -> Iterator[GatewayThread]:
-    config = CortexConfig(
-        models_config="",
-        gateway=Gateway(listen="127.0.0.1:0", metrics_listen="127.0.0.1:0"),
-        eviction=Eviction(min_residency_seconds=0),
-        neurons=(Neuron(name="families", endpoint=neuron.url),),
-        fleet=Fleet(poll_interval=0.3, poll_timeout=2, failure_threshold=1, backoff_max=1),
-        http=Http(keepalive_interval=0.2, retries=1, drain_timeout=5),
-        catalogue=Catalogue.of([ModelProfile(id=m, vram_mb=4) for m in FAMILIES], {}),
-    )
+    profiles = [ModelProfile(id=m, vram_mb=4) for m in FAMILIES]
+    config = gateway_config({"families": neuron.url}, {}, profiles)
     with GatewayThread.running(config) as gw:
         gw.wait_healthy(nodes=1)
         yield gw

@@ -26,10 +26,9 @@ import anthropic
 import openai
 import psutil
 import pytest
-from gateway_thread import GatewayThread
+from gateway_thread import GatewayThread, gateway_config
 
-from cortex.config import CortexConfig, Eviction, Fleet, Gateway, Http, Neuron
-from cortex.fleet_snapshot import Catalogue, ModelProfile
+from cortex.fleet_snapshot import ModelProfile
 from tests.neuron.daemon_harness import Models, RunningDaemon, sse_events, start_daemon, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
@@ -72,15 +71,8 @@ def vl_neuron(vl_root: Path, tmp_path_factory) -> Iterator[RunningDaemon]:
 def vl_gateway(vl_neuron: RunningDaemon) -> Iterator[GatewayThread]:
     profiles = [ModelProfile(id=VL, vram_mb=4),
                 ModelProfile(id=TEXT_ONLY, vram_mb=4, capabilities=("text",))]  # fmt: skip
-    config = CortexConfig(
-        models_config="",
-        gateway=Gateway(listen="127.0.0.1:0", metrics_listen="127.0.0.1:0"),
-        eviction=Eviction(min_residency_seconds=0),
-        neurons=(Neuron(name="vision", endpoint=vl_neuron.url),),
-        fleet=Fleet(poll_interval=0.3, poll_timeout=2, failure_threshold=1, backoff_max=1),
-        http=Http(keepalive_interval=0.2, retries=1, drain_timeout=5),
-        catalogue=Catalogue.of(profiles, {"gpt-4o": VL, "claude-sonnet-4-6": VL}),
-    )  # fmt: skip
+    config = gateway_config({"vision": vl_neuron.url},
+                            {"gpt-4o": VL, "claude-sonnet-4-6": VL}, profiles)  # fmt: skip
     with GatewayThread.running(config) as gw:
         gw.wait_healthy(nodes=1)
         yield gw

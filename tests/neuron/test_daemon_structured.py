@@ -27,18 +27,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cortex.config import (
-    Catalogue,
-    CortexConfig,
-    Eviction,
-    Fleet,
-    Gateway,
-    Http,
     ModelProfile,
-    Neuron,
 )
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "conformance"))  # gateway_thread's imports
-from gateway_thread import GatewayThread
+from gateway_thread import GatewayThread, gateway_config
 
 pytestmark = [
     pytest.mark.slow,
@@ -114,15 +107,8 @@ def client(neuron_daemon):
 
 @pytest.fixture(scope="module")
 def gateway(neuron_daemon):
-    config = CortexConfig(
-        models_config="",
-        gateway=Gateway(listen="127.0.0.1:0", metrics_listen="127.0.0.1:0"),
-        eviction=Eviction(min_residency_seconds=0),
-        neurons=(Neuron(name="structured", endpoint=neuron_daemon.url),),
-        fleet=Fleet(poll_interval=0.3, poll_timeout=2, failure_threshold=1, backoff_max=1),
-        http=Http(keepalive_interval=0.2, retries=1, drain_timeout=5),
-        catalogue=Catalogue.of([ModelProfile(id=QWEN, vram_mb=4)], {}),
-    )
+    profiles = [ModelProfile(id=QWEN, vram_mb=4)]
+    config = gateway_config({"structured": neuron_daemon.url}, {}, profiles)
     with GatewayThread.running(config) as gw:
         gw.wait_healthy(nodes=1)
         yield gw
