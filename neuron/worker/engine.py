@@ -216,7 +216,7 @@ class Engine:
         self._loaded: LoadedModel | None = loaded
         self._device = loaded.device
         self._dtype = next(model.parameters()).dtype
-        self._vocab_size = model.get_output_embeddings().weight.shape[0]
+        self._vocab_size = model.get_output_embeddings().out_features
         self._eos_ids = frozenset(loaded.info.eos_token_ids)
         self._sample = sample
         self.max_batch_size = config.max_batch_size

@@ -30,6 +30,7 @@ from attrs import frozen
 from safetensors import SafetensorError
 
 from neuron.worker.errors import DeviceOutOfMemory, LoadFailed, ModelNotLoaded, UnsupportedModel
+from neuron.worker.packed_linear import pack_linear_layers, packed_bytes
 from neuron.worker.snapshot import ResolvedSnapshot, SnapshotInfo, read_snapshot_info
 
 log = logging.getLogger(__name__)
@@ -146,6 +147,11 @@ def load_model(
     before = read_memory(torch_device)
     started = time.perf_counter()
     model = _from_pretrained(info, torch_device, torch_dtype, shard)
+    num_parameters = sum(p.numel() for p in _unique_tensors(model.parameters()))
+    # A tensor-parallel rank's model runs DTensor layers with hooks: left as it is.
+    packed = pack_linear_layers(model, torch_device) if shard is None else 0
+    if packed:
+        release_memory(torch_device)  # the dense weights the packed ones replaced
     _synchronize(torch_device)
     seconds = time.perf_counter() - started
     after = read_memory(torch_device)
@@ -155,7 +161,7 @@ def load_model(
         device=str(torch_device),
         dtype=str(torch_dtype).removeprefix("torch."),
         load_seconds=seconds,
-        num_parameters=sum(p.numel() for p in _unique_tensors(model.parameters())),
+        num_parameters=num_parameters,
         tensor_bytes=tensor_bytes(model),
         rss_delta_bytes=after.rss_bytes - before.rss_bytes,
         cuda_allocated_delta_bytes=_delta(before.cuda_allocated_bytes, after),
@@ -168,6 +174,8 @@ def load_model(
         report.model_id, report.device, report.dtype, seconds, report.tensor_bytes,
         report.rss_delta_bytes,
     )  # fmt: skip
+    if packed:
+        log.info("linear layers prepacked for oneDNN model=%s layers=%d", report.model_id, packed)
     if kernels := recurrent_kernels(model):
         log.info("recurrent-layer kernels model=%s %s", report.model_id, kernels)
     return LoadedModel(model, info, report)
@@ -312,13 +320,13 @@ def quiet_transformers() -> Iterator[None]:
 
 
 def tensor_bytes(model: torch.nn.Module) -> int:
-    """Bytes of parameters and buffers, counting shared (tied) storage once."""
+    """Bytes of parameters, buffers and packed weights, counting shared (tied) storage once."""
     tensors = [*model.parameters(), *model.buffers()]
     storages = {}
     for tensor in tensors:
         storage = _local(tensor).untyped_storage()
         storages[storage.data_ptr()] = storage.nbytes()
-    return sum(storages.values())
+    return sum(storages.values()) + packed_bytes(model)
 
 
 def _is_dtensor(tensor: torch.Tensor) -> bool:

@@ -94,7 +94,7 @@ class _Resident:
         """Constrained decoding's compiled grammars for this model (built on first use)."""
         if self._grammars is None:
             info, model = self.loaded.info, self.loaded.model
-            vocab = model.get_output_embeddings().weight.shape[0]
+            vocab = model.get_output_embeddings().out_features
             self._grammars = Grammars.from_snapshot(info.snapshot.path, vocab, info.eos_token_ids)
         return self._grammars
 
