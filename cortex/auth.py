@@ -308,12 +308,18 @@ class NeuronTokens(httpx.Auth):
         return bool(self._tokens)
 
     def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, Any, None]:
-        url = request.url
+        if token := self.token_for(request.url):
+            request.headers["Authorization"] = f"Bearer {token}"
+        yield request
+
+    def token_for(self, url: httpx.URL | str) -> str | None:
+        """The token for a request to `url` (the relay's client asks by URL)."""
+        if isinstance(url, str):
+            url = httpx.URL(url)
         for path, token in self._tokens.get((url.scheme, url.host, url.port), ()):
             if (url.path + "/").startswith(path):
-                request.headers["Authorization"] = f"Bearer {token}"
-                break
-        yield request
+                return token
+        return None
 
 
 def _loopback(host: str) -> bool:

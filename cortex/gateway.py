@@ -2,13 +2,15 @@
 
 A `Gateway` is built whole from its config: keyring, metrics, the client to
 the nodes and the fleet (every node, its lifecycle observer, the routing
-settings) exist from construction. `Gateway.run` opens what lives only while
-it runs — the actor root, the node actors polling the fleet, the request
-supervisor, held together as `upstream` (`cortex.relay.Upstream`, what the
-relay takes) — binds the API and the metrics listener, and serves until
-`stop()`, then lets in-flight requests finish (bounded) and stops. A gateway
-restarted with nodes running rebuilds its whole view from the nodes' own
-answers on the first poll and serves at once.
+settings) exist from construction; inference goes to the nodes through its
+own lean client (`cortex.upstream_http`), everything else through httpx.
+`Gateway.run` opens what lives only while it runs — the actor root, the node
+actors polling the fleet, the request supervisor, held together as `upstream`
+(`cortex.relay.Upstream`, what the relay takes) — binds the API and the
+metrics listener, and serves until `stop()`, then lets in-flight requests
+finish (bounded) and stops. A gateway restarted with nodes running rebuilds
+its whole view from the nodes' own answers on the first poll and serves at
+once.
 
 The views (`health`, `model_list`, `fleet_view`) are computed from the
 nodes' last polled state; admin operations (load, unload, drain) go through
@@ -32,6 +34,7 @@ from quart import Response, request
 from quart_trio import QuartTrio
 
 import actors
+from cortex import upstream_http
 from cortex.affinity import PrefixAffinity
 from cortex.auth import Keyring, NeuronTokens, open_warning
 from cortex.config import CortexConfig, split_listen
@@ -69,6 +72,7 @@ class Gateway:
         self.keyring = Keyring(config.entitlements, config.catalogue)
         self.metrics = CortexMetrics.for_config(config)
         self.client = _client(config)
+        self.relay_client = _relay_client(config)
         self.fleet = self._build_fleet()
         self.draining = False
         self.url = ""  # bound by run()
@@ -99,13 +103,14 @@ class Gateway:
     async def run(self, *, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED) -> None:
         async with (
             self.client,
+            self.relay_client,
             actors.open_root("cortex") as root,
             trio.open_nursery() as nursery,
         ):
             await start_fleet(root, self.fleet)
             requests = await root.start_supervisor("requests")
             http = self.config.http
-            upstream = Upstream(self.fleet, self.client, requests, retries=http.retries,
+            upstream = Upstream(self.fleet, self.relay_client, requests, retries=http.retries,
                                 keepalive=http.keepalive_interval)  # fmt: skip
             self._running = _Running(root, upstream)  # kept after: requests still draining
             await self._serve(nursery, task_status)
@@ -294,6 +299,15 @@ def _client(config: CortexConfig) -> httpx.AsyncClient:
     transport = Transport(httpx.Limits(max_connections=1024, max_keepalive_connections=256))
     tokens = NeuronTokens(config.neurons, config.fleet.neuron_token)
     return Client(timeout=timeout, transport=transport, auth=tokens or None)
+
+
+def _relay_client(config: CortexConfig) -> upstream_http.Client:
+    """The inference relay's client (`cortex.upstream_http`): the same timeouts, pool
+    bound and node tokens as `_client`'s."""
+    tokens = NeuronTokens(config.neurons, config.fleet.neuron_token)
+    return upstream_http.Client(connect=5.0, read=config.http.upstream_idle_timeout, write=60,
+                                pool=60, max_connections=1024, max_idle=256,
+                                token=tokens.token_for if tokens else None)  # fmt: skip
 
 
 class _LifecycleMetrics:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import logging
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
@@ -33,7 +34,7 @@ import trio
 import actors
 from cortex.affinity import prefix_key
 from cortex.fleet import Acquired, Fleet
-from cortex.transport import url
+from cortex.upstream_http import Client, Response
 from protocol.errors import (
     RETRIABLE_CODES,
     ApiError,
@@ -80,12 +81,12 @@ class Broken:
 @attrs.frozen
 class Upstream:
     """What relaying needs of the gateway: placement (`fleet`), the client to the
-    nodes, the supervisor request actors live under, how often a request that
-    failed before its first byte is tried elsewhere (`retries`), and the seconds
-    of silence after which a stream gets a keepalive."""
+    nodes (`cortex.upstream_http`), the supervisor request actors live under, how
+    often a request that failed before its first byte is tried elsewhere (`retries`),
+    and the seconds of silence after which a stream gets a keepalive."""
 
     fleet: Fleet
-    client: httpx.AsyncClient
+    client: Client
     requests: actors.SupervisorRef
     retries: int
     keepalive: float
@@ -105,11 +106,11 @@ async def open_upstream(
     path: str,
     body: bytes,
     headers: Mapping[str, str],
-    client: httpx.AsyncClient,
+    client: Client,
     *,
     retries: int,
     status: Any = None,
-) -> tuple[Acquired, httpx.Response]:
+) -> tuple[Acquired, Response]:
     """The node's response (body unread: the caller closes it) or an ApiError."""
     failed: list[NodeName] = []  # in order; none is tried again
     last: ApiError | None = None
@@ -122,11 +123,9 @@ async def open_upstream(
         node = acquired.node
         if status is not None:
             status(phase="upstream", node=node.name)
-        request = client.build_request("POST", url(node.endpoint + path), content=body,
-                                       headers=dict(headers))  # fmt: skip
         sent = trio.current_time()
         try:
-            response = await client.send(request, stream=True)
+            response = await client.post(node.endpoint + path, headers, body)
         except httpx.TransportError as exc:
             node.mark_unreachable(exc)
             last = UpstreamError(f"node {node.name} unreachable: {type(exc).__name__}",
@@ -143,21 +142,23 @@ async def open_upstream(
     raise last or UpstreamError("no replica could take the request", code="upstream_error")
 
 
-async def _retriable(response: httpx.Response) -> bool:
+async def _retriable(response: Response) -> bool:
     """Read (and close) a refusal worth retrying elsewhere; False leaves it unread."""
     if response.status_code not in (404, 503):
         return False
-    await response.aread()
-    await response.aclose()
     try:
-        error = response.json().get("error")
+        data = await response.aread()
+    finally:
+        await response.aclose()
+    try:
+        error = json.loads(data).get("error")
     except (ValueError, AttributeError):
         return False
     code = error.get("code") if isinstance(error, dict) else None
     return code in RETRIABLE_CODES
 
 
-def response_headers(response: httpx.Response) -> dict[str, str]:
+def response_headers(response: Response | httpx.Response) -> dict[str, str]:
     return {k: v for k, v in response.headers.items() if k.lower() in _FORWARDED_RESPONSE_HEADERS}
 
 
@@ -262,7 +263,7 @@ async def answer_in_full(
     body: bytes,
     headers: Mapping[str, str],
     meter: Meter,
-) -> tuple[httpx.Response, bytes]:
+) -> tuple[Response, bytes]:
     """One non-streamed request as a request actor: placed, sent to a node (retried
     elsewhere when that is worth it), its whole answer read; `meter` told who answered.
     The response comes back closed, with its body."""
@@ -292,8 +293,6 @@ def broke_mid_answer(node: str, exc: httpx.HTTPError) -> ApiError:
 
 def error_from_body(status: int, raw: bytes, retry_after: str | None) -> ApiError:
     """A node's non-2xx answer as an ApiError (for dialects that re-render errors)."""
-    import json
-
     try:
         body = json.loads(raw)
     except ValueError:

@@ -3,12 +3,14 @@ prefix, unless that replica is over its load bound; new prefixes spread.
 
 Two fake nodes answer their polls and requests from an `httpx.MockTransport`
 (a node's load is whatever its `/health` says); requests go through the
-relay's `open_upstream`, as the gateway sends them.
+relay's `open_upstream`, as the gateway sends them (its client's `post` over the
+same mock transport).
 """
 
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import httpx
 
@@ -133,11 +135,17 @@ class TwoReplicas:
     async def _route(self, request: httpx.Request) -> httpx.Response:
         return await self.fakes[request.url.host.removesuffix(".invalid")].answer(request)
 
+    async def post(self, url: str, headers: dict, body: bytes) -> httpx.Response:
+        """What the relay asks of its client (`cortex.upstream_http.Client.post`)."""
+        request = self.client.build_request("POST", url, headers=headers, content=body)
+        return await self.client.send(request, stream=True)
+
     async def send(self, body: dict) -> str:
         """One request, as the gateway relays it, after a fresh poll; the node it went to."""
         await self.fleet.repoll()
+        client: Any = self  # the relay's client, over the mock transport
         acquired, response = await open_upstream(
-            self.fleet, MODEL, CHAT, json.dumps(body).encode(), {}, self.client, retries=0
+            self.fleet, MODEL, CHAT, json.dumps(body).encode(), {}, client, retries=0
         )
         await response.aclose()
         return acquired.node.name
