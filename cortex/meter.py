@@ -159,15 +159,20 @@ def outcome_for_status(status: int, detail: str | bytes | None = None) -> str:
 
 
 def _usage(tail: bytes) -> dict[str, int]:
-    """Token usage from the end of a body: SSE events last to first, or JSON."""
+    """Token usage from the end of a body: JSON, or SSE events last to first (the usage
+    is in the last few: the lines before them are not looked at)."""
     text = tail.decode("utf-8", "replace")
-    candidates = [text] + [
-        line[5:].strip() for line in reversed(text.splitlines()) if line.startswith("data:")
-    ]
-    for candidate in candidates:
-        usage = _usage_of(candidate)
-        if usage:
+    if '"usage"' not in text:
+        return {}
+    if usage := _usage_of(text):
+        return usage
+    end = len(text)
+    while end > 0:
+        start = text.rfind("\n", 0, end) + 1
+        line = text[start:end]
+        if line.startswith("data:") and '"usage"' in line and (usage := _usage_of(line[5:])):
             return usage
+        end = start - 1
     return {}
 
 

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import functools
 import math
+import re
 import ssl
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -48,6 +49,8 @@ MAX_HEAD_BYTES = 64 * 1024  # a response head (status line and headers)
 _MAX_LINE = 4096  # a chunk-size or trailer line
 _READ_SIZE = 64 * 1024
 _NO_BODY = frozenset((204, 304))
+# A chunk-size line: hex digits, optional extensions (ignored).
+_CHUNK_SIZE = re.compile(rb"([0-9a-fA-F]{1,16})[ \t]*(?:;[^\r\n]*)?\r\n")
 
 
 @attrs.frozen
@@ -454,39 +457,51 @@ class Response:
     # -1 the CRLF after a chunk's data next; -2 in the trailer (lines until an empty one).
     def _parse_chunks(self, buffer: bytearray, parts: list[bytes]) -> bool:
         """Move whole or partial chunk data from `buffer` to `parts`; True at the end."""
-        while True:
-            if self._left > 0:
-                if not buffer:
+        data, pos, end = bytes(buffer), 0, len(buffer)  # sliced as bytes, consumed once
+        try:
+            while True:
+                left = self._left
+                if left > 0:
+                    if pos == end:
+                        return False
+                    take = min(left, end - pos)
+                    parts.append(data[pos : pos + take])
+                    pos += take
+                    if take < left:
+                        self._left = left - take
+                        return False
+                    left = -1
+                if left == -1:
+                    if end - pos < 2:
+                        self._left = -1
+                        return False
+                    if data[pos : pos + 2] != b"\r\n":
+                        raise httpx.RemoteProtocolError("chunk data not followed by CRLF")
+                    pos += 2
+                    left = 0
+                if left == 0:
+                    size = _CHUNK_SIZE.match(data, pos)
+                    if size is None:
+                        line = data.find(b"\r\n", pos)
+                        if line >= 0 or end - pos > _MAX_LINE:
+                            raise httpx.RemoteProtocolError(
+                                f"not a chunk size: {data[pos : pos + 40]!r}"
+                            )
+                        self._left = 0
+                        return False
+                    pos = size.end()
+                    self._left = int(size.group(1), 16) or -2
+                    continue
+                line = data.find(b"\r\n", pos)  # the trailer: its fields are dropped
+                if line < 0:
+                    if end - pos > _MAX_LINE:
+                        raise httpx.RemoteProtocolError("a trailer line too long")
                     return False
-                take = min(self._left, len(buffer))
-                parts.append(bytes(buffer[:take]))
-                del buffer[:take]
-                self._left -= take
-                if self._left:
-                    return False
-                self._left = -1
-            if self._left == -1:
-                if len(buffer) < 2:
-                    return False
-                if buffer[:2] != b"\r\n":
-                    raise httpx.RemoteProtocolError("chunk data not followed by CRLF")
-                del buffer[:2]
-                self._left = 0
-            end = buffer.find(b"\r\n")
-            if end < 0:
-                if len(buffer) > _MAX_LINE:
-                    raise httpx.RemoteProtocolError("a chunk-size or trailer line too long")
-                return False
-            line = bytes(buffer[:end])
-            del buffer[: end + 2]
-            if self._left == -2:  # the trailer: its fields are dropped
-                if not line:
+                last, pos = line == pos, line + 2
+                if last:
                     return True
-                continue
-            size = line.split(b";", 1)[0].strip()
-            if not size or len(size) > 16 or size.strip(b"0123456789abcdefABCDEF"):
-                raise httpx.RemoteProtocolError(f"not a chunk size: {line[:40]!r}")
-            self._left = int(size, 16) or -2
+        finally:
+            del buffer[:pos]
 
     def _release(self) -> None:
         """The body is complete: the connection goes back to the pool."""
