@@ -27,13 +27,15 @@ asked answers 502.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any, cast
 
+import attrs
 import httpx
 import trio
 from quart import Response, request
@@ -41,7 +43,8 @@ from quart_trio import QuartTrio
 
 import actors
 from cortex import messages, openapi
-from cortex.auth import Principal, with_usage
+from cortex.auth import Grant, Principal, with_usage
+from cortex.fast_path import FastPath
 from cortex.messages import COUNT_TOKENS_ROUTE, MESSAGES_ROUTE
 from cortex.meter import Meter, metering, outcome_for_status
 from cortex.relay import (
@@ -62,6 +65,7 @@ from protocol.completions import Completion, CompletionChoice
 from protocol.errors import ApiError, InvalidRequest, NotFound, UpstreamError
 from protocol.http import (
     Dialect,
+    error_for,
     error_response,
     install_edge,
     json_response,
@@ -80,6 +84,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 INFERENCE_ROUTES = ("/v1/chat/completions", "/v1/completions", "/v1/responses")
+# Every POST relayed to a node: served by `cortex.fast_path` (and `proxy` under Quart).
+RELAYED_ROUTES = (*INFERENCE_ROUTES, MESSAGES_ROUTE, COUNT_TOKENS_ROUTE)
 
 
 def create_app(gateway: Gateway) -> QuartTrio:
@@ -95,6 +101,16 @@ def create_app(gateway: Gateway) -> QuartTrio:
     _info_routes(app, gateway)
     _admin_routes(app, gateway)
     ui.install(app, gateway)  # the dashboard: /ui/, /admin/traffic
+    # The relayed routes themselves, served before Quart sees them (the routes above
+    # stay for the URL map: 405 + Allow, the OpenAPI description).
+    fast = FastPath(
+        app.asgi_app,
+        INFERENCE_ROUTES,
+        fast_answer(gateway),
+        max_body_bytes=http.max_body_bytes,
+        body_timeout=http.body_timeout,
+    )
+    app.asgi_app = fast  # type: ignore[method-assign]
     return app
 
 
@@ -113,39 +129,82 @@ def principal() -> Principal | None:
 
 
 async def _stamp_request_id(response: Response) -> Response:
-    response.headers["x-request-id"] = request_id()
-    if _dialect() == "anthropic":
-        response.headers["request-id"] = request_id()  # where the Anthropic SDK looks
-    level = logging.DEBUG if request.method == "GET" else logging.INFO  # polls stay quiet
-    caller = principal()
-    log.log(level, "answered method=%s path=%s status=%s key=%s", request.method, request.path,
+    return stamp(response, request.method, request.path, request_id(), principal())
+
+
+def stamp(response: Response, method: str, path: str, rid: str,
+          caller: Principal | None) -> Response:  # fmt: skip
+    """Every answer: its request id in the headers, one log line."""
+    response.headers["x-request-id"] = rid
+    if dialect(path) == "anthropic":
+        response.headers["request-id"] = rid  # where the Anthropic SDK looks
+    level = logging.DEBUG if method == "GET" else logging.INFO  # polls stay quiet
+    log.log(level, "answered method=%s path=%s status=%s key=%s", method, path,
             response.status_code, caller.key_id if caller else "-")  # fmt: skip
     return response
 
 
 async def _api_error(error: ApiError) -> Response:
-    log.warning("request refused path=%s status=%s code=%s: %s", request.path, error.status,
+    return refused(error, request.path)
+
+
+def refused(error: ApiError, path: str) -> Response:
+    """The answer for `error` on `path` (logged, in the route's envelope)."""
+    log.warning("request refused path=%s status=%s code=%s: %s", path, error.status,
                 error.code, error.message)  # fmt: skip
-    return error_response(error, _dialect())
+    return error_response(error, dialect(path))
 
 
-def _dialect() -> Dialect:
+def dialect(path: str) -> Dialect:
     """The error envelope of the route asked: Anthropic's under `/v1/messages`."""
-    return "anthropic" if request.path.startswith(MESSAGES_ROUTE) else "openai"
+    return "anthropic" if path.startswith(MESSAGES_ROUTE) else "openai"
 
 
 # -- inference -----------------------------------------------------------------------------
 
 
+@attrs.define
+class Call:
+    """An inference request as `proxy` sees it, whichever way it came in: through
+    Quart (`request`) or the fast path (`cortex.fast_path`). `read` reads the body."""
+
+    path: str
+    headers: Mapping[str, str]  # `get` by lower-case name
+    rid: str
+    principal: Principal | None
+    read: Callable[[], Awaitable[bytes]]
+    grant: Grant | None = None
+
+
+def fast_answer(gateway: Gateway):
+    """The relayed routes' answer for `cortex.fast_path` (outside Quart): the caller
+    authenticated, `proxy`, failures answered as `install_edge` answers them, stamped."""
+
+    async def answer(path: str, headers: dict[str, str], rid: str,
+                     read: Callable[[], Awaitable[bytes]]) -> Response:  # fmt: skip
+        call = Call(path, headers, rid, None, read)
+        try:
+            call.principal = gateway.keyring.authenticate(headers, path)
+            response = await proxy(gateway, call)
+        except Exception as exc:
+            error = error_for(exc, name_taken=actors.NameTaken, request_id=rid, path=path)
+            response = refused(error, path)
+        return stamp(response, "POST", path, rid, call.principal)
+
+    return answer
+
+
 def _proxy_view(gateway: Gateway, path: str):
     async def view():
-        return await _proxy(gateway, path)
+        call = Call(path, request.headers, request_id(), principal(),
+                    functools.partial(read_body, request))  # fmt: skip
+        return await proxy(gateway, call)
 
     view.__name__ = "proxy_" + path.strip("/").replace("/", "_")
     return view
 
 
-def _peek(raw: bytes, gateway: Gateway) -> tuple[bytes, str, bool]:
+def _peek(raw: bytes, gateway: Gateway, call: Call) -> tuple[bytes, str, bool]:
     """(body with the concrete model id, that id, stream?) — 400 without a model;
     admitted for the caller's key (cortex.auth), which may refuse it."""
     data = decode_json(raw)  # not JSON: 400 malformed_json, saying why
@@ -155,48 +214,52 @@ def _peek(raw: bytes, gateway: Gateway) -> tuple[bytes, str, bool]:
                              code="missing_model_field")  # fmt: skip
     concrete = gateway.fleet.resolve(model)
     check_vision(data, concrete, gateway.fleet.capabilities(concrete))
-    request.helexa_grant = gateway.keyring.admit(principal(), model, concrete,
-                                                 estimate=max(1, len(raw) // 4))  # fmt: skip
+    call.grant = gateway.keyring.admit(call.principal, model, concrete,
+                                       estimate=max(1, len(raw) // 4))  # fmt: skip
     if concrete != model:
         data["model"] = concrete
         raw = encode_json(data)
-    if request.helexa_grant is not None and request.helexa_grant.metered:
+    if call.grant is not None and call.grant.metered:
         raw = with_usage(raw)
     return raw, concrete, data.get("stream") is True
 
 
-def _upstream_headers() -> dict[str, str]:
+def _upstream_headers(call: Call) -> dict[str, str]:
     """Built afresh (nothing of the client's but `accept`): the node's token is added by
-    the client's auth (cortex.auth.NeuronTokens); the key's name rides as gateway headers."""
-    headers = {"content-type": "application/json", "x-request-id": request_id()}
-    if accept := request.headers.get("accept"):
+    the relay's client (cortex.auth.NeuronTokens); the key's name rides as gateway headers."""
+    headers = {"content-type": "application/json", "x-request-id": call.rid}
+    if accept := call.headers.get("accept"):
         headers["accept"] = accept
-    if caller := principal():
+    if caller := call.principal:
         headers[KEY_ID_HEADER], headers[ACCOUNT_ID_HEADER] = caller.key_id, caller.account_id
     return headers
 
 
-async def _proxy(gateway: Gateway, path: str):
+async def proxy(gateway: Gateway, call: Call) -> Response:
+    """A relayed route (`RELAYED_ROUTES`): the node's answer, or an ApiError raised."""
+    if call.path.startswith(MESSAGES_ROUTE):
+        return await _anthropic(gateway, call)
     gateway.check_admitting()
-    raw, model, stream = _peek(await read_body(request), gateway)
-    with metering(gateway.metrics, path, model, request.helexa_grant) as meter:
+    raw, model, stream = _peek(await call.read(), gateway, call)
+    with metering(gateway.metrics, call.path, model, call.grant) as meter:
         if stream:
-            return await _proxy_stream(gateway, path, raw, model, meter)
-        return await _proxy_once(gateway, path, raw, model, meter)
+            return await _proxy_stream(gateway, call, raw, model, meter)
+        return await _proxy_once(gateway, call, raw, model, meter)
 
 
-async def _proxy_once(gateway: Gateway, path: str, raw: bytes, model: str, meter: Meter):
-    response, body = await answer_in_full(gateway.upstream, request_id(), model=model, route=path,
-                                          path=path, body=raw, headers=_upstream_headers(),
+async def _proxy_once(gateway: Gateway, call: Call, raw: bytes, model: str, meter: Meter):
+    response, body = await answer_in_full(gateway.upstream, call.rid, model=model,
+                                          route=call.path, path=call.path, body=raw,
+                                          headers=_upstream_headers(call),
                                           meter=meter)  # fmt: skip
     meter.chunk(body)
     meter.finish(outcome_for_status(response.status_code, body))
     return Response(body, response.status_code, response_headers(response))
 
 
-async def _proxy_stream(gateway: Gateway, path: str, raw: bytes, model: str, meter: Meter):
-    stream = await open_stream(gateway.upstream, request_id(), model=ModelId(model), route=path,
-                               path=path, body=raw, headers=_upstream_headers(),
+async def _proxy_stream(gateway: Gateway, call: Call, raw: bytes, model: str, meter: Meter):
+    stream = await open_stream(gateway.upstream, call.rid, model=ModelId(model), route=call.path,
+                               path=call.path, body=raw, headers=_upstream_headers(call),
                                meter=meter)  # fmt: skip
     if (head := refusal(stream)) is not None:  # the node's answer, status and all
         meter.head(head)
@@ -279,19 +342,16 @@ _STREAM_ID = re.compile(rb'"id":"((?:chatcmpl|cmpl)-[^"]{1,200})"')
 
 
 def _messages_routes(app: QuartTrio, gateway: Gateway) -> None:
-    @app.post(MESSAGES_ROUTE)
-    async def create_message():
-        gateway.check_admitting()
-        return await messages.create_message(gateway.upstream, gateway.keyring, gateway.metrics,
-                                              await read_body(request), _upstream_headers(),
-                                              request_id(), principal())  # fmt: skip
+    for path in (MESSAGES_ROUTE, COUNT_TOKENS_ROUTE):
+        app.add_url_rule(path, path, _proxy_view(gateway, path), methods=["POST"])
 
-    @app.post(COUNT_TOKENS_ROUTE)
-    async def count_tokens():
-        gateway.check_admitting()
-        return await messages.count_tokens(gateway.upstream, gateway.keyring, gateway.metrics,
-                                           await read_body(request), _upstream_headers(),
-                                           request_id(), principal())  # fmt: skip
+
+async def _anthropic(gateway: Gateway, call: Call) -> Response:
+    """`/v1/messages` and its `count_tokens` (`cortex.messages`)."""
+    gateway.check_admitting()
+    answer = messages.create_message if call.path == MESSAGES_ROUTE else messages.count_tokens
+    return await answer(gateway.upstream, gateway.keyring, gateway.metrics, await call.read(),
+                        _upstream_headers(call), call.rid, call.principal)  # fmt: skip
 
 
 # -- info ----------------------------------------------------------------------------------

@@ -56,6 +56,8 @@ from protocol.logs import printable, set_request_id
 __all__ = [
     "DEFAULT_MAX_BODY_BYTES",
     "at_request_end",
+    "ending_exchanges",
+    "error_for",
     "error_response",
     "http_exception_error",
     "install_edge",
@@ -128,7 +130,7 @@ def prepare_app(
     # `//` in a path would be answered by an HTML redirect; an API answers 404 instead.
     app.url_map.merge_slashes = False
     app.after_request(_settle_body)
-    app.asgi_app = _ending_exchanges(app.asgi_app)  # type: ignore[method-assign]
+    app.asgi_app = ending_exchanges(app.asgi_app)  # type: ignore[method-assign]
     return app
 
 
@@ -147,7 +149,7 @@ def at_request_end(callback: Callable[[], None]) -> None:
         callbacks.append(callback)
 
 
-def _ending_exchanges(asgi_app: Any) -> Any:
+def ending_exchanges(asgi_app: Any) -> Any:
     """The ASGI app, running each HTTP exchange's `at_request_end` callbacks after it.
 
     The request's handler runs in a task started inside this call, which inherits the
@@ -285,6 +287,24 @@ def error_response(error: ApiError, dialect: Dialect = "openai") -> Response:
     return json_response(body, error.status, error.headers())
 
 
+def error_for(error: Exception, *, name_taken: type[Exception], request_id: str,
+              path: str) -> ApiError:  # fmt: skip
+    """The `ApiError` that `install_edge` answers for `error` raised by a route, for a
+    route served outside Quart (`cortex.fast_path`): call it in the `except` block."""
+    if isinstance(error, ApiError):
+        return error
+    if isinstance(error, name_taken):
+        return request_id_in_use(request_id)
+    if isinstance(error, HTTPException):
+        return http_exception_error(error)
+    return _unexpected(error, path)
+
+
+def _unexpected(error: Exception, path: str) -> ApiError:
+    log.exception("unexpected error path=%s", path)
+    return InternalError(f"internal error: {type(error).__name__}")
+
+
 # -- request ids and errors, the same on both daemons ----------------------------------------
 
 
@@ -336,8 +356,7 @@ def install_edge(
         return await render(request_id_in_use(request_id()))
 
     async def unexpected(error: Exception) -> Response:
-        log.exception("unexpected error path=%s", request.path)
-        return await render(InternalError(f"internal error: {type(error).__name__}"))
+        return await render(_unexpected(error, request.path))
 
     app.before_request(bind_request_id)
     app.register_error_handler(ApiError, render)
