@@ -112,7 +112,7 @@ class _Body:
 
     async def read(self, limit: float) -> bytes:
         """The whole body (`protocol.http.read_body` on Quart's `get_data`)."""
-        if not self.too_large:
+        if not self.too_large and not self.complete.is_set():  # (usually there: no timer)
             with trio.move_on_after(limit) as wait:
                 await self.complete.wait()
             if wait.cancelled_caught:

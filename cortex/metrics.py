@@ -187,6 +187,9 @@ class CortexMetrics:
         self._polled: dict[str, set[str]] = {}  # node → models with /health gauges
         self._polled_devices: dict[str, set[str]] = {}
         self.on_finished: list[Callable[[RequestRecord], None]] = []  # e.g. cortex.traffic
+        # (metric, label values) → its child, for the per-request metrics (bounded labels;
+        # never removed): prometheus_client's `labels()` costs more than the update.
+        self._children: dict[tuple[Any, tuple[str, ...]], Any] = {}
         r = self.registry
         self._requests(r)
         self._latency(r)
@@ -327,42 +330,50 @@ class CortexMetrics:
     def in_flight(self, route: str) -> Any:
         """The `cortex_requests_in_flight` gauge of `route`: a `cortex.meter.Meter` counts
         its request there from arrival until it finishes (a stream: until its body ends)."""
-        return self.requests_in_flight.labels(_bounded(route, ROUTES))
+        return self._child(self.requests_in_flight, _bounded(route, ROUTES))
+
+    def _child(self, metric: Any, *labels: str) -> Any:
+        child = self._children.get((metric, labels))
+        if child is None:
+            child = self._children[metric, labels] = metric.labels(*labels)
+        return child
 
     def request_finished(self, record: RequestRecord) -> None:
         route, outcome = _bounded(record.route, ROUTES), _bounded(record.outcome, OUTCOMES)
         model, node = self._model(record.model), self._node(record.node)
-        self.requests.labels(route, model, node, outcome).inc()
+        child = self._child
+        child(self.requests, route, model, node, outcome).inc()
         if outcome in ERROR_OUTCOMES:
-            self.request_errors.labels(route, model, node, outcome).inc()
+            child(self.request_errors, route, model, node, outcome).inc()
         for failed in record.retried_on:
-            self.request_retries.labels(route, model, self._node(failed)).inc()
+            child(self.request_retries, route, model, self._node(failed)).inc()
         if record.cold_start:
-            self.cold_starts.labels(model, node).inc()
+            child(self.cold_starts, model, node).inc()
         self._timings(record, model, node, route)
         self._usage(record, model, node)
         for listener in self.on_finished:
             listener(record)
 
     def _timings(self, record: RequestRecord, model: str, node: str, route: str) -> None:
-        self.request_duration.labels(model, node).observe(record.duration)
+        self._child(self.request_duration, model, node).observe(record.duration)
         for histogram, seconds in (
             (self.time_to_first_token, record.first_token),
             (self.queue_wait, record.queue_wait),
             (self.load_wait, record.load_wait),
         ):
             if seconds is not None:
-                histogram.labels(model, node).observe(seconds)
+                self._child(histogram, model, node).observe(seconds)
         if record.overhead is not None:
-            self.gateway_overhead.labels(route).observe(record.overhead)
+            self._child(self.gateway_overhead, route).observe(record.overhead)
 
     def _usage(self, record: RequestRecord, model: str, node: str) -> None:
-        self.prompt_tokens.labels(model, node).inc(record.prompt_tokens)
-        self.completion_tokens.labels(model, node).inc(record.completion_tokens)
-        self.cached_prompt_tokens.labels(model, node).inc(record.cached_prompt_tokens)
+        child = self._child
+        child(self.prompt_tokens, model, node).inc(record.prompt_tokens)
+        child(self.completion_tokens, model, node).inc(record.completion_tokens)
+        child(self.cached_prompt_tokens, model, node).inc(record.cached_prompt_tokens)
         window = record.decode if (record.decode or 0) >= MIN_DECODE_WINDOW else record.duration
         if record.completion_tokens > 0 and window > 0:
-            self.tokens_per_second.labels(model, node).observe(record.completion_tokens / window)
+            child(self.tokens_per_second, model, node).observe(record.completion_tokens / window)
 
     def affinity_choice(self, model: str, outcome: str) -> None:
         """Prefix-aware routing chose among two or more replicas (`cortex.affinity`):

@@ -124,8 +124,8 @@ class Client:
             for attempt in range(2):
                 connection, reused = await self._checkout(target.origin)
                 try:
-                    await connection.send(message, self._write)
-                    status, fields, keep = await connection.read_head(self._read)
+                    status, fields, keep = await connection.exchange(message, self._write,
+                                                                     self._read)  # fmt: skip
                 except _Stale as stale:
                     connection.close()
                     if reused and attempt == 0:
@@ -159,6 +159,11 @@ class Client:
         return line
 
     async def _acquire_slot(self) -> None:
+        try:
+            self._slots.acquire_nowait()  # the common case: no timer
+            return
+        except trio.WouldBlock:
+            pass
         with trio.move_on_after(self._pool):
             await self._slots.acquire()
             return
@@ -266,43 +271,50 @@ class _Connection:
             return cls(origin, stream, tcp.socket, live)
         raise httpx.ConnectTimeout(f"no connection to {host}:{port} within {limit:g}s")
 
-    async def send(self, data: bytes, limit: float) -> None:
-        with trio.move_on_after(limit):
+    async def exchange(self, message: bytes, write: float,
+                       read: float) -> tuple[int, dict[str, str], bool]:  # fmt: skip
+        """Write the request, read the answer's final head (informational 1xx heads are
+        skipped): status, headers, whether the connection may be kept after its body.
+        One timer, its deadline moved at each step (`write`, then `read` per wait)."""
+        writing = True
+        with trio.CancelScope(deadline=trio.current_time() + write) as scope:
             try:
-                await self.stream.send_all(data)
+                await self.stream.send_all(message)
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
                 raise _Stale(httpx.WriteError(str(exc) or type(exc).__name__)) from exc
-            return
-        raise httpx.WriteTimeout(f"the request was not written within {limit:g}s")
+            writing = False
+            while True:
+                status, fields, keep = _parse_head(await self._head_bytes(scope, read))
+                if not 100 <= status < 200:
+                    return status, fields, keep
+                if status == 101:
+                    raise httpx.RemoteProtocolError("the node switched protocols")
+        if writing:
+            raise httpx.WriteTimeout(f"the request was not written within {write:g}s")
+        raise httpx.ReadTimeout(f"nothing received for {read:g}s")
 
     async def receive(self, limit: float) -> bytes:
         """The next bytes (b"" at the connection's end)."""
         with trio.move_on_after(limit):
-            try:
-                return await self.stream.receive_some(_READ_SIZE)
-            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
-                raise httpx.ReadError(str(exc) or type(exc).__name__) from exc
+            return await self._receive()
         raise httpx.ReadTimeout(f"nothing received for {limit:g}s")
 
-    async def read_head(self, limit: float) -> tuple[int, dict[str, str], bool]:
-        """The next final response head: status, headers, whether the connection may be
-        kept after its body (informational 1xx heads are skipped)."""
-        while True:
-            status, fields, keep = _parse_head(await self._head_bytes(limit))
-            if not 100 <= status < 200:
-                return status, fields, keep
-            if status == 101:
-                raise httpx.RemoteProtocolError("the node switched protocols")
+    async def _receive(self) -> bytes:
+        try:
+            return await self.stream.receive_some(_READ_SIZE)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+            raise httpx.ReadError(str(exc) or type(exc).__name__) from exc
 
-    async def _head_bytes(self, limit: float) -> bytes:
+    async def _head_bytes(self, scope: trio.CancelScope, limit: float) -> bytes:
         buffer, start = self.buffer, 0
         while (end := buffer.find(b"\r\n\r\n", start)) < 0:
             if len(buffer) > MAX_HEAD_BYTES:
                 raise httpx.RemoteProtocolError(f"a response head over {MAX_HEAD_BYTES} bytes")
             start = max(0, len(buffer) - 3)
             nothing_yet = not buffer
+            scope.deadline = trio.current_time() + limit
             try:
-                data = await self.receive(limit)
+                data = await self._receive()
             except httpx.ReadError as exc:
                 if nothing_yet:
                     raise _Stale(exc) from exc
