@@ -35,7 +35,6 @@ from typing import Any, Literal, TypeVar
 
 import trio
 from hypercorn.config import Config
-from hypercorn.events import Event, Updated
 from hypercorn.trio import serve as hypercorn_serve
 from hypercorn.trio.tcp_server import TCPServer
 from quart import Quart, Request, Response, request
@@ -91,33 +90,62 @@ def request_id_from(given: str) -> str:
 
 
 def patch_hypercorn() -> None:
-    """Shield two steps hypercorn runs inside the app's `send()`, which quart-trio
-    has already cancelled (stack notes §2). Idempotent.
+    """Two fixes and one economy in hypercorn's trio server (stack notes §2). Idempotent.
 
-    * `TCPServer._close`: without the shield a `Connection: close` never sent its EOF;
-    * the `Updated(idle=True)` that re-arms the keep-alive timer after a response:
-      without the shield the timer never restarted, so a keep-alive connection that
-      had served one request was never closed however long it sat idle.
+    * `TCPServer._close` is shielded: it runs inside the app's `send()`, which
+      quart-trio has already cancelled, and without the shield a `Connection: close`
+      never sent its EOF;
+    * the keep-alive timer (`TCPServer.idle_task`) is an `_IdleTimer`: hypercorn's
+      restarts it after every response under a lock with `nursery.start` and stops it
+      under the lock when a request begins — from inside that cancelled `send()` too,
+      where without a shield the timer never restarted and an idle keep-alive
+      connection was never closed. `_IdleTimer` never waits, so it needs no shield,
+      and costs one task start per response instead of two lock round trips, a
+      start handshake and two shielded scopes.
     """
     if getattr(TCPServer._close, "_helexa_shielded", False):
         return
-    original_close, original_send = TCPServer._close, TCPServer.protocol_send
+    original_close, original_init = TCPServer._close, TCPServer.__init__
 
     @functools.wraps(original_close)
     async def _close(self: TCPServer) -> None:
         with trio.CancelScope(shield=True), trio.move_on_after(5):
             await original_close(self)
 
-    @functools.wraps(original_send)
-    async def protocol_send(self: TCPServer, event: Event) -> None:
-        if not isinstance(event, Updated):
-            return await original_send(self, event)
-        with trio.CancelScope(shield=True), trio.move_on_after(5):
-            await original_send(self, event)
+    @functools.wraps(original_init)
+    def __init__(self: TCPServer, *args: Any, **kwargs: Any) -> None:
+        original_init(self, *args, **kwargs)
+        self.idle_task = _IdleTimer()  # type: ignore[assignment]
 
     _close._helexa_shielded = True  # type: ignore[attr-defined]
     TCPServer._close = _close  # type: ignore[method-assign]
-    TCPServer.protocol_send = protocol_send  # type: ignore[method-assign]
+    TCPServer.__init__ = __init__  # type: ignore[method-assign]
+
+
+class _IdleTimer:
+    """hypercorn's `TrioSingleTask` for the keep-alive timer: `restart(task_group,
+    action)` runs `action` (the connection's `_idle_timeout`) in a new task, cancelling
+    the one before; `stop()` cancels it. Neither waits (no lock: trio tasks do not
+    preempt one another), so a cancelled caller cannot interrupt them halfway."""
+
+    def __init__(self) -> None:
+        self._scope: trio.CancelScope | None = None
+
+    async def restart(self, task_group: Any, action: Callable[[], Awaitable[None]]) -> None:
+        if self._scope is not None:
+            self._scope.cancel()
+        self._scope = scope = trio.CancelScope()
+        task_group._nursery.start_soon(_run_within, scope, action)
+
+    async def stop(self) -> None:
+        if self._scope is not None:
+            self._scope.cancel()
+            self._scope = None
+
+
+async def _run_within(scope: trio.CancelScope, action: Callable[[], Awaitable[None]]) -> None:
+    with scope:
+        await action()
 
 
 def prepare_app(

@@ -182,14 +182,21 @@ def _parse(raw: bytes) -> httpx.Response:
                           content=body, request=request)  # fmt: skip
 
 
-@pytest.mark.parametrize("daemon", ["neuron", "cortex"])
-async def test_an_idle_keep_alive_connection_is_closed(slow_fleet, daemon):
+HEALTH = b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n"
+# the gateway's fast path (`cortex.fast_path`) answers this one, outside Quart
+NO_MODEL = b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}"
+
+
+@pytest.mark.parametrize(("daemon", "request_", "status"),
+                         [("neuron", HEALTH, 200), ("cortex", HEALTH, 200),
+                          ("cortex", NO_MODEL, 400)])  # fmt: skip
+async def test_an_idle_keep_alive_connection_is_closed(slow_fleet, daemon, request_, status):
     stream = await connect(slow_fleet[daemon])
-    await stream.send_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+    await stream.send_all(request_)
     started = time.monotonic()
     received = await until_closed(stream, TIMEOUT + SLACK)
     await stream.aclose()
-    assert received.startswith(b"HTTP/1.1 200")
+    assert received.startswith(b"HTTP/1.1 %d" % status)
     assert TIMEOUT * 0.9 <= time.monotonic() - started < TIMEOUT + SLACK
 
 
