@@ -19,11 +19,10 @@ the input embeddings keeps the embeddings dense and packs a copy for itself.
 
 from __future__ import annotations
 
-import logging
-
 import torch
 
-log = logging.getLogger(__name__)
+# The overload itself: skips the packet's per-call overload resolution (~0.5 us).
+_linear_pointwise = torch.ops.mkldnn._linear_pointwise.default
 
 
 class PackedLinear(torch.nn.Module):
@@ -48,7 +47,7 @@ class PackedLinear(torch.nn.Module):
         return self.packed.numel() * self.packed.element_size()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
+        return _linear_pointwise(x, self.packed, self.bias, "none", [], "")
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, packed=oneDNN"
