@@ -211,8 +211,10 @@ class Engine:
         self.max_seq_len = _max_seq_len(config, loaded)
         kinds = layer_kinds(model.config, self.max_seq_len)
         self._mask_layout = _mask_layout(model.config, kinds)
-        # Packing prompts into one forward needs every layer to attend, unwindowed.
-        self._packable = all(k == LayerKind("full") for k in kinds)
+        self._kinds = kinds
+        # Packing prompts into one forward needs every layer to attend (full or windowed:
+        # the mask keeps the prompts apart); a recurrent state would run across them.
+        self._packable = all(k.attention is not None and not k.states for k in kinds)
         self._loaded: LoadedModel | None = loaded
         self._device = loaded.device
         self._dtype = next(model.parameters()).dtype
@@ -230,7 +232,10 @@ class Engine:
             kinds=kinds,
         )
         self._prefix_cache = (
-            PrefixCache(config.prefix_cache_bytes, exact_only=not self._packable)
+            PrefixCache(
+                config.prefix_cache_bytes,
+                exact_only=not all(k == LayerKind("full") for k in kinds),
+            )
             if config.prefix_cache_bytes
             else None
         )
@@ -498,11 +503,15 @@ class Engine:
     def _prefill_together(self, group: list[_Sequence]) -> torch.Tensor:
         """Whole prompts packed into one forward; each keeps a view of its own columns.
 
-        A prompt's tokens see only its own earlier tokens (block-diagonal causal mask)
-        at its own positions, so each view holds what a prefill on its own would have
-        produced, up to float rounding. The mask, and the attention masked by it, grow
-        with the square of the packed length, which the chunk bounds. Returns one
-        logits row per prompt."""
+        A prompt's tokens see only its own earlier tokens (block-diagonal causal mask;
+        windowed layers' mask also hides keys a window or more back) at its own
+        positions, so each view holds what a prefill on its own would have produced, up
+        to float rounding. The cache keeps every packed column for every layer (a
+        windowed layer's own cache would keep only the packed sequence's last window);
+        a windowed layer's view is the prompt's last `window - 1` columns, as its own
+        prefill would keep. The masks, and the attention masked by them, grow with the
+        square of the packed length, which the chunk bounds. Returns one logits row per
+        prompt."""
         model, device = self._model(), self._device
         lengths = [len(s.prompt) for s in group]
         ends = torch.tensor(lengths).cumsum(0)
@@ -510,13 +519,15 @@ class Engine:
         segment = torch.repeat_interleave(torch.arange(len(group)), torch.tensor(lengths))
         column = torch.arange(int(ends[-1]))
         visible = (segment[:, None] == segment[None, :]) & (column[None, :] <= column[:, None])
-        mask = torch.zeros(visible.shape, dtype=self._dtype)
-        mask.masked_fill_(~visible, torch.finfo(self._dtype).min)
-        cache = DynamicCache(config=model.config)
+        masks = {"full": _additive(visible, self._dtype, device)}
+        if (window := self._arena.sliding_window) is not None:
+            near = column[:, None] - column[None, :] < window
+            masks["sliding"] = _additive(visible & near, self._dtype, device)
+        cache = DynamicCache()  # full layers only, created as the model writes them
         out = model(
             input_ids=torch.tensor([[t for s in group for t in s.prompt]], device=device),
             position_ids=(column - starts[segment]).unsqueeze(0).to(device),
-            attention_mask=mask[None, None].to(device),
+            attention_mask=self._model_mask(masks),
             past_key_values=cache,
             use_cache=True,
             logits_to_keep=(ends - 1).to(device),
@@ -524,8 +535,9 @@ class Engine:
         for sequence, begin, end in zip(group, starts.tolist(), ends.tolist(), strict=True):
             sequence.prefilled = len(sequence.prompt)
             sequence.kv = [
-                (layer.keys[:, :, begin:end], layer.values[:, :, begin:end])
-                for layer in cache.layers
+                (layer.keys[:, :, lo:end], layer.values[:, :, lo:end])
+                for layer, kind in zip(cache.layers, self._kinds, strict=True)
+                for lo in [begin if kind.attention == "full" else max(begin, end - window + 1)]
             ]
         return out.logits[0]
 
@@ -621,9 +633,11 @@ class Engine:
         }
 
     def _decode_mask(self):
-        """The decode step's attention mask in the form the model takes: one tensor when
-        every attending layer is of one kind, else one per declared layer type."""
-        masks = self._arena.decode_masks(self._dtype)
+        return self._model_mask(self._arena.decode_masks(self._dtype))
+
+    def _model_mask(self, masks: dict):
+        """Masks by attention kind in the form the model takes: one tensor when every
+        attending layer is of one kind, else one per declared layer type."""
         layout = self._mask_layout
         if isinstance(layout, dict):
             return {t: None if kind is None else masks[kind] for t, kind in layout.items()}
@@ -632,6 +646,13 @@ class Engine:
     def _model(self) -> torch.nn.Module:
         assert self._loaded is not None
         return self._loaded.model
+
+
+def _additive(visible: torch.Tensor, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """`[1, 1, queries, keys]`: 0 where `visible`, the dtype's minimum elsewhere."""
+    mask = torch.zeros(visible.shape, dtype=dtype)
+    mask.masked_fill_(~visible, torch.finfo(dtype).min)
+    return mask[None, None].to(device)
 
 
 def _as_device_error(exc: BaseException, device: torch.device) -> Exception | None:

@@ -108,6 +108,38 @@ def test_every_family_batched_matches_generate(synth_model, arch):
     assert (stats.active, stats.waiting, stats.prefilling, stats.kv_bytes_allocated) == (0, 0, 0, 0)
 
 
+@pytest.mark.parametrize("arch", sorted(FAMILIES))
+def test_prompts_packed_into_one_prefill_match_generate(synth_model, arch):
+    """Five prompts, three past the window, arrive together and fit one chunk: an
+    attention-only family prefills them in one forward (windowed layers masked per
+    prompt, each keeping its own last window); a recurrent one prefills one by one."""
+    loaded = synth_model(arch)
+    engine = Engine(loaded, EngineConfig(max_batch_size=8, max_seq_len=256))
+    together = [SeqId(i) for i in (0, 1, 2, 3, 5)]  # 3 + 11 + 29 + 40 + 23 tokens
+    for seq_id in together:
+        engine.add(seq_id, PROMPTS[seq_id], GREEDY)
+    results = {seq_id: [] for seq_id in [*together, SeqId(4)]}
+    forwards = []
+    hook = loaded.model.register_forward_pre_hook(lambda *_: forwards.append(1))
+    try:
+        first = engine.step()
+    finally:
+        hook.remove()
+    packs = all(k.attention is not None and not k.states for k in FAMILIES[arch])
+    assert (first.prefill_tokens, len(forwards)) == (106, 1 if packs else 5)
+    step = 1
+    for output in first.outputs:
+        results[output.seq_id].extend(output.token_ids)
+    while engine.has_work:
+        if step == 2:  # one more joins the packed rows' decode batch
+            engine.add(SeqId(4), PROMPTS[SeqId(4)], GREEDY)
+        for output in engine.step().outputs:
+            results[output.seq_id].extend(output.token_ids)
+        step += 1
+    for seq_id, tokens in results.items():
+        assert tokens == _generate(loaded.model, PROMPTS[seq_id]), (arch, seq_id)
+
+
 @pytest.mark.parametrize("arch", ["gemma3", "qwen3_5", "lfm2"])
 def test_seeded_sampling_is_reproducible_and_batch_independent(synth_model, arch):
     loaded = synth_model(arch)
