@@ -11,7 +11,8 @@ steps and `step()` whenever `has_work`. Each step does, in order:
 3. prefill, FIFO, in chunks of `prefill_chunk_tokens`, up to
    `prefill_tokens_per_step` prompt tokens per step. Whole prompts waiting at the
    head of the queue are packed into one forward (concatenated, no padding, a
-   block-diagonal causal mask, positions restarting per prompt) as long as their
+   block-diagonal causal mask, bounded by the window in windowed layers, positions
+   restarting per prompt; not for models with recurrent layers) as long as their
    total fits both the chunk and what is left of the step's budget (on CPU, 16
    prompts of 17-32 tokens on the 0.5b model took half the CPU time of 16 forwards
    of one, and a quarter less than a left-padded batch). Any other prompt is

@@ -250,8 +250,8 @@ class KvArena:
 
     def insert(self, layers: Sequence, length: int) -> int:
         """Copy one prefilled sequence of `length` tokens in as a new row; `layers` come
-        from `prefilled_layers`, or are `(keys, values)` pairs (all-full-attention models'
-        packed prefill)."""
+        from `prefilled_layers`, or are `(keys, values)` pairs (attention-only models'
+        packed prefill; a windowed layer's pair holds its last `window - 1` columns)."""
         layers = [_as_prefilled(layer) for layer in layers]
         self._learn_layers(layers)
         if self.has_full_attention:
