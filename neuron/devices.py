@@ -280,6 +280,11 @@ class WorkerProcess:
                 for entry in entries:
                     if (stream := self._sequences.get(entry.seq_id)) is not None:
                         stream.logprobs.append(entry)
+            case wire.SequenceFailed(seq_id=seq_id, kind="peer_lost", message=text):
+                # The group is restarted as if this worker died: the same error, whichever
+                # the parent notices first (the dead rank's exit or the lead's report).
+                died = WorkerDied(f"a tensor-parallel rank failed: {text}")
+                self._deliver(seq_id, died, final=True)
             case wire.SequenceFailed(seq_id=seq_id, kind=kind, message=text, retriable=retry):
                 self._deliver(seq_id, SequenceFailed(kind, text, retriable=retry), final=True)
             case wire.Heartbeat(models=models):

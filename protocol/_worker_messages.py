@@ -30,6 +30,7 @@ FailureKind = Literal[
     "capacity",  # the engine is full right now (retriable)
     "out_of_memory",  # the device ran out of memory
     "device_fault",  # the device is unusable; the worker should be restarted
+    "peer_lost",  # a tensor-parallel rank failed: the group is restarted (as a worker death)
     "internal",  # a bug in the worker
 ]
 

@@ -310,7 +310,8 @@ class WorkerService:
             log.exception("engine step failed model=%s", model_id)
             if resident.group is not None:
                 # Out of step with the other ranks for good: the parent restarts the group.
-                self._fail_sequences(resident, "device_fault", f"tensor-parallel step: {exc}", True)
+                # A rank's death reaches the lead first as this collective's failure.
+                self._fail_sequences(resident, "peer_lost", f"tensor-parallel step: {exc}", True)
                 raise _DeviceFaulted from exc
             self._fail_sequences(resident, "internal", f"engine step failed: {exc}", True)
             resident.engine = Engine(resident.loaded, resident.config)
