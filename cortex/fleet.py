@@ -162,6 +162,11 @@ class Fleet:
         status = status or (lambda **_: None)
         started, cold, repolled = trio.current_time(), False, False
         pick = self._picker(model, prefix)
+        decision = place(self._without(exclude), model, time.monotonic(), self.policy, pick=pick)
+        if isinstance(decision, Route):  # routable now (the common case): no timer
+            node = self.nodes[decision.node]
+            node.routed_here(model)
+            return Acquired(node, model, False, 0.0)
         with trio.fail_after(self.load_timeout):
             while True:
                 snapshot = self._without(exclude)
