@@ -36,6 +36,7 @@ from typing import Any
 import trio
 from quart import Response
 from quart.utils import encode_headers
+from quart.wrappers.response import DataBody
 from werkzeug.exceptions import RequestTimeout
 
 from protocol.errors import PayloadTooLarge
@@ -159,10 +160,15 @@ async def _messages(receive: Any, body: _Body, scope: trio.CancelScope) -> None:
 
 
 async def _send_response(send: Any, response: Response) -> None:
-    """Quart's `_send_response`: the head, each body part, the end."""
+    """Quart's `_send_response`: the head, each body part, the end (a whole body and
+    the end in one message: the same bytes on the wire, one step less)."""
     await send({"type": "http.response.start", "status": response.status_code,
                 "headers": encode_headers(response.headers)})  # fmt: skip
-    async with response.response as parts:
+    body = response.response
+    if isinstance(body, DataBody) and (body.begin, body.end) == (0, len(body.data)):
+        await send({"type": "http.response.body", "body": body.data, "more_body": False})
+        return
+    async with body as parts:
         async for data in parts:
             await send({"type": "http.response.body", "body": data, "more_body": True})
     await send({"type": "http.response.body", "body": b"", "more_body": False})

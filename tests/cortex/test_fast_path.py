@@ -114,7 +114,8 @@ async def test_a_relayed_route_is_answered_with_its_body_headers_and_request_id(
     assert exchange.head()[b"content-type"] == b"application/json"
     assert exchange.head()[b"x-request-id"] == b"abc"
     assert exchange.body() == b"done"
-    assert exchange.sent[-1] == {"type": "http.response.body", "body": b"", "more_body": False}
+    assert exchange.sent[-1]["more_body"] is False
+    assert all(m["more_body"] for m in exchange.sent[1:-1])
     assert route.ended == ["abc"]  # at_request_end ran
 
 
