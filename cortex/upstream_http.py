@@ -103,7 +103,7 @@ class Client:
         self._max_idle = max_idle
         self._expiry = keepalive_expiry
         self._token = token
-        self._ssl = ssl_context
+        self._ssl = ssl_context  # made on the first https connection when not given
         self._auth: dict[str, bytes] = {}  # url → its authorization header line (or b"")
         self._idle: dict[tuple[str, str, int], list[_Connection]] = {}
         self._live: set[_Connection] = set()  # every open connection, busy or idle
@@ -122,6 +122,8 @@ class Client:
         await self._acquire_slot()
         try:
             for attempt in range(2):
+                if target.origin[0] == "https" and self._ssl is None:
+                    self._ssl = httpx.create_ssl_context()  # once: it reads the CA bundle
                 connection, reused = await self._checkout(target.origin)
                 try:
                     status, fields, keep = await connection.exchange(message, self._write,
@@ -257,7 +259,7 @@ class _Connection:
                 raise httpx.ConnectError(str(exc) or type(exc).__name__) from exc
             stream: trio.abc.Stream = tcp
             if scheme == "https":
-                context = context or httpx.create_ssl_context()
+                context = context or httpx.create_ssl_context()  # (a client sets it)
                 stream = trio.SSLStream(tcp, context, server_hostname=host,
                                         https_compatible=True)  # fmt: skip
                 try:
@@ -276,17 +278,25 @@ class _Connection:
         """Write the request, read the answer's final head (informational 1xx heads are
         skipped): status, headers, whether the connection may be kept after its body.
         One timer, its deadline moved at each step (`write`, then `read` per wait)."""
-        writing = True
+        writing, unsent = True, None
         with trio.CancelScope(deadline=trio.current_time() + write) as scope:
             try:
                 await self.stream.send_all(message)
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
-                raise _Stale(httpx.WriteError(str(exc) or type(exc).__name__)) from exc
+                # A node may refuse a request (413) before reading all of it and close:
+                # its answer is read all the same, as httpcore does.
+                unsent = httpx.WriteError(str(exc) or type(exc).__name__)
             writing = False
             while True:
-                status, fields, keep = _parse_head(await self._head_bytes(scope, read))
+                try:
+                    head = await self._head_bytes(scope, read)
+                except _Stale:
+                    if unsent is not None:
+                        raise _Stale(unsent) from None
+                    raise
+                status, fields, keep = _parse_head(head)
                 if not 100 <= status < 200:
-                    return status, fields, keep
+                    return status, fields, keep and unsent is None
                 if status == 101:
                     raise httpx.RemoteProtocolError("the node switched protocols")
         if writing:

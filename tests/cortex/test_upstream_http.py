@@ -7,7 +7,11 @@ timeout, so a response that failed to give its slot back fails the next request.
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import shutil
+import ssl
+import subprocess
 from collections.abc import Awaitable, Callable
 
 import httpx
@@ -259,3 +263,55 @@ async def test_connect_and_read_failures_are_httpx_errors(nursery):
             await c.post(server.url + "/a", {}, b"")
         with pytest.raises(httpx.LocalProtocolError):  # never written: no header injection
             await c.post(server.url + "/a", {"x-id": "a\r\nx-evil: 1"}, b"")
+
+
+async def test_a_node_refusing_a_body_before_reading_it_is_still_heard(nursery):
+    async def handler(stream: trio.SocketStream, n: int) -> None:
+        head = b""
+        while b"\r\n\r\n" not in head:
+            head += await stream.receive_some(65536)
+        await stream.send_all(answer(b'{"error": "too large"}', b"413 Payload Too Large"))
+        await trio.sleep(0.3)  # the answer arrives; the body is never read: then gone
+
+    server = await Server(handler).start(nursery)
+    async with client() as c:
+        response = await c.post(server.url + "/a", {}, b"x" * (16 * 1024 * 1024))
+        assert response.status_code == 413  # not a WriteError: what httpx did too
+        assert await response.aread() == b'{"error": "too large"}'
+
+
+@pytest.fixture
+def certificate(tmp_path):
+    """A self-signed certificate for 127.0.0.1 and its key (the openssl command)."""
+    if shutil.which("openssl") is None:
+        pytest.skip("needs the openssl command")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                    "-keyout", str(key), "-out", str(cert), "-subj", "/CN=127.0.0.1",
+                    "-addext", "subjectAltName=IP:127.0.0.1"],
+                   check=True, capture_output=True)  # fmt: skip
+    return cert, key
+
+
+async def test_an_https_node_is_reached_over_tls_and_kept_alive(nursery, certificate):
+    cert, key = certificate
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_context.load_cert_chain(cert, key)
+    server = Server(lambda s, n: keep_answering(server, s, b"secret"))
+
+    async def tls(stream: trio.SocketStream) -> None:
+        server.connections += 1
+        wrapped = trio.SSLStream(stream, server_context, server_side=True)
+        with contextlib.suppress(trio.BrokenResourceError):  # a client gone, or refusing us
+            await keep_answering(server, wrapped, b"secret")  # type: ignore[arg-type]
+
+    listeners = await nursery.start(functools.partial(trio.serve_tcp, host="127.0.0.1"), tls, 0)
+    url = f"https://127.0.0.1:{listeners[0].socket.getsockname()[1]}/a"
+    async with client(ssl_context=ssl.create_default_context(cafile=str(cert))) as c:
+        for _ in range(2):
+            response = await c.post(url, {}, b"{}")
+            assert await response.aread() == b"secret"
+    assert server.connections == 1
+    async with client() as c:  # the system's CAs do not know this certificate
+        with pytest.raises(httpx.ConnectError):
+            await c.post(url, {}, b"{}")
