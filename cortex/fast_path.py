@@ -1,11 +1,12 @@
 """The inference routes served straight from ASGI, in front of the gateway's Quart app.
 
-`POST /v1/chat/completions`, `/v1/completions` and `/v1/responses` are most of what
-a gateway serves, and Quart's own machinery around a route (request and app
-contexts, the URL map, before/after hooks, signals, the request object) cost more
+The relayed POSTs (`/v1/chat/completions`, `/v1/completions`, `/v1/responses`,
+`/v1/messages` and `/v1/messages/count_tokens`: `cortex.http.RELAYED_ROUTES`) are
+most of what a gateway serves, and Quart's own machinery around a route (request and
+app contexts, the URL map, before/after hooks, signals, the request object) cost more
 CPU than the relay itself (`bench/gateway.py --profile`). `FastPath` is an ASGI app
-that serves exactly those three (method, path) pairs and hands every other request
-to the Quart app unchanged. It does for them what the app does, in the same order,
+that serves exactly those (method, path) pairs and hands every other request to the
+Quart app unchanged. It does for them what the app does, in the same order,
 with the same code where there is code to share:
 
 * the request id bound to the log context (`protocol.http.request_id_from`);

@@ -105,7 +105,7 @@ def create_app(gateway: Gateway) -> QuartTrio:
     # stay for the URL map: 405 + Allow, the OpenAPI description).
     fast = FastPath(
         app.asgi_app,
-        INFERENCE_ROUTES,
+        RELAYED_ROUTES,
         fast_answer(gateway),
         max_body_bytes=http.max_body_bytes,
         body_timeout=http.body_timeout,
