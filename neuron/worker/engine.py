@@ -59,7 +59,13 @@ from neuron.worker.errors import (
     RequestTooLarge,
     UnsupportedModel,
 )
-from neuron.worker.kv_arena import KvArena, LayerKind, layer_kinds, prefilled_layers
+from neuron.worker.kv_arena import (
+    KvArena,
+    LayerKind,
+    additive_mask,
+    layer_kinds,
+    prefilled_layers,
+)
 from neuron.worker.loader import LoadedModel
 from neuron.worker.prefix_cache import PrefixCache, snapshot
 from neuron.worker.sampler import SamplingParams, SequenceSampler, sample_batch
@@ -520,10 +526,10 @@ class Engine:
         segment = torch.repeat_interleave(torch.arange(len(group)), torch.tensor(lengths))
         column = torch.arange(int(ends[-1]))
         visible = (segment[:, None] == segment[None, :]) & (column[None, :] <= column[:, None])
-        masks = {"full": _additive(visible, self._dtype, device)}
+        masks = {"full": additive_mask(~visible, self._dtype)[None, None].to(device)}
         if (window := self._arena.sliding_window) is not None:
             near = column[:, None] - column[None, :] < window
-            masks["sliding"] = _additive(visible & near, self._dtype, device)
+            masks["sliding"] = additive_mask(~(visible & near), self._dtype)[None, None].to(device)
         cache = DynamicCache()  # full layers only, created as the model writes them
         out = model(
             input_ids=torch.tensor([[t for s in group for t in s.prompt]], device=device),
@@ -535,10 +541,12 @@ class Engine:
         )
         for sequence, begin, end in zip(group, starts.tolist(), ends.tolist(), strict=True):
             sequence.prefilled = len(sequence.prompt)
+            # A windowed layer keeps what its own prefill would: the last window - 1.
+            kept = begin if window is None else max(begin, end - window + 1)
             sequence.kv = [
                 (layer.keys[:, :, lo:end], layer.values[:, :, lo:end])
                 for layer, kind in zip(cache.layers, self._kinds, strict=True)
-                for lo in [begin if kind.attention == "full" else max(begin, end - window + 1)]
+                for lo in [begin if kind.attention == "full" else kept]
             ]
         return out.logits[0]
 
@@ -647,13 +655,6 @@ class Engine:
     def _model(self) -> torch.nn.Module:
         assert self._loaded is not None
         return self._loaded.model
-
-
-def _additive(visible: torch.Tensor, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """`[1, 1, queries, keys]`: 0 where `visible`, the dtype's minimum elsewhere."""
-    mask = torch.zeros(visible.shape, dtype=dtype)
-    mask.masked_fill_(~visible, torch.finfo(dtype).min)
-    return mask[None, None].to(device)
 
 
 def _as_device_error(exc: BaseException, device: torch.device) -> Exception | None:

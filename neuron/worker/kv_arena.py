@@ -239,11 +239,11 @@ class KvArena:
         masks = {}
         if self.has_full_attention:
             columns = torch.arange(self.window_start, self.end + 1, device=device)
-            masks["full"] = _additive(columns.unsqueeze(0) < starts.unsqueeze(1), dtype)
+            masks["full"] = _row_mask(columns.unsqueeze(0) < starts.unsqueeze(1), dtype)
         if (window := self.sliding_window) is not None:
             slots = torch.arange(window, device=device)
             columns = self.end - torch.remainder(self.end - slots, window)
-            masks["sliding"] = _additive(columns.unsqueeze(0) < starts.unsqueeze(1), dtype)
+            masks["sliding"] = _row_mask(columns.unsqueeze(0) < starts.unsqueeze(1), dtype)
         return masks
 
     # -- changing the layout -----------------------------------------------------------
@@ -419,10 +419,16 @@ def _as_prefilled(layer) -> PrefilledLayer:
     return PrefilledLayer(keys, values)
 
 
-def _additive(hidden: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+def _row_mask(hidden: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """`[rows, 1, 1, keys]`: a decode step's mask per row."""
+    return additive_mask(hidden, dtype)[:, None, None, :]
+
+
+def additive_mask(hidden: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """0 where a key is seen, the dtype's minimum where `hidden`; `hidden`'s shape."""
     mask = torch.zeros(hidden.shape, dtype=dtype, device=hidden.device)
     mask.masked_fill_(hidden, torch.finfo(dtype).min)
-    return mask[:, None, None, :]
+    return mask
 
 
 def _empty_like(t: torch.Tensor) -> torch.Tensor:

@@ -53,19 +53,13 @@ class PackedLinear(torch.nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, packed=oneDNN"
 
 
-def packable(model: torch.nn.Module, device: torch.device) -> bool:
-    """Whether `model`'s linear layers would be packed on `device`."""
-    return (
+def pack_linear_layers(model: torch.nn.Module, device: torch.device) -> int:
+    """Replace each eligible `nn.Linear` in `model` by a `PackedLinear`; how many were."""
+    if not (
         device.type == "cpu"
         and torch.backends.mkldnn.is_available()
         and torch.ops.mkldnn._is_mkldnn_bf16_supported()
-        and any(_eligible(module) for module in model.modules())
-    )
-
-
-def pack_linear_layers(model: torch.nn.Module, device: torch.device) -> int:
-    """Replace each eligible `nn.Linear` in `model` by a `PackedLinear`; how many were."""
-    if not packable(model, device):
+    ):
         return 0
     parents = [
         (parent, name, child)
