@@ -100,14 +100,22 @@ class Admission:
         self.admitted_total += 1
 
     async def _wait_for_slot(self) -> bool:
-        """True once a slot is ours; False on timeout or when closed first."""
+        """True once a slot is ours; False on timeout or when closed first. A slot
+        handed over just as the caller is cancelled is given back: the wait's nursery
+        still has to collect `_cancel_on_close`, and that is where the caller's
+        cancellation lands, after the slot became ours."""
         acquired = False
-        with trio.move_on_after(self.queue_timeout):
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._cancel_on_close, nursery.cancel_scope)
-                await self._slots.acquire()
-                acquired = True
-                nursery.cancel_scope.cancel()
+        try:
+            with trio.move_on_after(self.queue_timeout):
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._cancel_on_close, nursery.cancel_scope)
+                    await self._slots.acquire()
+                    acquired = True
+                    nursery.cancel_scope.cancel()
+        except BaseException:
+            if acquired:
+                self.release()
+            raise
         return acquired
 
     async def _cancel_on_close(self, scope: trio.CancelScope) -> None:
