@@ -31,10 +31,17 @@ import functools
 import logging
 import uuid
 from collections.abc import Awaitable, Callable
+from itertools import chain
 from typing import Any, Literal, TypeVar
 
+import h11
 import trio
 from hypercorn.config import Config
+from hypercorn.events import RawData
+from hypercorn.protocol.events import Body as HyperBody
+from hypercorn.protocol.events import EndBody
+from hypercorn.protocol.events import Response as HyperResponse
+from hypercorn.protocol.h11 import H11Protocol
 from hypercorn.trio import serve as hypercorn_serve
 from hypercorn.trio.tcp_server import TCPServer
 from quart import Quart, Request, Response, request
@@ -101,11 +108,14 @@ def patch_hypercorn() -> None:
       where without a shield the timer never restarted and an idle keep-alive
       connection was never closed. `_IdleTimer` never waits, so it needs no shield,
       and costs one task start per response instead of two lock round trips, a
-      start handshake and two shielded scopes.
+      start handshake and two shielded scopes;
+    * a response with a `Content-Length` (a whole body, there already) goes out in
+      one write, head and body together (`_coalescing_stream_send`), not three.
     """
     if getattr(TCPServer._close, "_helexa_shielded", False):
         return
     original_close, original_init = TCPServer._close, TCPServer.__init__
+    H11Protocol.stream_send = _coalescing_stream_send(H11Protocol.stream_send)
 
     @functools.wraps(original_close)
     async def _close(self: TCPServer) -> None:
@@ -120,6 +130,52 @@ def patch_hypercorn() -> None:
     _close._helexa_shielded = True  # type: ignore[attr-defined]
     TCPServer._close = _close  # type: ignore[method-assign]
     TCPServer.__init__ = __init__  # type: ignore[method-assign]
+
+
+def _coalescing_stream_send(original: Callable[..., Awaitable[None]]):
+    """hypercorn's HTTP/1.1 `stream_send`, holding back the head of a response that
+    has a `Content-Length` until its body (or its end) comes, to write them as one:
+    the same bytes, one socket write instead of three (head, body, and the empty end
+    of a sized body). A streamed response (no length) keeps its head going out at
+    once: its first part may be a while."""
+
+    @functools.wraps(original)
+    async def stream_send(self: H11Protocol, event: Any) -> None:
+        if (isinstance(event, HyperResponse) and event.status_code >= 200
+                and any(name == b"content-length" for name, _ in event.headers)):  # fmt: skip
+            headers = list(chain(event.headers, self.config.response_headers("h11")))
+            if self.keep_alive_requests >= self.config.keep_alive_max_requests:
+                headers.append((b"connection", b"close"))
+            head = _h11_bytes(self, h11.Response(headers=headers, status_code=event.status_code))
+            if head is not None:
+                self.__dict__["_helexa_head"] = head
+            return
+        head = self.__dict__.pop("_helexa_head", None)
+        if isinstance(event, HyperBody | EndBody):
+            message = (
+                h11.Data(data=event.data) if isinstance(event, HyperBody) else h11.EndOfMessage()
+            )
+            data = _h11_bytes(self, message)
+            data = (head or b"") + (data or b"")
+            if data:
+                await self.send(RawData(data=data))
+            return
+        if head is not None:
+            await self.send(RawData(data=head))
+        await original(self, event)
+
+    return stream_send
+
+
+def _h11_bytes(protocol: H11Protocol, event: Any) -> bytes | None:
+    """`event` as h11 writes it; None when the peer's side already failed (hypercorn's
+    `_send_h11_event` drops the event then too)."""
+    try:
+        return protocol.connection.send(event)
+    except h11.LocalProtocolError:
+        if protocol.connection.their_state != h11.ERROR:
+            raise
+        return None
 
 
 class _IdleTimer:

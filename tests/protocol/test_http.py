@@ -107,3 +107,37 @@ async def test_parse_body_and_errors(base_url):
         }
         # the server kept serving through all of it
         assert (await client.post("/echo", json={"text": "still"})).json() == {"text": "still"}
+
+
+async def _server_writes(base_url, monkeypatch, raw_request: bytes) -> list[bytes]:
+    """What the server wrote to its socket for `raw_request`, write by write."""
+    writes: list[bytes] = []
+    send_all = trio.SocketStream.send_all
+
+    async def recording(self, data) -> None:
+        if not bytes(data).startswith(b"GET "):  # the client's own request
+            writes.append(bytes(data))
+        await send_all(self, data)
+
+    monkeypatch.setattr(trio.SocketStream, "send_all", recording)
+    stream = await trio.open_tcp_stream("127.0.0.1", int(base_url.rsplit(":", 1)[1]))
+    await stream.send_all(raw_request)
+    with trio.fail_after(5):
+        while await stream.receive_some(65536):
+            pass
+    await stream.aclose()
+    return writes
+
+
+async def test_a_sized_response_goes_out_in_one_write(base_url, monkeypatch):
+    request = b"GET /busy HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    writes = await _server_writes(base_url, monkeypatch, request)
+    assert len(writes) == 1, writes  # head, body and the empty end: one write
+    assert writes[0].startswith(b"HTTP/1.1 429") and writes[0].endswith(b"}")
+
+
+async def test_a_streamed_response_sends_its_head_at_once(base_url, monkeypatch):
+    request = b"GET /slow-stream HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    writes = await _server_writes(base_url, monkeypatch, request)
+    assert writes[0].startswith(b"HTTP/1.1 200") and writes[0].endswith(b"\r\n\r\n"), writes
+    assert b"data: 0" in writes[1]
