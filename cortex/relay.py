@@ -24,7 +24,7 @@ import contextlib
 import functools
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -116,7 +116,7 @@ async def open_upstream(
     last: ApiError | None = None
     prefix = None  # the request's prefix key, read from the body once, when needed
     if fleet.affinity is not None:
-        prefix = functools.cache(functools.partial(prefix_key, path, body, fleet.prefix_chars))
+        prefix = _Once(prefix_key, path, body, fleet.prefix_chars)
     for attempt in range(retries + 1):
         acquired = await fleet.acquire(model, status=status, exclude=frozenset(failed),
                                        prefix=prefix)  # fmt: skip
@@ -140,6 +140,23 @@ async def open_upstream(
         head_wait = trio.current_time() - sent
         return attrs.evolve(acquired, head_wait=head_wait, retried_on=tuple(failed)), response
     raise last or UpstreamError("no replica could take the request", code="upstream_error")
+
+
+class _Once:
+    """`function(*args)`, worked out on the first call and remembered (what
+    `functools.cache` over a `partial` does, without building an LRU wrapper for
+    every request)."""
+
+    __slots__ = ("_call", "_value")
+
+    def __init__(self, function: Callable[..., Any], *args: Any) -> None:
+        self._call: Callable[[], Any] | None = functools.partial(function, *args)
+        self._value: Any = None
+
+    def __call__(self) -> Any:
+        if self._call is not None:
+            self._value, self._call = self._call(), None
+        return self._value
 
 
 async def _retriable(response: Response) -> bool:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import stat
+
 import attrs
 import httpx
 import pytest
@@ -11,6 +14,9 @@ from quart_trio import QuartTrio
 
 from protocol.errors import ApiError, RateLimited
 from protocol.http import error_response, json_response, make_config, parse_body, prepare_app, serve
+
+
+BIG = 8 << 20
 
 
 @attrs.frozen
@@ -43,6 +49,10 @@ def make_app() -> QuartTrio:
                 yield f"data: {i}\n\n".encode()
 
         return body(), 200, {"Content-Type": "text/event-stream"}
+
+    @app.get("/big")
+    async def big():  # more than a socket buffer takes at once
+        return bytes(range(256)) * (BIG // 256), 200, {"Content-Type": "application/octet-stream"}
 
     return prepare_app(app, max_body_bytes=1024)
 
@@ -110,16 +120,24 @@ async def test_parse_body_and_errors(base_url):
 
 
 async def _server_writes(base_url, monkeypatch, raw_request: bytes) -> list[bytes]:
-    """What the server wrote to its socket for `raw_request`, write by write."""
+    """What the server wrote to its socket for `raw_request`, write by write (straight
+    to the socket, or through trio's stream when the socket was busy)."""
     writes: list[bytes] = []
-    send_all = trio.SocketStream.send_all
+    send_all, write = trio.SocketStream.send_all, os.write
 
-    async def recording(self, data) -> None:
+    async def recording_send_all(self, data) -> None:
         if not bytes(data).startswith(b"GET "):  # the client's own request
             writes.append(bytes(data))
         await send_all(self, data)
 
-    monkeypatch.setattr(trio.SocketStream, "send_all", recording)
+    def recording_write(fd: int, data) -> int:
+        sent = write(fd, data)
+        if stat.S_ISSOCK(os.fstat(fd).st_mode):
+            writes.append(bytes(data[:sent]))
+        return sent
+
+    monkeypatch.setattr(trio.SocketStream, "send_all", recording_send_all)
+    monkeypatch.setattr(os, "write", recording_write)
     stream = await trio.open_tcp_stream("127.0.0.1", int(base_url.rsplit(":", 1)[1]))
     await stream.send_all(raw_request)
     with trio.fail_after(5):
@@ -141,3 +159,32 @@ async def test_a_streamed_response_sends_its_head_at_once(base_url, monkeypatch)
     writes = await _server_writes(base_url, monkeypatch, request)
     assert writes[0].startswith(b"HTTP/1.1 200") and writes[0].endswith(b"\r\n\r\n"), writes
     assert b"data: 0" in writes[1]
+
+
+async def test_a_body_the_socket_cannot_take_at_once_arrives_whole(base_url):
+    """The direct write takes what the socket buffer holds; the rest goes through
+    hypercorn's send path, in order, while the client reads slowly."""
+    port = int(base_url.rsplit(":", 1)[1])
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    await stream.send_all(b"GET /big HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    await trio.sleep(0.2)  # the server has filled the socket and waits to write the rest
+    received = bytearray()
+    with trio.fail_after(10):
+        while data := await stream.receive_some(1 << 16):
+            received += data
+    await stream.aclose()
+    head, _, body = bytes(received).partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200") and f"content-length: {BIG}".encode() in head
+    assert body == bytes(range(256)) * (BIG // 256)
+
+
+async def test_writes_keep_their_order_on_a_busy_connection(base_url):
+    """Keep-alive requests in a row on one connection, one of them big: every answer
+    whole and in order (a direct write never overtakes bytes still queued)."""
+    async with httpx.AsyncClient(base_url=base_url) as client:
+        for path in ("/busy", "/big", "/busy", "/big", "/busy"):
+            response = await client.get(path)
+            if path == "/big":
+                assert response.content == bytes(range(256)) * (BIG // 256)
+            else:
+                assert response.status_code == 429
