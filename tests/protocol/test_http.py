@@ -15,7 +15,6 @@ from quart_trio import QuartTrio
 from protocol.errors import ApiError, RateLimited
 from protocol.http import error_response, json_response, make_config, parse_body, prepare_app, serve
 
-
 BIG = 8 << 20
 
 
