@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextvars
 import functools
 import logging
+import math
 import os
 from collections.abc import Awaitable, Callable
 from itertools import chain
@@ -97,7 +98,7 @@ def request_id_from(given: str) -> str:
 
 
 def patch_hypercorn() -> None:
-    """Two fixes and one economy in hypercorn's trio server (stack notes §2). Idempotent.
+    """Two fixes and three economies in hypercorn's trio server (stack notes §2). Idempotent.
 
     * `TCPServer._close` is shielded: it runs inside the app's `send()`, which
       quart-trio has already cancelled, and without the shield a `Connection: close`
@@ -107,8 +108,9 @@ def patch_hypercorn() -> None:
       under the lock when a request begins — from inside that cancelled `send()` too,
       where without a shield the timer never restarted and an idle keep-alive
       connection was never closed. `_IdleTimer` never waits, so it needs no shield,
-      and costs one task start per response instead of two lock round trips, a
-      start handshake and two shielded scopes;
+      and is one task per connection whose deadline moves, not a task started per
+      response; it ends when the connection stops reading (`_read_data`), where
+      hypercorn's lingered up to `keep_alive_timeout` after a client had gone;
     * a response with a `Content-Length` (a whole body, there already) goes out in
       one write, head and body together (`_coalescing_stream_send`), not three;
     * bytes for a plain-TCP connection that nothing else is writing go straight to its
@@ -129,11 +131,21 @@ def patch_hypercorn() -> None:
     @functools.wraps(original_init)
     def __init__(self: TCPServer, *args: Any, **kwargs: Any) -> None:
         original_init(self, *args, **kwargs)
-        self.idle_task = _IdleTimer()  # type: ignore[assignment]
+        self.idle_task = _IdleTimer(self)  # type: ignore[assignment]
+
+    original_read = TCPServer._read_data
+
+    @functools.wraps(original_read)
+    async def _read_data(self: TCPServer) -> None:
+        try:
+            await original_read(self)
+        finally:
+            self.idle_task.finish()  # type: ignore[attr-defined]
 
     _close._helexa_shielded = True  # type: ignore[attr-defined]
     TCPServer._close = _close  # type: ignore[method-assign]
     TCPServer.__init__ = __init__  # type: ignore[method-assign]
+    TCPServer._read_data = _read_data  # type: ignore[method-assign]
 
 
 def _coalescing_stream_send(original: Callable[..., Awaitable[None]]):
@@ -214,29 +226,44 @@ def _h11_bytes(protocol: H11Protocol, event: Any) -> bytes | None:
 
 
 class _IdleTimer:
-    """hypercorn's `TrioSingleTask` for the keep-alive timer: `restart(task_group,
-    action)` runs `action` (the connection's `_idle_timeout`) in a new task, cancelling
-    the one before; `stop()` cancels it. Neither waits (no lock: trio tasks do not
-    preempt one another), so a cancelled caller cannot interrupt them halfway."""
+    """hypercorn's `TrioSingleTask` for the keep-alive timer, as one task per connection
+    with a deadline that moves: `restart` arms it (`keep_alive_timeout` from now; the
+    first call starts the task), `stop` disarms it, and when it expires, or the server
+    terminates, the task closes the connection as hypercorn's `_idle_timeout` does.
+    Neither call waits (no lock: trio tasks do not preempt one another), so a cancelled
+    caller cannot interrupt them halfway, and a request costs no task start. `finish`
+    (the connection stopped reading) ends the task without closing anything: the
+    connection's own end follows."""
 
-    def __init__(self) -> None:
+    def __init__(self, server: TCPServer) -> None:
+        self._server = server
         self._scope: trio.CancelScope | None = None
+        self._finished = False
 
     async def restart(self, task_group: Any, action: Callable[[], Awaitable[None]]) -> None:
-        if self._scope is not None:
-            self._scope.cancel()
-        self._scope = scope = trio.CancelScope()
-        task_group._nursery.start_soon(_run_within, scope, action)
+        deadline = trio.current_time() + self._server.config.keep_alive_timeout
+        if self._scope is None:
+            self._scope = trio.CancelScope(deadline=deadline)
+            task_group._nursery.start_soon(self._watch)
+        else:
+            self._scope.deadline = deadline
 
     async def stop(self) -> None:
         if self._scope is not None:
+            self._scope.deadline = math.inf
+
+    def finish(self) -> None:
+        self._finished = True
+        if self._scope is not None:
             self._scope.cancel()
-            self._scope = None
 
-
-async def _run_within(scope: trio.CancelScope, action: Callable[[], Awaitable[None]]) -> None:
-    with scope:
-        await action()
+    async def _watch(self) -> None:
+        assert self._scope is not None
+        with self._scope:
+            await self._server.context.terminated.wait()
+        if not self._finished:
+            with trio.CancelScope(shield=True):
+                await self._server._initiate_server_close()
 
 
 def prepare_app(

@@ -45,6 +45,69 @@ async def test_a_keep_alive_connection_is_closed_after_its_idle_timeout():
         nursery.cancel_scope.cancel()
 
 
+async def _edge_server(nursery, keep_alive_timeout: float) -> int:
+    """A prepared app on loopback (`/ping`, `/slow`: 1.5 s): its port."""
+    app = prepare_app(QuartTrio("edge"))
+
+    @app.get("/ping")
+    async def ping():
+        return json_response({"ok": True})
+
+    @app.get("/slow")
+    async def slow():
+        await trio.sleep(1.5)
+        return json_response({"ok": True})
+
+    config = make_config("127.0.0.1", 0, keep_alive_timeout=keep_alive_timeout)
+    urls = await nursery.start(serve, app, config)
+    return int(urls[0].rsplit(":", 1)[1])
+
+
+async def _exchange(stream: trio.SocketStream, path: str) -> bytes:
+    """One keep-alive GET and its whole (small, sized) answer."""
+    await stream.send_all(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    received = b""
+    with trio.fail_after(10):
+        while b"\r\n\r\n" not in received or not received.endswith(b"}"):
+            data = await stream.receive_some(65536)
+            assert data, f"the server closed the connection during {path}"
+            received += data
+    return received
+
+
+async def test_the_keep_alive_timer_rearms_on_every_response_and_sleeps_during_a_request():
+    """Requests closer together than the timeout keep the connection (its deadline moves
+    with each response), one that runs longer than the timeout is not cut off, and the
+    timeout counts from the last response."""
+    async with trio.open_nursery() as nursery:
+        port = await _edge_server(nursery, keep_alive_timeout=1)
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        for _ in range(3):  # 0.6 s apart: 1.8 s in all, past the first response's deadline
+            assert (await _exchange(stream, "/ping")).startswith(b"HTTP/1.1 200")
+            await trio.sleep(0.6)
+        assert (await _exchange(stream, "/slow")).startswith(b"HTTP/1.1 200")
+        answered = time.monotonic()
+        with trio.fail_after(10):
+            assert await stream.receive_some(65536) == b""  # then closed, once idle
+        assert 0.8 <= time.monotonic() - answered < 5
+        await stream.aclose()
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_connection_the_client_ends_is_closed_at_once_not_at_the_timeout():
+    """A client that sends EOF on an idle keep-alive connection gets the server's close
+    straight away (hypercorn's timer held the connection until its timeout)."""
+    async with trio.open_nursery() as nursery:
+        port = await _edge_server(nursery, keep_alive_timeout=30)
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        assert (await _exchange(stream, "/ping")).startswith(b"HTTP/1.1 200")
+        await stream.send_eof()
+        with trio.fail_after(3):
+            assert await stream.receive_some(65536) == b""
+        await stream.aclose()
+        nursery.cancel_scope.cancel()
+
+
 @pytest.mark.parametrize(
     ("given", "kept"),
     [("abc-123", True), ("a/b", False), ("", False), ("x" * 129, False), ("tab\there", False),
