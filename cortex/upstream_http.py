@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 import re
 import ssl
 from collections.abc import Callable, Mapping
@@ -244,6 +245,7 @@ class _Connection:
         self.open = True
         self.keep_alive = True  # what the node's head allowed
         self._socket = sock
+        self._stream_tcp = stream if origin[0] == "http" else None  # TLS writes via its stream
         self._live = live
         live.add(self)
 
@@ -281,7 +283,10 @@ class _Connection:
         writing, unsent = True, None
         with trio.CancelScope(deadline=trio.current_time() + write) as scope:
             try:
-                await self.stream.send_all(message)
+                if sent := self._write_now(message):
+                    message = memoryview(message)[sent:]
+                if message:
+                    await self.stream.send_all(message)
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
                 # A node may refuse a request (413) before reading all of it and close:
                 # its answer is read all the same, as httpcore does.
@@ -302,6 +307,17 @@ class _Connection:
         if writing:
             raise httpx.WriteTimeout(f"the request was not written within {write:g}s")
         raise httpx.ReadTimeout(f"nothing received for {read:g}s")
+
+    def _write_now(self, data: bytes) -> int:
+        """What a plain-TCP socket takes of `data` at once (a request usually fits its
+        buffer whole): the write then costs no trip through the scheduler. 0 for TLS,
+        or when the socket takes nothing or fails (`send_all` then waits or reports)."""
+        if self.stream is not self._stream_tcp:
+            return 0
+        try:
+            return os.write(self._socket.fileno(), data)
+        except OSError:
+            return 0
 
     async def receive(self, limit: float) -> bytes:
         """The next bytes (b"" at the connection's end)."""

@@ -101,6 +101,26 @@ async def test_one_connection_serves_request_after_request(nursery):
     assert body == b'{"model": "m"}'
 
 
+async def test_a_request_bigger_than_the_socket_buffer_arrives_whole(nursery):
+    """The request goes to the socket at once as far as it takes it; the rest follows
+    as the node reads (slowly here), every byte in order, twice on one connection."""
+    body = bytes(range(256)) * (32 << 12)  # 8 MiB
+
+    async def slow_reader(stream: trio.SocketStream, n: int) -> None:
+        await trio.sleep(0.3)  # the client has filled the socket buffer and waits
+        await keep_answering(server, stream, b'{"ok": 1}')
+
+    server = Server(slow_reader)
+    await server.start(nursery)
+    async with client() as c:
+        for _ in range(2):
+            response = await c.post(server.url + "/v1/chat/completions",
+                                    {"content-type": "application/json"}, body)  # fmt: skip
+            assert response.status_code == 200 and await response.aread() == b'{"ok": 1}'
+    assert server.connections == 1
+    assert [r.partition(b"\r\n\r\n")[2] == body for r in server.requests] == [True, True]
+
+
 CHUNKED_HEAD = (
     b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
 )
