@@ -228,27 +228,35 @@ def _h11_bytes(protocol: H11Protocol, event: Any) -> bytes | None:
 class _IdleTimer:
     """hypercorn's `TrioSingleTask` for the keep-alive timer, as one task per connection
     with a deadline that moves: `restart` arms it (`keep_alive_timeout` from now; the
-    first call starts the task), `stop` disarms it, and when it expires, or the server
-    terminates, the task closes the connection as hypercorn's `_idle_timeout` does.
-    Neither call waits (no lock: trio tasks do not preempt one another), so a cancelled
-    caller cannot interrupt them halfway, and a request costs no task start. `finish`
-    (the connection stopped reading) ends the task without closing anything: the
-    connection's own end follows."""
+    first call starts the task), `stop` disarms it while a request is answered. When it
+    expires, or the server terminates, the task closes the connection as hypercorn's
+    `_idle_timeout` does — a request under way first gets its answer, as it did when
+    hypercorn started its timer task only once the answer was out. Neither call waits
+    (no lock: trio tasks do not preempt one another), so a cancelled caller cannot
+    interrupt them halfway, and a request costs no task start. `finish` (the connection
+    stopped reading) ends the task without closing anything: the connection's own end
+    follows."""
 
     def __init__(self, server: TCPServer) -> None:
         self._server = server
         self._scope: trio.CancelScope | None = None
+        self._idle = False
         self._finished = False
+        self._answered: trio.Event | None = None  # terminating mid-request: set by restart
 
     async def restart(self, task_group: Any, action: Callable[[], Awaitable[None]]) -> None:
+        self._idle = True
         deadline = trio.current_time() + self._server.config.keep_alive_timeout
         if self._scope is None:
             self._scope = trio.CancelScope(deadline=deadline)
             task_group._nursery.start_soon(self._watch)
         else:
             self._scope.deadline = deadline
+        if self._answered is not None:
+            self._answered.set()
 
     async def stop(self) -> None:
+        self._idle = False
         if self._scope is not None:
             self._scope.deadline = math.inf
 
@@ -256,11 +264,16 @@ class _IdleTimer:
         self._finished = True
         if self._scope is not None:
             self._scope.cancel()
+        if self._answered is not None:
+            self._answered.set()
 
     async def _watch(self) -> None:
         assert self._scope is not None
-        with self._scope:
+        with self._scope:  # expires only while idle (a request sets no deadline)
             await self._server.context.terminated.wait()
+        while not (self._idle or self._finished):  # terminating while a request runs
+            self._answered = trio.Event()
+            await self._answered.wait()
         if not self._finished:
             with trio.CancelScope(shield=True):
                 await self._server._initiate_server_close()

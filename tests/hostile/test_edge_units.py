@@ -3,6 +3,7 @@ framework refusals and node errors mapped into the error tree."""
 
 from __future__ import annotations
 
+import functools
 import time
 
 import pytest
@@ -106,6 +107,37 @@ async def test_a_connection_the_client_ends_is_closed_at_once_not_at_the_timeout
             assert await stream.receive_some(65536) == b""
         await stream.aclose()
         nursery.cancel_scope.cancel()
+
+
+async def test_a_request_under_way_when_the_server_terminates_gets_its_answer():
+    """Shutdown closes idle keep-alive connections at once, but a request being
+    answered finishes first (the keep-alive task waits on termination all along)."""
+    app = prepare_app(QuartTrio("edge"))
+    shutdown = trio.Event()
+
+    @app.get("/slow")
+    async def slow():
+        await trio.sleep(1)
+        return json_response({"ok": True})
+
+    async with trio.open_nursery() as nursery:
+        config = make_config("127.0.0.1", 0, keep_alive_timeout=30)
+        urls = await nursery.start(functools.partial(serve, app, config,
+                                                     shutdown_trigger=shutdown.wait))  # fmt: skip
+        port = int(urls[0].rsplit(":", 1)[1])
+        busy = await trio.open_tcp_stream("127.0.0.1", port)
+        idle = await trio.open_tcp_stream("127.0.0.1", port)
+        await busy.send_all(b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n")
+        await trio.sleep(0.3)  # the request is under way; `idle` never sent one
+        shutdown.set()
+        received = b""
+        with trio.fail_after(10):
+            while data := await busy.receive_some(65536):
+                received += data
+            assert await idle.receive_some(65536) == b""
+        assert received.startswith(b"HTTP/1.1 200") and received.endswith(b"}")
+        await busy.aclose()
+        await idle.aclose()
 
 
 @pytest.mark.parametrize(
