@@ -44,6 +44,7 @@ from hypercorn.protocol.events import EndBody
 from hypercorn.protocol.events import Response as HyperResponse
 from hypercorn.protocol.h11 import H11Protocol
 from hypercorn.trio import serve as hypercorn_serve
+from hypercorn.trio.task_group import TaskGroup
 from hypercorn.trio.tcp_server import TCPServer
 from quart import Quart, Request, Response, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
@@ -98,7 +99,7 @@ def request_id_from(given: str) -> str:
 
 
 def patch_hypercorn() -> None:
-    """Two fixes and three economies in hypercorn's trio server (stack notes §2). Idempotent.
+    """Two fixes and four economies in hypercorn's trio server (stack notes §2). Idempotent.
 
     * `TCPServer._close` is shielded: it runs inside the app's `send()`, which
       quart-trio has already cancelled, and without the shield a `Connection: close`
@@ -115,13 +116,16 @@ def patch_hypercorn() -> None:
       one write, head and body together (`_coalescing_stream_send`), not three;
     * bytes for a plain-TCP connection that nothing else is writing go straight to its
       socket when it takes them all (`_direct_protocol_send`): no lock round trip and
-      no trip through the scheduler per write; the rest as hypercorn sends it.
+      no trip through the scheduler per write; the rest as hypercorn sends it;
+    * a message for the app (a body part, the disconnect) goes into its queue without a
+      trip through the scheduler when the queue has room (`_spawn_app_with_direct_put`).
     """
     if getattr(TCPServer._close, "_helexa_shielded", False):
         return
     original_close, original_init = TCPServer._close, TCPServer.__init__
     H11Protocol.stream_send = _coalescing_stream_send(H11Protocol.stream_send)
     TCPServer.protocol_send = _direct_protocol_send(TCPServer.protocol_send)
+    TaskGroup.spawn_app = _spawn_app_with_direct_put(TaskGroup.spawn_app)
 
     @functools.wraps(original_close)
     async def _close(self: TCPServer) -> None:
@@ -212,6 +216,28 @@ def _direct_protocol_send(original: Callable[..., Awaitable[None]]):
         await original(self, event)
 
     return protocol_send
+
+
+def _spawn_app_with_direct_put(original: Callable[..., Awaitable[Any]]):
+    """hypercorn's `TaskGroup.spawn_app`, whose `app_put` (what the connection's reading
+    task puts into the app's message queue) puts without waiting when the queue has
+    room or the app is waiting for a message, as the channel's own `send` does but
+    without its checkpoint; a full queue is waited on as before."""
+
+    @functools.wraps(original)
+    async def spawn_app(self: TaskGroup, *args: Any) -> Callable[[Any], Awaitable[None]]:
+        put = await original(self, *args)
+        channel = put.__self__  # the app's trio memory channel
+
+        async def put_now(message: Any) -> None:
+            try:
+                channel.send_nowait(message)
+            except trio.WouldBlock:
+                await put(message)
+
+        return put_now
+
+    return spawn_app
 
 
 def _h11_bytes(protocol: H11Protocol, event: Any) -> bytes | None:
