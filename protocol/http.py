@@ -38,14 +38,14 @@ from typing import Any, Literal, TypeVar
 import h11
 import trio
 from hypercorn.config import Config
-from hypercorn.events import RawData
+from hypercorn.events import Closed, RawData
 from hypercorn.protocol.events import Body as HyperBody
 from hypercorn.protocol.events import EndBody
 from hypercorn.protocol.events import Response as HyperResponse
 from hypercorn.protocol.h11 import H11Protocol
 from hypercorn.trio import serve as hypercorn_serve
 from hypercorn.trio.task_group import TaskGroup
-from hypercorn.trio.tcp_server import TCPServer
+from hypercorn.trio.tcp_server import MAX_RECV, TCPServer
 from quart import Quart, Request, Response, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
@@ -118,7 +118,8 @@ def patch_hypercorn() -> None:
       socket when it takes them all (`_direct_protocol_send`): no lock round trip and
       no trip through the scheduler per write; the rest as hypercorn sends it;
     * a message for the app (a body part, the disconnect) goes into its queue without a
-      trip through the scheduler when the queue has room (`_spawn_app_with_direct_put`).
+      trip through the scheduler when the queue has room (`_spawn_app_with_direct_put`),
+      and a plain-TCP connection is read without one after each read (`_read_directly`).
     """
     if getattr(TCPServer._close, "_helexa_shielded", False):
         return
@@ -142,7 +143,11 @@ def patch_hypercorn() -> None:
     @functools.wraps(original_read)
     async def _read_data(self: TCPServer) -> None:
         try:
-            await original_read(self)
+            socket = getattr(self.stream, "socket", None)  # a trio SocketStream's
+            if socket is None or self.config.read_timeout:
+                await original_read(self)
+            else:
+                await _read_directly(self, socket)
         finally:
             self.idle_task.finish()  # type: ignore[attr-defined]
 
@@ -185,6 +190,34 @@ def _coalescing_stream_send(original: Callable[..., Awaitable[None]]):
         await original(self, event)
 
     return stream_send
+
+
+async def _read_directly(server: TCPServer, socket: Any) -> None:
+    """hypercorn's `TCPServer._read_data` for a plain-TCP connection without a read
+    timeout: the socket read at once when it has bytes, waited on when it has none
+    (trio's `receive_some` added a trip through the scheduler after every read). Bytes
+    found straight after the last ones are handled after a checkpoint, so a client
+    sending without pause cannot keep the other tasks from running."""
+    waited = True
+    while True:
+        try:
+            data = os.read(socket.fileno(), MAX_RECV)  # (-1 once closed: EBADF)
+        except BlockingIOError:
+            try:
+                await trio.lowlevel.wait_readable(socket)
+            except trio.ClosedResourceError:  # closed by the server meanwhile
+                break
+            waited = True
+            continue
+        except OSError:  # reset, or closed
+            break
+        if not waited:  # bytes again without a wait: let the others run first
+            await trio.lowlevel.checkpoint()
+        waited = False
+        await server.protocol.handle(RawData(data))
+        if not data:
+            break
+    await server.protocol.handle(Closed())
 
 
 def _direct_protocol_send(original: Callable[..., Awaitable[None]]):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import stat
 
 import attrs
@@ -187,3 +188,23 @@ async def test_writes_keep_their_order_on_a_busy_connection(base_url):
                 assert response.content == bytes(range(256)) * (BIG // 256)
             else:
                 assert response.status_code == 429
+
+
+async def test_pipelined_requests_in_one_packet_are_each_answered_in_order(base_url):
+    """Three requests written at once (the server reads them in one go): three
+    answers, in order, on the one connection."""
+    port = int(base_url.rsplit(":", 1)[1])
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    body = b'{"text": "one"}'
+    post = (b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\n\r\n%s" % (len(body), body))  # fmt: skip
+    busy = b"GET /busy HTTP/1.1\r\nHost: x\r\n\r\n"
+    last = b"GET /busy HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    await stream.send_all(post + busy + last)
+    received = b""
+    with trio.fail_after(5):
+        while data := await stream.receive_some(65536):
+            received += data
+    await stream.aclose()
+    assert re.findall(rb"HTTP/1\.1 (\d{3}) ", received) == [b"200", b"429", b"429"], received
+    assert received.index(b'{"text":"one"}') < received.index(b"HTTP/1.1 429")
