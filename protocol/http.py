@@ -327,9 +327,16 @@ class _IdleTimer:
             self._answered.set()
 
     async def _watch(self) -> None:
-        assert self._scope is not None
-        with self._scope:  # expires only while idle (a request sets no deadline)
-            await self._server.context.terminated.wait()
+        terminated = self._server.context.terminated
+        while True:
+            assert self._scope is not None
+            with self._scope:  # expires only while idle (a request sets no deadline)
+                await terminated.wait()
+            if self._idle or self._finished or terminated.is_set():
+                break
+            # It expired in the very turn a request began (`stop` came before this task
+            # ran): that request keeps the connection; wait again, unarmed.
+            self._scope = trio.CancelScope(deadline=math.inf)
         while not (self._idle or self._finished):  # terminating while a request runs
             self._answered = trio.Event()
             await self._answered.wait()

@@ -5,14 +5,17 @@ from __future__ import annotations
 
 import functools
 import time
+from types import SimpleNamespace
 
 import pytest
 import trio
+import trio.testing
 from quart_trio import QuartTrio
 from werkzeug.exceptions import BadRequest, RequestTimeout
 
 from protocol.errors import api_error_from_envelope
 from protocol.http import (
+    _IdleTimer,
     http_exception_error,
     json_response,
     make_config,
@@ -168,3 +171,33 @@ def test_a_nodes_flat_error_keeps_its_code_through_the_gateway():
     assert (error.status, error.code, error.type) == (400, "invalid_model_id",
                                                       "invalid_request_error")  # fmt: skip
     assert error.to_openai()["error"]["message"] == "refusing model id '../x'"
+
+
+async def test_a_keep_alive_deadline_that_passes_as_a_request_begins_does_not_close(
+        autojump_clock):  # fmt: skip
+    """The timer expired in the very turn a request began (its `stop` came before the
+    timer's task ran): that request's connection stays open, and the timer counts
+    afresh from its answer."""
+    closed: list[float] = []
+    server = SimpleNamespace(config=SimpleNamespace(keep_alive_timeout=5),
+                             context=SimpleNamespace(terminated=trio.Event()))  # fmt: skip
+
+    async def initiate_server_close() -> None:
+        closed.append(trio.current_time())
+
+    server._initiate_server_close = initiate_server_close
+    timer = _IdleTimer(server)
+    async with trio.open_nursery() as nursery:
+        task_group = SimpleNamespace(_nursery=nursery)
+        await timer.restart(task_group, None)  # idle after a response
+        await trio.testing.wait_all_tasks_blocked()
+        timer._scope.cancel()  # the deadline has passed (trio has cancelled its scope)...
+        await timer.stop()  # ...and a request begins before the timer's task runs
+        await trio.sleep(1)
+        assert closed == []  # the request under way is not cut off
+        await timer.restart(task_group, None)  # its answer is out
+        answered = trio.current_time()
+        await trio.sleep(4)
+        assert closed == []  # no close straight after the answer either
+        await trio.sleep(2)
+        assert closed == [answered + 5]  # the timeout, counted from the answer
