@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import functools
 import math
-import os
 import re
 import ssl
 from collections.abc import Callable, Mapping
@@ -43,6 +42,8 @@ from urllib.parse import urlsplit
 import attrs
 import httpx
 import trio
+
+from protocol.http import write_now
 
 __all__ = ["Client", "Response"]
 
@@ -245,7 +246,6 @@ class _Connection:
         self.open = True
         self.keep_alive = True  # what the node's head allowed
         self._socket = sock
-        self._stream_tcp = stream if origin[0] == "http" else None  # TLS writes via its stream
         self._live = live
         live.add(self)
 
@@ -283,8 +283,9 @@ class _Connection:
         writing, unsent = True, None
         with trio.CancelScope(deadline=trio.current_time() + write) as scope:
             try:
-                if sent := self._write_now(message):
-                    message = memoryview(message)[sent:]
+                socket = getattr(self.stream, "socket", None)  # plain TCP (TLS: its stream)
+                if socket is not None and (sent := write_now(socket, message)):
+                    message = memoryview(message)[sent:]  # (usually all of it)
                 if message:
                     await self.stream.send_all(message)
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
@@ -307,17 +308,6 @@ class _Connection:
         if writing:
             raise httpx.WriteTimeout(f"the request was not written within {write:g}s")
         raise httpx.ReadTimeout(f"nothing received for {read:g}s")
-
-    def _write_now(self, data: bytes) -> int:
-        """What a plain-TCP socket takes of `data` at once (a request usually fits its
-        buffer whole): the write then costs no trip through the scheduler. 0 for TLS,
-        or when the socket takes nothing or fails (`send_all` then waits or reports)."""
-        if self.stream is not self._stream_tcp:
-            return 0
-        try:
-            return os.write(self._socket.fileno(), data)
-        except OSError:
-            return 0
 
     async def receive(self, limit: float) -> bytes:
         """The next bytes (b"" at the connection's end)."""

@@ -192,6 +192,17 @@ def _coalescing_stream_send(original: Callable[..., Awaitable[None]]):
     return stream_send
 
 
+def write_now(socket: Any, data: bytes | memoryview) -> int:
+    """How much of `data` a plain-TCP trio socket takes at once, written without
+    waiting and without a checkpoint (trio made the socket non-blocking); 0 when it
+    takes nothing or the write fails — the caller's `send_all` then waits, or meets
+    the error and reports it as trio does."""
+    try:
+        return os.write(socket.fileno(), data)  # (-1 once closed: EBADF, so 0)
+    except OSError:
+        return 0
+
+
 async def _read_directly(server: TCPServer, socket: Any) -> None:
     """hypercorn's `TCPServer._read_data` for a plain-TCP connection without a read
     timeout: the socket read at once when it has bytes, waited on when it has none
@@ -236,10 +247,7 @@ def _direct_protocol_send(original: Callable[..., Awaitable[None]]):
             socket = getattr(self.stream, "socket", None)  # a trio SocketStream's
             if socket is not None:
                 data = event.data
-                try:
-                    sent = os.write(socket.fileno(), data)  # non-blocking, as trio set it
-                except OSError:
-                    sent = 0  # full, or broken: hypercorn's path waits or reports
+                sent = write_now(socket, data)  # 0: hypercorn's path waits or reports
                 if sent == len(data):
                     return
                 if sent:  # the rest must follow before any other write, even if this
